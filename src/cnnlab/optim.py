@@ -1,0 +1,757 @@
+"""Optimizers, learning-rate schedules and weight regularizers with Keras 3 semantics.
+
+Users bring Keras hyper-parameters, so the default ``flavour="keras"`` optimizers reproduce Keras 3's
+update rules (``keras/src/optimizers/*.py``) on torch tensors; ``flavour="torch"`` wraps torch's own
+optimizer of the same name instead. Either way the optimizer owns the schedule: before each update it
+sets the learning rate to ``schedule(iterations)`` and afterwards counts the step, and the counter lives
+in the state dict so a resumed run continues the schedule exactly.
+
+Everything is built from plain data (a name or a dict) and turns back into plain data with
+``get_config()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+
+from cnnlab.errors import CnnlabError
+
+__all__ = [
+    "OPTIMIZER_DEFAULTS",
+    "SCHEDULE_DEFAULTS",
+    "SCHEDULE_REQUIRED",
+    "REGULARIZER_DEFAULTS",
+    "FLAVOURS",
+    "APPLIES_TO",
+    "Schedule",
+    "Regularizer",
+    "get_schedule",
+    "get_optimizer",
+    "get_regularizer",
+    "regularization_loss",
+]
+
+FLAVOURS = ("keras", "torch")
+APPLIES_TO = ("dense", "conv", "all")
+
+_BETAS = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
+
+OPTIMIZER_DEFAULTS: dict[str, dict[str, object]] = {
+    "rmsprop": {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False,
+                "flavour": "keras"},
+    "nadam": {"learning_rate": 0.001, **_BETAS, "flavour": "keras"},
+    "adamax": {"learning_rate": 0.001, **_BETAS, "flavour": "keras"},
+    "sgd": {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False, "flavour": "keras"},
+    "adam": {"learning_rate": 0.001, **_BETAS, "amsgrad": False, "flavour": "keras"},
+    "adamw": {"learning_rate": 0.001, "weight_decay": 0.004, **_BETAS, "amsgrad": False, "flavour": "keras"},
+}
+
+SCHEDULE_DEFAULTS: dict[str, dict[str, object]] = {
+    "constant": {"learning_rate": 0.001},
+    "inverse_time": {"initial": None, "decay_steps": None, "decay_rate": None, "staircase": False},
+    "exponential": {"initial": None, "decay_steps": None, "decay_rate": None, "staircase": False},
+    "cosine": {"initial": None, "decay_steps": None, "alpha": 0.0, "warmup_steps": 0, "warmup_target": None},
+    "one_cycle": {"max_lr": None, "total_steps": None, "pct_start": 0.3, "div_factor": 25.0,
+                  "final_div_factor": 1e4},
+}
+
+# A default of None means "required" except for cosine's warmup_target, whose Keras default *is* None
+# (no warmup), so the required keys are listed explicitly.
+SCHEDULE_REQUIRED: dict[str, tuple[str, ...]] = {
+    "constant": (),
+    "inverse_time": ("initial", "decay_steps", "decay_rate"),
+    "exponential": ("initial", "decay_steps", "decay_rate"),
+    "cosine": ("initial", "decay_steps"),
+    "one_cycle": ("max_lr", "total_steps"),
+}
+
+REGULARIZER_DEFAULTS: dict[str, dict[str, object]] = {
+    "none": {"applies_to": "dense"},
+    "l1": {"factor": 0.01, "applies_to": "dense"},
+    "l2": {"factor": 0.01, "applies_to": "dense"},
+    "l1_l2": {"l1": 0.0, "l2": 0.0, "applies_to": "dense"},
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------------
+
+Rule = Callable[[str, Any], Any]
+
+
+def _fail(where: str, message: str) -> CnnlabError:
+    return CnnlabError(f"{where}: {message}")
+
+
+def _one_of(where: str, value: object, options: Iterable[str]) -> str:
+    """Return ``value`` (lower-cased) if it is in ``options``, else raise with a suggestion."""
+    options = list(options)
+    if isinstance(value, str) and value.lower() in options:
+        return value.lower()
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value.lower(), options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise _fail(where, f"{value!r} is not one of {', '.join(options)}{hint}")
+
+
+def _bound_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"must be {'>' if low_open else '>='} {low:g}"
+    return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def _real(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+          high_open: bool = False) -> Rule:
+    """A rule accepting a real number inside the given bounds (ints stay ints for the config)."""
+    def check(where: str, value: Any) -> float | int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+            raise _fail(where, f"{value!r} is not a number")
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or math.isinf(value):
+            raise _fail(where, f"{value!r} is out of range; {_bound_text(low, high, low_open, high_open)}")
+        return value
+    return check
+
+
+def _integer(low: int) -> Rule:
+    """A rule accepting a whole number >= ``low`` (a float such as 1000.0 is accepted as 1000)."""
+    def check(where: str, value: Any) -> int:
+        whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
+        if not whole:
+            raise _fail(where, f"{value!r} is not a whole number")
+        if int(value) < low:
+            raise _fail(where, f"{value!r} is out of range; must be >= {low}")
+        return int(value)
+    return check
+
+
+def _boolean(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, f"{value!r} is not a boolean; use true or false")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Rule:
+    return lambda where, value: _one_of(where, value, options)
+
+
+def _optional(rule: Rule) -> Rule:
+    return lambda where, value: None if value is None else rule(where, value)
+
+
+_POSITIVE = _real(0.0, low_open=True)
+_NON_NEGATIVE = _real(0.0)
+_FRACTION = _real(0.0, 1.0, high_open=True)
+
+_RULES: dict[str, Rule] = {
+    "learning_rate": _POSITIVE, "rho": _FRACTION, "momentum": _FRACTION, "epsilon": _POSITIVE,
+    "centered": _boolean, "beta_1": _FRACTION, "beta_2": _FRACTION, "nesterov": _boolean,
+    "amsgrad": _boolean, "weight_decay": _NON_NEGATIVE, "flavour": _choice(FLAVOURS),
+    "initial": _POSITIVE, "decay_steps": _POSITIVE, "decay_rate": _NON_NEGATIVE, "staircase": _boolean,
+    "alpha": _real(0.0, 1.0), "warmup_steps": _integer(0), "warmup_target": _optional(_POSITIVE),
+    "max_lr": _POSITIVE, "total_steps": _integer(1), "pct_start": _real(0.0, 1.0),
+    "div_factor": _POSITIVE, "final_div_factor": _POSITIVE,
+    "factor": _NON_NEGATIVE, "l1": _NON_NEGATIVE, "l2": _NON_NEGATIVE, "applies_to": _choice(APPLIES_TO),
+}
+
+
+def _resolve(section: str, spec: str | Mapping[str, Any], name_key: str,
+             registry: Mapping[str, Mapping[str, object]],
+             required: Mapping[str, tuple[str, ...]] | None = None) -> tuple[str, dict[str, Any]]:
+    """Turn a name or dict spec into ``(name, validated params with defaults filled in)``."""
+    if isinstance(spec, str):
+        spec = {name_key: spec}
+    if not isinstance(spec, Mapping):
+        raise _fail(section, f"expected a name or a table with {name_key!r}, got {spec!r}")
+    if name_key not in spec:
+        raise _fail(f"{section}.{name_key}", f"missing; choose one of {', '.join(registry)}")
+    name = _one_of(f"{section}.{name_key}", spec[name_key], registry)
+    defaults = registry[name]
+    for key in spec:
+        if key != name_key and key not in defaults:
+            valid = ", ".join([name_key, *defaults])
+            close = difflib.get_close_matches(str(key), list(defaults), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise _fail(f"{section}.{key}", f"not a parameter of {name!r}; valid keys are {valid}{hint}")
+    needed = (required or {}).get(name, ())
+    for key in needed:
+        if spec.get(key) is None:
+            raise _fail(f"{section}.{key}", f"missing; {name!r} requires {', '.join(needed)}")
+    params = {key: spec.get(key, default) for key, default in defaults.items()}
+    return name, {key: _RULES[key](f"{section}.{key}", value) for key, value in params.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Schedules
+# ---------------------------------------------------------------------------------------------------
+
+class Schedule:
+    """A learning rate as a pure function of the number of optimizer steps done.
+
+    Build one with :func:`get_schedule`; ``get_config()`` gives back the plain dict spec.
+    """
+
+    name: str = ""
+
+    def __init__(self, **params: Any) -> None:
+        """Store already validated parameters as attributes.
+
+        Args:
+            **params: the schedule's parameters, as in ``SCHEDULE_DEFAULTS[name]``.
+        """
+        self._params = dict(params)
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    def __call__(self, step: int) -> float:
+        """Return the learning rate for the update that follows ``step`` finished updates."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the plain dict spec that rebuilds this schedule."""
+        return {"name": self.name, **self._params}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Constant(Schedule):
+    """A fixed learning rate."""
+
+    name = "constant"
+
+    def __call__(self, step: int) -> float:
+        """Return ``learning_rate`` whatever the step."""
+        return float(self.learning_rate)
+
+
+def _progress(step: int, decay_steps: float, staircase: bool) -> float:
+    p = step / decay_steps
+    return float(math.floor(p)) if staircase else p
+
+
+class InverseTime(Schedule):
+    """Keras ``InverseTimeDecay``: ``initial / (1 + decay_rate * step / decay_steps)``."""
+
+    name = "inverse_time"
+
+    def __call__(self, step: int) -> float:
+        """Return the decayed learning rate at ``step``."""
+        return self.initial / (1.0 + self.decay_rate * _progress(step, self.decay_steps, self.staircase))
+
+
+class Exponential(Schedule):
+    """Keras ``ExponentialDecay``: ``initial * decay_rate ** (step / decay_steps)``."""
+
+    name = "exponential"
+
+    def __call__(self, step: int) -> float:
+        """Return the decayed learning rate at ``step``."""
+        return self.initial * self.decay_rate ** _progress(step, self.decay_steps, self.staircase)
+
+
+class Cosine(Schedule):
+    """Keras ``CosineDecay`` with its optional linear warmup from ``initial`` to ``warmup_target``."""
+
+    name = "cosine"
+
+    def _decay(self, step: float, start_lr: float) -> float:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * step / self.decay_steps))
+        return start_lr * ((1.0 - self.alpha) * cosine + self.alpha)
+
+    def __call__(self, step: int) -> float:
+        """Return the learning rate at ``step``, holding the last value after the decay ends."""
+        if self.warmup_target is None:
+            return self._decay(min(step, self.decay_steps), self.initial)
+        step = min(step, self.decay_steps + self.warmup_steps)
+        if step < self.warmup_steps:
+            return (self.warmup_target - self.initial) * step / self.warmup_steps + self.initial
+        return self._decay(step - self.warmup_steps, self.warmup_target)
+
+
+class OneCycle(Schedule):
+    """torch ``OneCycleLR`` (cosine annealing, two phases) as a pure function of the step.
+
+    Matches torch's value for every step in ``[0, total_steps]``; later steps keep the value of
+    ``total_steps``.
+    """
+
+    name = "one_cycle"
+
+    def __call__(self, step: int) -> float:
+        """Return the learning rate at ``step``."""
+        step = min(step, self.total_steps)
+        start_lr = self.max_lr / self.div_factor
+        phases = ((self.pct_start * self.total_steps - 1.0, start_lr, self.max_lr),
+                  (self.total_steps - 1.0, self.max_lr, start_lr / self.final_div_factor))
+        begin = 0.0
+        for i, (end, lr_from, lr_to) in enumerate(phases):
+            if step <= end or i == len(phases) - 1:
+                # torch divides by zero here when a phase is empty; reaching its end is the sensible value.
+                pct = (step - begin) / (end - begin) if end != begin else 1.0
+                return lr_to + (lr_from - lr_to) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+            begin = end
+        raise AssertionError("unreachable")
+
+
+_SCHEDULES: dict[str, type[Schedule]] = {
+    cls.name: cls for cls in (Constant, InverseTime, Exponential, Cosine, OneCycle)
+}
+
+
+def get_schedule(spec: str | Mapping[str, Any] | Callable[[int], float]) -> Callable[[int], float]:
+    """Build a learning-rate schedule.
+
+    Args:
+        spec: a name (``"constant"``), a dict such as ``{"name": "inverse_time", "initial": 0.001,
+            "decay_steps": 1, "decay_rate": 0.001}``, or any callable ``step -> lr`` (returned as is).
+
+    Returns:
+        A callable mapping the number of optimizer steps done to the learning rate of the next step.
+
+    Raises:
+        CnnlabError: unknown name or key, missing required parameter, or a value out of range.
+    """
+    if callable(spec):
+        return spec
+    name, params = _resolve("schedule", spec, "name", SCHEDULE_DEFAULTS, SCHEDULE_REQUIRED)
+    return _SCHEDULES[name](**params)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimizers
+# ---------------------------------------------------------------------------------------------------
+
+def _before_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    lr = opt.current_lr()
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _after_step(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    done = opt.iterations + 1
+    for group in opt.param_groups:
+        group["iterations"] = done
+
+
+class _Scheduled:
+    """Mixin for torch optimizers: learning rate from a schedule, step counter in the param groups."""
+
+    param_groups: list[dict[str, Any]]
+
+    def _attach(self, schedule: Callable[[int], float], config: dict[str, Any]) -> None:
+        # The counter sits in every param group (a plain int) so state_dict()/load_state_dict() carry it.
+        self._schedule = schedule
+        self._config = config
+        self.defaults["iterations"] = 0
+        for group in self.param_groups:
+            group.setdefault("iterations", 0)
+            group["lr"] = self.current_lr()
+        # Module-level hook functions (not bound methods) keep the optimizer picklable and copyable.
+        self.register_step_pre_hook(_before_step)
+        self.register_step_post_hook(_after_step)
+
+    @property
+    def iterations(self) -> int:
+        """Number of optimizer steps done (0 for a freshly built optimizer)."""
+        return int(self.param_groups[0].get("iterations", 0))
+
+    @property
+    def schedule(self) -> Callable[[int], float]:
+        """The learning-rate schedule driving this optimizer."""
+        return self._schedule
+
+    def current_lr(self) -> float:
+        """Return the learning rate the next step will use, ``schedule(iterations)``."""
+        return float(self._schedule(self.iterations))
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the plain dict spec (name, flavour and every hyper-parameter) of this optimizer."""
+        return dict(self._config)
+
+
+class _KerasOptimizer(_Scheduled, torch.optim.Optimizer):
+    """Base of the Keras-3 update rules: lazy zero state, closure handling, foreach lists."""
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, params: Any, hyper: dict[str, Any]) -> None:
+        """Create the optimizer over ``params`` with hyper-parameters ``hyper`` (already validated)."""
+        super().__init__(params, {"lr": 0.0, **hyper})
+
+    def _slots(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return self.slots
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Apply one update to every parameter that has a gradient.
+
+        Args:
+            closure: optional function that re-evaluates the model and returns the loss.
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            names = self._slots(group)
+            states = [self._state(p, names) for p in params]
+            slots = {name: [s[name] for s in states] for name in names}
+            grads = [p.grad for p in params]
+            self._update(group, params, grads, slots, group["lr"], group["iterations"] + 1)
+        return loss
+
+    def _state(self, p: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        state = self.state[p]
+        for name in names:
+            if name not in state:
+                state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor], grads: list[torch.Tensor],
+                slots: dict[str, list[torch.Tensor]], lr: float, t: int) -> None:
+        raise NotImplementedError
+
+
+class KerasRMSprop(_KerasOptimizer):
+    """Keras 3 RMSprop: epsilon inside the square root; momentum accumulates the lr-scaled increment."""
+
+    def _slots(self, group: dict[str, Any]) -> tuple[str, ...]:
+        names = ("velocity",)
+        names += ("momentum",) if group["momentum"] > 0 else ()
+        return names + (("average_gradient",) if group["centered"] else ())
+
+    def _update(self, group, params, grads, slots, lr, t):  # noqa: D102 - documented on the class
+        rho, velocity = group["rho"], slots["velocity"]
+        torch._foreach_mul_(velocity, rho)
+        torch._foreach_add_(velocity, torch._foreach_mul(grads, grads), alpha=1 - rho)
+        denominator = torch._foreach_add(velocity, group["epsilon"])
+        if group["centered"]:
+            average = slots["average_gradient"]
+            torch._foreach_mul_(average, rho)
+            torch._foreach_add_(average, grads, alpha=1 - rho)
+            torch._foreach_sub_(denominator, torch._foreach_mul(average, average))
+        torch._foreach_sqrt_(denominator)
+        increment = torch._foreach_div(torch._foreach_mul(grads, lr), denominator)
+        if group["momentum"] > 0:
+            buffers = slots["momentum"]
+            torch._foreach_mul_(buffers, group["momentum"])
+            torch._foreach_add_(buffers, increment)
+            increment = buffers
+        torch._foreach_sub_(params, increment)
+
+
+class KerasSGD(_KerasOptimizer):
+    """Keras 3 SGD: ``m = momentum*m - lr*g; w += m`` (nesterov: ``w += momentum*m - lr*g``)."""
+
+    def _slots(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("momentum",) if group["momentum"] != 0 else ()
+
+    def _update(self, group, params, grads, slots, lr, t):  # noqa: D102
+        momentum = group["momentum"]
+        if momentum == 0:
+            torch._foreach_add_(params, grads, alpha=-lr)
+            return
+        buffers = slots["momentum"]
+        torch._foreach_mul_(buffers, momentum)
+        torch._foreach_add_(buffers, grads, alpha=-lr)
+        if group["nesterov"]:
+            torch._foreach_add_(params, buffers, alpha=momentum)
+            torch._foreach_add_(params, grads, alpha=-lr)
+        else:
+            torch._foreach_add_(params, buffers)
+
+
+def _adam_moments(group: dict[str, Any], grads: list[torch.Tensor], m: list[torch.Tensor],
+                  v: list[torch.Tensor]) -> None:
+    """Keras' ``m += (g - m) * (1 - beta_1)`` and ``v += (g^2 - v) * (1 - beta_2)``."""
+    torch._foreach_lerp_(m, grads, 1 - group["beta_1"])
+    torch._foreach_lerp_(v, torch._foreach_mul(grads, grads), 1 - group["beta_2"])
+
+
+class KerasAdam(_KerasOptimizer):
+    """Keras 3 Adam: ``alpha = lr*sqrt(1-beta_2^t)/(1-beta_1^t)``, ``w -= alpha*m/(sqrt(v)+eps)``."""
+
+    def _slots(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("momentum", "velocity") + (("velocity_hat",) if group["amsgrad"] else ())
+
+    def _update(self, group, params, grads, slots, lr, t):  # noqa: D102
+        self._decay_weights(group, params, lr)
+        m, v = slots["momentum"], slots["velocity"]
+        alpha = lr * math.sqrt(1 - group["beta_2"] ** t) / (1 - group["beta_1"] ** t)
+        _adam_moments(group, grads, m, v)
+        if group["amsgrad"]:
+            torch._foreach_maximum_(slots["velocity_hat"], v)
+            v = slots["velocity_hat"]
+        denominator = torch._foreach_sqrt(v)
+        torch._foreach_add_(denominator, group["epsilon"])
+        torch._foreach_addcdiv_(params, m, denominator, value=-alpha)
+
+    def _decay_weights(self, group: dict[str, Any], params: list[torch.Tensor], lr: float) -> None:
+        pass
+
+
+class KerasAdamW(KerasAdam):
+    """Keras 3 AdamW: ``w -= w * weight_decay * lr`` on every variable, then the Adam step."""
+
+    def _decay_weights(self, group: dict[str, Any], params: list[torch.Tensor], lr: float) -> None:
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - group["weight_decay"] * lr)
+
+
+class KerasNadam(_KerasOptimizer):
+    """Keras 3 Nadam with its momentum cache ``u_t = beta_1 * (1 - 0.5 * 0.96 ** t)``."""
+
+    slots = ("momentum", "velocity")
+
+    def _update(self, group, params, grads, slots, lr, t):  # noqa: D102
+        beta_1 = group["beta_1"]
+        u_t = beta_1 * (1.0 - 0.5 * 0.96 ** t)
+        u_next = beta_1 * (1.0 - 0.5 * 0.96 ** (t + 1))
+        # Running product of all u_1..u_t: Keras keeps it in an optimizer variable, we in the param group.
+        u_product = group.get("u_product", 1.0) * u_t
+        group["u_product"] = u_product
+        m, v = slots["momentum"], slots["velocity"]
+        _adam_moments(group, grads, m, v)
+        m_hat = torch._foreach_mul(m, u_next / (1 - u_product * u_next))
+        torch._foreach_add_(m_hat, grads, alpha=(1 - u_t) / (1 - u_product))
+        denominator = torch._foreach_mul(v, 1 / (1 - group["beta_2"] ** t))
+        torch._foreach_sqrt_(denominator)
+        torch._foreach_add_(denominator, group["epsilon"])
+        torch._foreach_addcdiv_(params, m_hat, denominator, value=-lr)
+
+
+class KerasAdamax(_KerasOptimizer):
+    """Keras 3 Adamax: ``u = max(beta_2*u, |g|)``, ``w -= lr*m / ((1-beta_1^t) * (u+eps))``."""
+
+    slots = ("momentum", "norm")
+
+    def _update(self, group, params, grads, slots, lr, t):  # noqa: D102
+        m, u = slots["momentum"], slots["norm"]
+        torch._foreach_lerp_(m, grads, 1 - group["beta_1"])
+        torch._foreach_mul_(u, group["beta_2"])
+        torch._foreach_maximum_(u, torch._foreach_abs(grads))
+        denominator = torch._foreach_add(u, group["epsilon"])
+        torch._foreach_addcdiv_(params, m, denominator, value=-lr / (1 - group["beta_1"] ** t))
+
+
+class TorchRMSprop(_Scheduled, torch.optim.RMSprop):
+    """torch's RMSprop driven by a schedule."""
+
+
+class TorchNAdam(_Scheduled, torch.optim.NAdam):
+    """torch's NAdam driven by a schedule."""
+
+
+class TorchAdamax(_Scheduled, torch.optim.Adamax):
+    """torch's Adamax driven by a schedule."""
+
+
+class TorchSGD(_Scheduled, torch.optim.SGD):
+    """torch's SGD driven by a schedule."""
+
+
+class TorchAdam(_Scheduled, torch.optim.Adam):
+    """torch's Adam driven by a schedule."""
+
+
+class TorchAdamW(_Scheduled, torch.optim.AdamW):
+    """torch's AdamW driven by a schedule."""
+
+
+_KERAS_CLASSES: dict[str, type[_KerasOptimizer]] = {
+    "rmsprop": KerasRMSprop, "nadam": KerasNadam, "adamax": KerasAdamax,
+    "sgd": KerasSGD, "adam": KerasAdam, "adamw": KerasAdamW,
+}
+
+_BETA_NAMES = {"beta_1": "betas", "beta_2": "betas", "epsilon": "eps"}
+# Keras key -> torch keyword, per optimizer; a Keras key missing here has no torch meaning.
+_TORCH_CLASSES: dict[str, tuple[type, dict[str, str]]] = {
+    "rmsprop": (TorchRMSprop, {"rho": "alpha", "momentum": "momentum", "epsilon": "eps",
+                               "centered": "centered"}),
+    "nadam": (TorchNAdam, _BETA_NAMES),
+    "adamax": (TorchAdamax, _BETA_NAMES),
+    "sgd": (TorchSGD, {"momentum": "momentum", "nesterov": "nesterov"}),
+    "adam": (TorchAdam, {**_BETA_NAMES, "amsgrad": "amsgrad"}),
+    "adamw": (TorchAdamW, {**_BETA_NAMES, "amsgrad": "amsgrad", "weight_decay": "weight_decay"}),
+}
+
+
+def _torch_kwargs(name: str, hyper: dict[str, Any]) -> dict[str, Any]:
+    """Map Keras hyper-parameter names to the keywords of torch's optimizer ``name``."""
+    mapping = _TORCH_CLASSES[name][1]
+    kwargs: dict[str, Any] = {}
+    for key, value in hyper.items():
+        if key not in mapping:
+            raise _fail(f"optimizer.{key}", f"has no meaning for torch's {name!r}; remove it or use "
+                                            f"flavour 'keras' (torch keys: {', '.join(mapping)})")
+        kwargs[mapping[key]] = value
+    if "betas" in kwargs:
+        kwargs["betas"] = (hyper["beta_1"], hyper["beta_2"])
+    if name == "sgd" and hyper["nesterov"] and hyper["momentum"] == 0:
+        raise _fail("optimizer.nesterov", "torch's SGD needs momentum > 0 for nesterov; set momentum "
+                                          "or nesterov = false")
+    return kwargs
+
+
+def get_optimizer(spec: str | Mapping[str, Any] | torch.optim.Optimizer, params: Any,
+                  schedule: str | Mapping[str, Any] | Callable[[int], float] | None = None,
+                  ) -> torch.optim.Optimizer:
+    """Build an optimizer that sets its own learning rate from a schedule before every step.
+
+    Args:
+        spec: a name (``"rmsprop"``), a dict such as ``{"name": "rmsprop", "momentum": 0.5}`` with the
+            keys of ``OPTIMIZER_DEFAULTS[name]`` (``flavour`` picks Keras 3's rule or torch's optimizer),
+            or an already built optimizer, returned as is.
+        params: the parameters (or torch param-group dicts) to optimize.
+        schedule: anything :func:`get_schedule` accepts; None means the spec's constant ``learning_rate``.
+            A schedule takes precedence over ``learning_rate``.
+
+    Returns:
+        A ``torch.optim.Optimizer`` with ``iterations`` (steps done), ``current_lr()`` and
+        ``get_config()``.
+
+    Raises:
+        CnnlabError: unknown name or key, or a value out of range.
+    """
+    if isinstance(spec, torch.optim.Optimizer):
+        return spec
+    name, hyper = _resolve("optimizer", spec, "name", OPTIMIZER_DEFAULTS)
+    config = {"name": name, **hyper}
+    schedule = Constant(learning_rate=hyper["learning_rate"]) if schedule is None else get_schedule(schedule)
+    flavour = hyper.pop("flavour")
+    hyper.pop("learning_rate")
+    if flavour == "keras":
+        opt = _KERAS_CLASSES[name](params, hyper)
+    else:
+        cls = _TORCH_CLASSES[name][0]
+        opt = cls(params, lr=1.0, **_torch_kwargs(name, hyper))
+    opt._attach(schedule, config)
+    return opt
+
+
+# ---------------------------------------------------------------------------------------------------
+# Regularizers
+# ---------------------------------------------------------------------------------------------------
+
+class Regularizer:
+    """A Keras weight penalty on kernels; ``applies_to`` says which layers' kernels (dense, conv, all)."""
+
+    kind: str = ""
+
+    def __init__(self, applies_to: str = "dense", **params: float) -> None:
+        """Store the validated parameters.
+
+        Args:
+            applies_to: which kernels the training loop sums the penalty over.
+            **params: the penalty factors, as in ``REGULARIZER_DEFAULTS[kind]``.
+        """
+        self.applies_to = applies_to
+        self._params = dict(params)
+        for key, value in params.items():
+            setattr(self, key, value)
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        """Return the penalty of one kernel as a 0-dim tensor."""
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the plain dict spec that rebuilds this regularizer."""
+        return {"kind": self.kind, **self._params, "applies_to": self.applies_to}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "kind")
+        return f"{type(self).__name__}({args})"
+
+
+class L1(Regularizer):
+    """``factor * sum(|w|)``."""
+
+    kind = "l1"
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        """Return ``factor * sum(|w|)``."""
+        return self.factor * weight.abs().sum()
+
+
+class L2(Regularizer):
+    """``factor * sum(w**2)`` (Keras: no one-half, unlike torch's weight_decay)."""
+
+    kind = "l2"
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        """Return ``factor * sum(w**2)``."""
+        return self.factor * weight.square().sum()
+
+
+class L1L2(Regularizer):
+    """``l1 * sum(|w|) + l2 * sum(w**2)``."""
+
+    kind = "l1_l2"
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        """Return ``l1 * sum(|w|) + l2 * sum(w**2)``."""
+        return self.l1 * weight.abs().sum() + self.l2 * weight.square().sum()
+
+
+_REGULARIZERS: dict[str, type[Regularizer]] = {cls.kind: cls for cls in (L1, L2, L1L2)}
+
+
+def get_regularizer(spec: str | Mapping[str, Any] | Regularizer | None) -> Regularizer | None:
+    """Build a weight regularizer.
+
+    Args:
+        spec: a kind (``"l2"``), a dict such as ``{"kind": "l2", "factor": 0.001, "applies_to": "dense"}``,
+            an already built regularizer (returned as is), or None.
+
+    Returns:
+        A callable ``kernel -> penalty`` with ``.applies_to`` and ``get_config()``, or None for kind
+        ``"none"`` (or a None spec).
+
+    Raises:
+        CnnlabError: unknown kind or key, or a value out of range.
+    """
+    if spec is None or isinstance(spec, Regularizer):
+        return spec
+    kind, params = _resolve("regularizer", spec, "kind", REGULARIZER_DEFAULTS)
+    if kind == "none":
+        return None
+    return _REGULARIZERS[kind](**params)
+
+
+def regularization_loss(regularizer: Callable[[torch.Tensor], torch.Tensor] | None,
+                        kernels: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Sum a regularizer's penalty over kernels.
+
+    Args:
+        regularizer: the penalty per kernel, or None.
+        kernels: the weight tensors to penalize (kernels only; the caller leaves biases out).
+
+    Returns:
+        A 0-dim tensor; zero (on the kernels' device, if any) when there is nothing to sum.
+    """
+    kernels = list(kernels)
+    if regularizer is None or not kernels:
+        device = kernels[0].device if kernels else None
+        return torch.zeros((), device=device)
+    total = regularizer(kernels[0])
+    for kernel in kernels[1:]:
+        total = total + regularizer(kernel)
+    return total

@@ -1,0 +1,314 @@
+"""The Python face: ``train``, ``resume``, ``reset`` and ``load`` a run; the ``Run`` object for notebooks.
+
+The CLI calls these same functions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from cnnlab import __version__, store
+from cnnlab.config import Config, from_toml, load_config
+from cnnlab.errors import CnnlabError
+from cnnlab.files import write_json
+from cnnlab.model import CnnModel, build_model, layer_table
+
+Echo = Callable[[str], None]
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training: the run folder holds the last completed epoch."""
+
+    def __init__(self, run_dir: Path, epoch: int):
+        super().__init__(f"interrupted; {run_dir} keeps epoch {epoch}. "
+                         f"Continue with: cnnlab resume {run_dir} --epochs N")
+        self.run_dir, self.epoch = run_dir, epoch
+
+
+class Run:
+    """A run folder loaded into memory: config, model, history and the normalizer the run used.
+
+    Attributes:
+        path: the run folder.
+        config: the resolved ``Config``.
+        model: the ``nn.Module`` (weights of the last epoch, or the best with ``train.checkpoint = "best"``).
+        history: one dict per epoch (``epoch, step, lr, loss, accuracy, val_loss, val_accuracy, seconds``).
+    """
+
+    def __init__(self, path: Path, config: Config, model: CnnModel, normalizer: Any,
+                 history: list[dict[str, float]]):
+        self.path, self.config, self.model, self.normalizer, self.history = path, config, model, normalizer, history
+        self._data = None
+
+    def __repr__(self) -> str:
+        last = self.history[-1] if self.history else {}
+        return (f"Run({str(self.path)!r}, epochs={len(self.history)}, "
+                f"val_accuracy={last.get('val_accuracy', float('nan')):.4f})")
+
+    def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Turn uint8 images (N, 28, 28) into the normalized float tensor (N, 1, 28, 28) the model expects."""
+        images = torch.as_tensor(np.asarray(images))
+        if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
+            raise CnnlabError(f"images must be uint8 of shape (N, 28, 28), got {images.dtype} {tuple(images.shape)}")
+        return self.normalizer.apply(images)
+
+    def predict(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Return class probabilities (N, classes) for uint8 images (N, 28, 28)."""
+        from cnnlab.metrics import predict_logits
+
+        return torch.softmax(predict_logits(self.model, self.prepare(images)), dim=1).numpy()
+
+    def data(self):
+        """Return the run's prepared data (same split, normalization and seed as in training); cached."""
+        if self._data is None:
+            self._data = _prepare_data(self.config, echo=None)
+        return self._data
+
+    def evaluate(self) -> dict[str, float]:
+        """Return test loss and accuracy of the model on the run's test set."""
+        from cnnlab.metrics import evaluate
+
+        data = self.data()
+        loss, acc = evaluate(self.model, data.test_x, data.test_y)
+        return {"loss": loss, "accuracy": acc, "images": len(data.test_y)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def train(config: str | Path | Config = "seed", out: str | Path | None = None, epochs: int | None = None,
+          overrides: list[str] | None = None, live: bool = False, echo: Echo | None = print,
+          progress: bool = True) -> Run:
+    """Train a new run and return it.
+
+    Args:
+        config: a preset name, a TOML file path or a ``Config``.
+        out: the run folder to create (must not hold files); default ``runs/<preset>`` with a free suffix.
+        epochs: overrides ``train.epochs``.
+        overrides: ``"dotted.key=value"`` strings, as ``--set``.
+        live: also show the curves in a Jupyter notebook, updated in place after each epoch.
+        echo: where progress lines go (None = silent).
+        progress: show a progress bar per epoch.
+    """
+    cfg = _resolve_config(config, overrides)
+    if epochs is not None:
+        cfg = _with_epochs(cfg, epochs)
+    run_dir = store.new_run_dir(out if out is not None else _default_out(config))
+    _say(echo, f"run folder: {run_dir}")
+    data = _prepare_data(cfg, echo)
+    _set_threads(cfg)
+    model = build_model(cfg.model.layers, init=cfg.model.init)
+    cfg.save(run_dir / store.CONFIG)
+    _write_model_json(run_dir, model, data.normalizer)
+    store.save_weights(run_dir / store.INITIAL, model)
+    store.save_weights(run_dir / store.WEIGHTS, model)
+    _fit(run_dir, cfg, model, data, None, cfg.train.epochs, live, echo, progress)
+    return load(run_dir)
+
+
+def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | None = print,
+           progress: bool = True) -> Run:
+    """Train an existing run ``epochs`` more epochs, continuing exactly where it stopped."""
+    if epochs < 1:
+        raise CnnlabError(f"--epochs {epochs}: give at least 1 more epoch")
+    run_dir = store.require_run(run_dir)
+    cfg = _read_config(run_dir)
+    state = store.load_state(run_dir)
+    data = _prepare_data(cfg, echo)
+    _set_threads(cfg)
+    model = build_model(cfg.model.layers, init=cfg.model.init)
+    store.load_weights(run_dir / store.WEIGHTS, model)
+    done = state.epoch if state else 0
+    _say(echo, f"resuming {run_dir} after epoch {done} (step {store.saved_step(run_dir)}) for {epochs} more")
+    _fit(run_dir, cfg, model, data, state, epochs, live, echo, progress, total=done + epochs)
+    return load(run_dir)
+
+
+def reset(run_dir: str | Path) -> Run:
+    """Reset a run to its initial weights, an empty optimizer state and step 0 (see ``store.reset_run``)."""
+    run_dir = store.require_run(run_dir)
+    cfg = _read_config(run_dir)
+    store.load_weights(run_dir / store.INITIAL, build_model(cfg.model.layers, init=cfg.model.init))  # validates
+    store.reset_run(run_dir)
+    return load(run_dir)
+
+
+def load(run_dir: str | Path) -> Run:
+    """Load a run folder: config, model with weights, history, normalizer."""
+    from cnnlab.data import Normalizer
+
+    run_dir = store.require_run(run_dir)
+    cfg = _read_config(run_dir)
+    model = build_model(cfg.model.layers, init=cfg.model.init)
+    best = run_dir / store.BEST
+    use_best = cfg.train.checkpoint == "best" and best.exists()
+    store.load_weights(best if use_best else run_dir / store.WEIGHTS, model)
+    model.eval()
+    info = store.read_json(run_dir / store.MODEL)
+    normalizer = Normalizer.from_dict(info["normalizer"])
+    return Run(run_dir, cfg, model, normalizer, store.read_history(run_dir))
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fit(run_dir: Path, cfg: Config, model: CnnModel, data: Any, state: Any, epochs: int, live: bool,
+         echo: Echo | None, progress: bool, total: int | None = None) -> None:
+    from cnnlab import callbacks as cb
+    from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
+    from cnnlab.train import Trainer
+
+    optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
+    if state is not None:
+        store.load_optimizer(run_dir, optimizer)
+    regularizer = get_regularizer(cfg.regularizer)
+    penalty = None
+    if regularizer is not None:
+        kernels = model.kernels(regularizer.applies_to)
+        penalty = lambda: regularization_loss(regularizer, kernels)  # noqa: E731
+    stopper = cb.NanGuard()
+    listeners: list[Any] = [stopper]
+    if cfg.train.early_stopping.patience:
+        listeners.append(cb.EarlyStopping(cfg.train.monitor, cfg.train.early_stopping.patience,
+                                          cfg.train.early_stopping.min_delta, echo))
+    if echo is not None:
+        if progress:
+            listeners.append(cb.ProgressBar())
+        listeners.append(cb.EpochLine(echo, total or epochs, data.val_is_test))
+    listeners.append(cb.CurvesPNG(run_dir / store.CURVES, log_loss=cfg.train.log_loss, live=live))
+    listeners.append(cb.RunSaver(run_dir, cfg.train.monitor, keep_best=cfg.train.checkpoint == "best",
+                                 restore_best=cfg.train.early_stopping.restore_best, echo=echo))
+    trainer = Trainer(model, optimizer, data, cfg.train.batch_size, seed=cfg.train.seed, penalty=penalty,
+                      label_smoothing=cfg.train.label_smoothing, callbacks=listeners, state=state,
+                      channels_last=cfg.train.channels_last)
+    started = _now()
+    with _sigint_stops(trainer) as interrupted:
+        trainer.fit(epochs)
+    _write_provenance(run_dir, cfg, data, started)
+    if interrupted():
+        raise TrainingInterrupted(run_dir, trainer.state.epoch)
+    if stopper.message:
+        raise CnnlabError(stopper.message)
+    _say(echo, f"done: {run_dir} (curves: {run_dir / store.CURVES})")
+
+
+@contextmanager
+def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
+    """While training, Ctrl-C asks the loop to stop after the current batch instead of raising mid-write."""
+    hit = {"flag": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        hit["flag"] = True
+        trainer.stop("interrupted")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C as it is
+        yield lambda: False
+        return
+    try:
+        yield lambda: hit["flag"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _prepare_data(cfg: Config, echo: Echo | None):
+    from cnnlab.data import load_mnist, prepare
+
+    mnist = load_mnist(source=cfg.data.source or None, log=(lambda m: echo(f"  data: {m}")) if echo else None)
+    data = prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
+                   seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
+    data.origin, data.md5 = mnist.origin, mnist.md5  # for the provenance record
+    return data
+
+
+def _resolve_config(config: str | Path | Config, overrides: list[str] | None) -> Config:
+    if isinstance(config, Config):
+        if overrides:
+            from cnnlab.config import from_dict, apply_override
+
+            raw = config.to_dict()
+            for item in overrides:
+                apply_override(raw, item)
+            return from_dict(raw)
+        return config
+    if isinstance(config, Path) or str(config).endswith(".toml"):
+        return load_config(path=config, overrides=overrides)
+    return load_config(preset=str(config), overrides=overrides)
+
+
+def _with_epochs(cfg: Config, epochs: int) -> Config:
+    if epochs < 0:
+        raise CnnlabError(f"epochs: {epochs} is out of range; it must be >= 0")
+    cfg.train.epochs = epochs
+    return cfg
+
+
+def _default_out(config: Any) -> Path:
+    stem = Path(str(config)).stem if not isinstance(config, Config) else "run"
+    base = Path("runs") / stem
+    candidate, n = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = Path(f"{base}-{n}")
+    return candidate
+
+
+def _read_config(run_dir: Path) -> Config:
+    try:
+        return from_toml((run_dir / store.CONFIG).read_text())
+    except CnnlabError as exc:
+        raise CnnlabError(f"{run_dir / store.CONFIG}: {exc}") from None
+
+
+def _set_threads(cfg: Config) -> None:
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+
+
+def _write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
+    rows = [{"name": r.name, "type": r.type, "output_shape": list(r.output_shape),
+             "torch_weight_shape": list(r.torch_weight_shape) if r.torch_weight_shape else None,
+             "keras_weight_shape": list(r.keras_weight_shape) if r.keras_weight_shape else None,
+             "params": r.params, "macs": r.macs, "trainable": r.trainable} for r in layer_table(model)]
+    write_json(run_dir / store.MODEL, {"cnnlab": __version__, "input_shape": list(model.input_shape),
+                                             "layers": rows, "normalizer": normalizer.to_dict()})
+
+
+def _write_provenance(run_dir: Path, cfg: Config, data: Any, started: str) -> None:
+    path = run_dir / store.PROVENANCE
+    previous = store.read_json(path) if path.exists() else {"sessions": []}
+    previous["sessions"].append({
+        "cnnlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "numpy": np.__version__, "platform": platform.platform(), "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(), "seed": cfg.train.seed, "data_origin": data.origin,
+        "data_md5": data.md5, "start": started, "end": _now(), "command": " ".join(sys.argv)})
+    write_json(path, previous)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _say(echo: Echo | None, line: str) -> None:
+    if echo is not None:
+        echo(line)

@@ -1,0 +1,227 @@
+"""The training loop. It fires named events to callbacks and knows nothing about printing, plotting or files.
+
+Data are in-memory tensors: each epoch draws a permutation from the run's own seeded generator and slices
+it into batches. The loop's whole state (epoch, optimizer step, generator states, callback states) is plain
+data, so a run can be saved after any epoch and resumed bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import CnnlabError
+from cnnlab.metrics import evaluate
+
+EVENTS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training at once with a message (for example a NaN loss)."""
+
+
+class Callback:
+    """Base class: override the events you need. ``trainer`` is set before ``on_train_begin``.
+
+    A callback that must survive a resume (a best value, a patience counter) returns its state from
+    ``state_dict`` as plain data and takes it back in ``load_state_dict``.
+    """
+
+    trainer: "Trainer"
+
+    def on_train_begin(self) -> None:
+        """Called once before the first epoch of this call to ``fit``."""
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        """Called before epoch ``epoch`` (1-based) starts."""
+
+    def on_batch_end(self, batch: int, logs: "BatchLogs") -> None:
+        """Called after each optimizer step."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """Called after epoch ``epoch`` with its metrics (the history row)."""
+
+    def on_train_end(self) -> None:
+        """Called once when ``fit`` ends, normally or by a stop."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the state to keep across a resume (plain data)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+@dataclass
+class BatchLogs:
+    """Running figures of the current epoch, as tensors so the loop does not force a host sync per batch."""
+
+    batches: int
+    batches_per_epoch: int
+    seen: int
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    last_loss: torch.Tensor
+
+    def running(self) -> tuple[float, float]:
+        """Return the epoch's running (loss, accuracy) so far."""
+        return float(self.loss_sum) / max(self.seen, 1), float(self.correct) / max(self.seen, 1)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: epochs done, the shuffle generator's and torch's RNG states, the history."""
+
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    shuffle_rng: torch.Tensor | None = None  # torch.Generator state (uint8 tensor)
+    torch_rng: torch.Tensor | None = None  # torch's global RNG state, used by dropout
+    callbacks: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs epochs over in-memory tensors and fires events to callbacks.
+
+    Args:
+        model: the network; ``model(x)`` returns logits.
+        optimizer: a ``cnnlab.get_optimizer`` optimizer (it applies its schedule and counts ``iterations``).
+        data: a ``cnnlab.data.Prepared`` with train/val tensors.
+        batch_size: images per optimizer step.
+        seed: seeds the shuffle generator and torch's RNG for a fresh run.
+        penalty: returns the regularization term (0-dim tensor) added to the loss, or None.
+        label_smoothing: cross-entropy label smoothing.
+        callbacks: listeners for the events in ``EVENTS``.
+        state: a saved ``TrainState`` to continue from; None for a fresh run.
+        channels_last: keep images and conv weights in NHWC memory order (faster convolutions on CPU).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, batch_size: int,
+                 seed: int = 0, penalty: Callable[[], torch.Tensor] | None = None, label_smoothing: float = 0.0,
+                 callbacks: list[Callback] | None = None, state: TrainState | None = None,
+                 channels_last: bool = False):
+        self.model = model
+        self.optimizer = optimizer
+        self.data = data
+        self.batch_size = batch_size
+        self.penalty = penalty
+        self.label_smoothing = label_smoothing
+        self.callbacks = list(callbacks or [])
+        self.should_stop = False
+        self.stop_reason = ""
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.generator = torch.Generator().manual_seed(seed)
+        self.state = state or TrainState()
+        if state is None:
+            torch.manual_seed(seed)
+        else:
+            self._restore_rng(state)
+        self.train_x = data.train_x.contiguous(memory_format=self.memory_format)
+        self.model.to(memory_format=self.memory_format)
+        for cb in self.callbacks:
+            cb.trainer = self
+            saved = self.state.callbacks.get(type(cb).__name__)
+            if saved:
+                cb.load_state_dict(saved)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps done so far."""
+        return int(self.optimizer.iterations)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Mini-batches per epoch (the last one may be smaller)."""
+        return math.ceil(len(self.train_x) / self.batch_size)
+
+    def fit(self, epochs: int) -> list[dict[str, float]]:
+        """Train ``epochs`` more epochs (or until a callback stops) and return the whole history."""
+        self.should_stop = False
+        self._fire("on_train_begin")
+        try:
+            for _ in range(epochs):
+                epoch = self.state.epoch + 1
+                self._fire("on_epoch_begin", epoch)
+                row = self._run_epoch(epoch)
+                if row is None:  # stopped inside the epoch: the epoch does not count
+                    break
+                self.state.epoch = epoch
+                self.state.history.append(row)
+                self._capture_rng()
+                self._fire("on_epoch_end", epoch, row)
+                if self.should_stop:
+                    break
+        finally:
+            self._fire("on_train_end")
+        return self.state.history
+
+    def _run_epoch(self, epoch: int) -> dict[str, float] | None:
+        start = time.perf_counter()
+        self.model.train()
+        n = len(self.train_x)
+        order = torch.randperm(n, generator=self.generator)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        logs = BatchLogs(0, self.batches_per_epoch, 0, loss_sum, correct, loss_sum)
+        for b, lo in enumerate(range(0, n, self.batch_size)):
+            idx = order[lo:lo + self.batch_size]
+            x, y = self.train_x[idx], self.data.train_y[idx]
+            loss, logits = self._train_step(x, y)
+            with torch.no_grad():
+                loss_sum += loss.detach() * len(idx)
+                correct += (logits.argmax(1) == y).sum()
+            logs.batches, logs.seen, logs.last_loss = b + 1, lo + len(idx), loss.detach()
+            self._fire("on_batch_end", b + 1, logs)
+            if self.should_stop:
+                return None
+        loss, acc = logs.running()
+        val_loss, val_acc = self.validate()
+        lr = float(self.optimizer.current_lr())  # the schedule's value at the step reached ("present lr")
+        return {"epoch": epoch, "step": self.step, "lr": lr, "loss": loss, "accuracy": acc,
+                "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - start}
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        if self.penalty is not None:
+            loss = loss + self.penalty()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, logits
+
+    def validate(self) -> tuple[float, float]:
+        """Return (loss, accuracy) on the validation set; the loss includes the regularization term."""
+        loss, acc = evaluate(self.model, self.data.val_x, self.data.val_y, label_smoothing=self.label_smoothing,
+                             memory_format=self.memory_format)
+        if self.penalty is not None:
+            with torch.no_grad():
+                loss += float(self.penalty())
+        return loss, acc
+
+    def stop(self, reason: str = "") -> None:
+        """Ask the loop to stop after the current batch (inside an epoch) or epoch (at its end)."""
+        self.should_stop = True
+        self.stop_reason = reason
+
+    def _fire(self, event: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(*args)
+
+    def callback_states(self) -> dict[str, Any]:
+        """Return the callbacks' states to save with the run, keyed by class name."""
+        return {type(cb).__name__: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
+
+    def _capture_rng(self) -> None:
+        self.state.shuffle_rng = self.generator.get_state()
+        self.state.torch_rng = torch.get_rng_state()
+
+    def _restore_rng(self, state: TrainState) -> None:
+        if state.shuffle_rng is None or state.torch_rng is None:
+            raise CnnlabError("the saved training state has no RNG state; the run folder is incomplete")
+        self.generator.set_state(state.shuffle_rng)
+        torch.set_rng_state(state.torch_rng)
