@@ -147,7 +147,6 @@ def _keras_case(spec: dict, schedule=None, dtype=torch.float64) -> tuple[np.ndar
     w = torch.nn.Parameter(torch.tensor(W0, dtype=dtype))
     opt = get_optimizer(spec, [w], schedule)
     grads = _gradients()
-    lrs = [opt.current_lr()] if schedule is None else []
     hyper = {k: v for k, v in spec.items() if k not in ("name", "learning_rate", "flavour")}
     sched = get_schedule(schedule) if schedule is not None else None
     lrs = [sched(t) if sched else spec.get("learning_rate", OPTIMIZER_DEFAULTS[name]["learning_rate"])
@@ -177,6 +176,17 @@ def test_keras_with_schedule_and_float32(name):
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-12)
     ours32, ref32 = _keras_case({"name": name}, schedule, dtype=torch.float32)
     np.testing.assert_allclose(ours32, ref32, rtol=1e-5, atol=1e-6)
+
+
+def test_rmsprop_epsilon_sits_inside_the_square_root():
+    g = 1e-4
+    w = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    opt = get_optimizer("rmsprop", [w])
+    w.grad = torch.full((1,), g, dtype=torch.float64)
+    opt.step()
+    inside = -0.001 * g / math.sqrt(0.1 * g * g + 1e-7)
+    assert w.item() == pytest.approx(inside, rel=1e-12)
+    assert w.item() != pytest.approx(-0.001 * g / (math.sqrt(0.1 * g * g) + 1e-7), rel=1e-2)
 
 
 def test_every_optimizer_has_a_reference_and_non_default_case():
@@ -232,7 +242,8 @@ def test_torch_flavour_rejects_keys_without_torch_meaning():
     with pytest.raises(CnnlabError, match=r"optimizer\.rho: has no meaning for torch's 'adam'"):
         optim._torch_kwargs("adam", {"rho": 0.9})
     with pytest.raises(CnnlabError, match=r"optimizer\.nesterov: torch's SGD needs momentum > 0"):
-        get_optimizer({"name": "sgd", "flavour": "torch", "nesterov": True}, [torch.nn.Parameter(torch.ones(1))])
+        w = torch.nn.Parameter(torch.ones(2))
+        get_optimizer({"name": "sgd", "flavour": "torch", "nesterov": True}, [w])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -312,6 +323,7 @@ def test_state_dict_round_trip_is_bit_identical(name, flavour):
     opt_b = get_optimizer(spec, params_b, INVERSE_TIME)
     assert opt_b.iterations == 0
     opt_b.load_state_dict(_from_plain(*saved))
+    opt_b.load_state_dict(_from_plain(*saved))  # loading twice must not double anything
     assert opt_b.iterations == 3 and isinstance(opt_b.iterations, int)
     assert opt_b.current_lr() == opt_a.current_lr()
     for g in grads[3:]:
@@ -322,6 +334,7 @@ def test_state_dict_round_trip_is_bit_identical(name, flavour):
     for a, b in zip(params_a, params_b):
         assert torch.equal(a, b)
     assert opt_a.iterations == opt_b.iterations == 5
+    assert len(opt_b._optimizer_step_pre_hooks) == len(opt_b._optimizer_step_post_hooks) == 1
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZER_DEFAULTS))
@@ -333,6 +346,22 @@ def test_optimizer_config_round_trips(name):
     json.dumps(config)
     assert get_optimizer(config, [torch.nn.Parameter(torch.ones(2))]).get_config() == config
     assert get_optimizer(opt, []) is opt
+
+
+@pytest.mark.parametrize("flavour", optim.FLAVOURS)
+def test_copy_and_pickle_keep_schedule_and_counter(flavour):
+    import pickle
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = get_optimizer({"name": "adam", "flavour": flavour}, [w], INVERSE_TIME)
+    w.grad = torch.ones(3)
+    opt.step()
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert clone.iterations == 1 and clone.current_lr() == opt.current_lr()
+        clone.param_groups[0]["params"][0].grad = torch.ones(3)
+        clone.step()
+        assert clone.iterations == 2 and clone.get_config() == opt.get_config()
+    assert opt.iterations == 1
 
 
 def test_optimizer_name_only_and_case():

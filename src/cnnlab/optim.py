@@ -359,8 +359,24 @@ class _Scheduled:
             group.setdefault("iterations", 0)
             group["lr"] = self.current_lr()
         # Module-level hook functions (not bound methods) keep the optimizer picklable and copyable.
-        self.register_step_pre_hook(_before_step)
-        self.register_step_post_hook(_after_step)
+        self._register_hooks()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer pickles only defaults/state/param_groups; keep the schedule too.
+        state = super().__getstate__()
+        state.update(_schedule=self._schedule, _config=self._config)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # load_state_dict() goes through here too, when the hooks are already in place.
+        super().__setstate__(state)
+        self._register_hooks()
+
+    def _register_hooks(self) -> None:
+        if _before_step not in self._optimizer_step_pre_hooks.values():
+            self.register_step_pre_hook(_before_step)
+        if _after_step not in self._optimizer_step_post_hooks.values():
+            self.register_step_post_hook(_after_step)
 
     @property
     def iterations(self) -> int:
@@ -441,21 +457,21 @@ class KerasRMSprop(_KerasOptimizer):
     def _update(self, group, params, grads, slots, lr, t):  # noqa: D102 - documented on the class
         rho, velocity = group["rho"], slots["velocity"]
         torch._foreach_mul_(velocity, rho)
-        torch._foreach_add_(velocity, torch._foreach_mul(grads, grads), alpha=1 - rho)
+        torch._foreach_addcmul_(velocity, grads, grads, value=1 - rho)
         denominator = torch._foreach_add(velocity, group["epsilon"])
         if group["centered"]:
             average = slots["average_gradient"]
             torch._foreach_mul_(average, rho)
             torch._foreach_add_(average, grads, alpha=1 - rho)
-            torch._foreach_sub_(denominator, torch._foreach_mul(average, average))
+            torch._foreach_addcmul_(denominator, average, average, value=-1.0)
         torch._foreach_sqrt_(denominator)
-        increment = torch._foreach_div(torch._foreach_mul(grads, lr), denominator)
         if group["momentum"] > 0:
             buffers = slots["momentum"]
             torch._foreach_mul_(buffers, group["momentum"])
-            torch._foreach_add_(buffers, increment)
-            increment = buffers
-        torch._foreach_sub_(params, increment)
+            torch._foreach_addcdiv_(buffers, grads, denominator, value=lr)
+            torch._foreach_sub_(params, buffers)
+        else:
+            torch._foreach_addcdiv_(params, grads, denominator, value=-lr)
 
 
 class KerasSGD(_KerasOptimizer):

@@ -1,0 +1,114 @@
+"""The command line: exit codes, one-line errors, nothing on disk changed by a mistake, Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cnnlab import __version__, store
+from cnnlab.cli import main
+
+CNNLAB = [sys.executable, "-m", "cnnlab.cli"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(folder: Path):
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"cnnlab {__version__}"
+
+
+def test_config_prints_toml_that_loads_back(capsys, tmp_path):
+    from cnnlab.config import load_config
+
+    code, out, _ = run_cli(capsys, "config", "--preset", "seed")
+    assert code == 0
+    path = tmp_path / "seed.toml"
+    path.write_text(out)
+    assert load_config(path=path) == load_config(preset="seed")
+
+
+def test_summary_prints_the_layer_table(capsys):
+    code, out, _ = run_cli(capsys, "summary", "--preset", "seed")
+    assert code == 0
+    assert "total parameters 208,982" in out
+    assert "Dense_1" in out and "(1152, 100)" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summary", "--set", "optimizer.name=rmsporp"], "did you mean 'rmsprop'"),
+    (["train", "--preset", "tiny", "--epochs", "-1"], "train.epochs: -1 is out of range"),
+    (["train", "--preset", "nope"], "preset 'nope' does not exist"),
+    (["resume", "no/such/run", "--epochs", "1"], "is not a cnnlab run folder"),
+    (["reset", "no/such/run"], "is not a cnnlab run folder"),
+    (["frobnicate"], "invalid choice"),
+    (["summary", "--config", "missing.toml"], "does not exist"),
+])
+def test_user_errors_are_one_line_and_exit_2(capsys, in_tmp, argv, message):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_out_that_is_a_file_is_refused(capsys, in_tmp):
+    target = in_tmp / "taken"
+    target.write_text("mine")
+    code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--out", str(target))
+    assert code == 2 and "is a file" in err
+    assert target.read_text() == "mine"
+
+
+def test_existing_run_is_never_overwritten_and_corrupt_weights_are_reported(capsys, real_mnist, in_tmp):
+    assert run_cli(capsys, "train", "--preset", "tiny", "--epochs", "1", "--out", "r", "--no-progress")[0] == 0
+    before = snapshot(in_tmp / "r")
+    code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--out", "r")
+    assert code == 2 and "never overwritten" in err
+    assert snapshot(in_tmp / "r") == before
+    (in_tmp / "r" / store.WEIGHTS).write_bytes(b"garbage")
+    before = snapshot(in_tmp / "r")
+    code, _, err = run_cli(capsys, "resume", "r", "--epochs", "1")
+    assert code == 2 and "weights.safetensors is corrupt" in err
+    assert snapshot(in_tmp / "r") == before
+
+
+def test_train_prints_epoch_lines_with_lr_and_step(capsys, real_mnist, in_tmp):
+    code, out, _ = run_cli(capsys, "train", "--preset", "tiny", "--epochs", "2", "--out", "t", "--no-progress")
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.startswith("epoch")]
+    assert len(lines) == 2
+    assert "step 32" in lines[1] and "lr 0.000969" in lines[1] and "(test set)" in lines[1]
+    assert "val_accuracy" in lines[0]
+
+
+def test_ctrl_c_keeps_the_last_completed_epoch_and_exits_130(real_mnist, tmp_path):
+    out = tmp_path / "long"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([*CNNLAB, "train", "--preset", "tiny", "--epochs", "500", "--out", str(out),
+                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(store.read_history(out) if (out / store.HISTORY_JSON).exists() else []) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"cnnlab resume {out} --epochs N" in err
+    import cnnlab
+
+    run = cnnlab.load(out)  # consistent: state, history and optimizer agree
+    assert store.load_state(out).epoch == len(run.history) >= 2
+    assert run.history[-1]["step"] == len(run.history) * 16
