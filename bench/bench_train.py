@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from cnnlab.config import load_config
 from cnnlab.model import build_model
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
-from cnnlab.train import Trainer
+from cnnlab.loop import Trainer
 
 
 class _Data:

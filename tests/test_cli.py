@@ -91,7 +91,7 @@ def test_train_prints_epoch_lines_with_lr_and_step(capsys, real_mnist, in_tmp):
     assert code == 0
     lines = [line for line in out.splitlines() if line.startswith("epoch")]
     assert len(lines) == 2
-    assert "step 32" in lines[1] and "lr 0.000969" in lines[1] and "(test set)" in lines[1]
+    assert "step 32" in lines[1] and "lr 0.000968992 " in lines[1] and "(test set)" in lines[1]
     assert "val_accuracy" in lines[0]
 
 

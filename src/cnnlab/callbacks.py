@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from cnnlab.train import BatchLogs, Callback
+from cnnlab.loop import BatchLogs, Callback
 
 Echo = Callable[[str], None]
 

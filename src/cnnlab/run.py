@@ -166,7 +166,7 @@ def _fit(run_dir: Path, cfg: Config, model: CnnModel, data: Any, state: Any, epo
          echo: Echo | None, progress: bool, total: int | None = None) -> None:
     from cnnlab import callbacks as cb
     from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
-    from cnnlab.train import Trainer
+    from cnnlab.loop import Trainer
 
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
@@ -249,7 +249,7 @@ def _resolve_config(config: str | Path | Config, overrides: list[str] | None) ->
 
 def _with_epochs(cfg: Config, epochs: int) -> Config:
     if epochs < 0:
-        raise CnnlabError(f"epochs: {epochs} is out of range; it must be >= 0")
+        raise CnnlabError(f"train.epochs: {epochs} is out of range; it must be >= 0")
     cfg.train.epochs = epochs
     return cfg
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write, write_json, write_text
-from cnnlab.train import TrainState, Trainer
+from cnnlab.loop import TrainState, Trainer
 
 CONFIG = "config.toml"
 MODEL = "model.json"
