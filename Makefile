@@ -18,5 +18,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py
+
 clean-venv:
 	rm -rf $(VENV)

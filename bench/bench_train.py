@@ -19,6 +19,7 @@ from cnnlab.config import load_config
 from cnnlab.model import build_model
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.loop import Trainer
+from cnnlab.speed import resolve_precision
 
 
 class _Data:
@@ -58,7 +59,8 @@ def engine(cfg, data, batch_size: int) -> float:
     reg = get_regularizer(cfg.regularizer)
     kernels = model.kernels(reg.applies_to)
     trainer = Trainer(model, opt, data, batch_size, penalty=lambda: regularization_loss(reg, kernels),
-                      channels_last=cfg.train.channels_last)
+                      channels_last=cfg.train.channels_last, precision=resolve_precision(cfg.train.precision),
+                      shift=cfg.train.shift)
     start = time.perf_counter()
     trainer.fit(1)
     return len(data.train_x) / (time.perf_counter() - start)

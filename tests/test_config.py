@@ -70,7 +70,7 @@ def test_unnamed_layers_get_keras_style_names():
     ("train.epochs=-1", "train.epochs: -1 is out of range; it must be >= 0"),
     ("train.epochs=2.5", "train.epochs: expected an integer, got float 2.5"),
     ("train.channels_last=1", "train.channels_last: expected true or false"),
-    ("data.normalize=pixl", "data.normalize: 'pixl' is not one of pixel, global, unit (did you mean 'pixel'?)"),
+    ("data.normalize=pixl", "data.normalize: 'pixl' is not one of pixel, global, unit, none (did you mean 'pixel'?)"),
     ("optimizer.beta_1=0.9", "optimizer.beta_1: not a parameter of rmsprop"),
     ("model.layers.Conv2D_1.filterz=3", "model.layers[0].filterz: not a key of a conv layer"),
     ("model.layers.Conv2D_1.filters=0", "model.layers[0].filters: 0 is out of range; it must be >= 1"),
@@ -117,3 +117,12 @@ def test_config_file_with_defaults_only_needs_layers(tmp_path):
     assert cfg.model.layers[1] == {"type": "dense", "name": "dense_1", "units": 10, "activation": "softmax",
                                    "use_bias": True}
     assert cfg.schedule["name"] == "constant"
+
+
+def test_one_cycle_length_defaults_to_the_whole_run():
+    cfg = load_config(preset="seed", overrides=['schedule={name="one_cycle", max_lr=0.1}', "train.epochs=3",
+                                                "train.batch_size=128", "data.validation=10000"])
+    assert cfg.schedule["total_steps"] == 3 * 391  # ceil(50000 / 128) = 391
+    assert from_toml(cfg.to_toml()) == cfg
+    fixed = load_config(preset="seed", overrides=['schedule={name="one_cycle", max_lr=0.1, total_steps=7}'])
+    assert fixed.schedule["total_steps"] == 7

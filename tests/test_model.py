@@ -120,3 +120,23 @@ def test_dense_without_flatten_and_too_small_input_are_clear_errors():
     with pytest.raises(CnnlabError, match="too small"):
         build_model(layers(*[{"type": "maxpool", "size": 2}] * 5, {"type": "flatten"},
                            {"type": "dense", "units": 10, "activation": "softmax"}))
+
+
+def test_pooling_before_relu_gives_the_same_values_and_gradients():
+    """forward() pools before the relu where a relu layer feeds a max-pool; the layer-by-layer path does not."""
+    torch.manual_seed(1)
+    model = seed_model()
+    x = torch.randn(8, 1, 28, 28)
+    fast = model(x)
+    step = x
+    for layer in list(model.layers.values())[:-1]:
+        step = layer(step)
+    slow = list(model.layers.values())[-1].op(step)
+    assert torch.equal(fast, slow)
+    grads = []
+    for out in (fast, slow):
+        model.zero_grad()
+        out.square().sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert model._plan[:2] == [("Conv2D_1", "Max_Pool_1"), ("Conv2D_2", "Max_Pool_2")]

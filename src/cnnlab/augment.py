@@ -1,0 +1,36 @@
+"""Data augmentation on in-memory batches: small random shifts, drawn from the run's own generator."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pad_images(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad images (N, C, H, W) by ``pad`` pixels on every side with each image's border value (edge padding).
+
+    Edge padding keeps the background of a standardized image what it was, where zero padding would not.
+    """
+    return F.pad(x, (pad, pad, pad, pad), mode="replicate") if pad else x
+
+
+def random_shift(padded: torch.Tensor, idx: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Crop images ``idx`` from the padded set, each shifted by its own offset in [-pad, pad] on both axes.
+
+    Args:
+        padded: the whole training set padded by ``pad_images`` (N, C, H + 2 pad, W + 2 pad).
+        idx: the batch's image indices (B,).
+        pad: the largest shift in pixels.
+        generator: the run's shuffle generator, so a resumed run draws the same shifts.
+
+    Returns:
+        The batch (B, C, H, W), one gather, no per-image Python loop.
+    """
+    b = len(idx)
+    h, w = padded.shape[-2] - 2 * pad, padded.shape[-1] - 2 * pad
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # (B, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # (B, 1, 1, W)
+    chans = torch.arange(padded.shape[1])[None, :, None, None]
+    return padded[idx[:, None, None, None], chans, rows, cols]
