@@ -126,3 +126,15 @@ def test_one_cycle_length_defaults_to_the_whole_run():
     assert from_toml(cfg.to_toml()) == cfg
     fixed = load_config(preset="seed", overrides=['schedule={name="one_cycle", max_lr=0.1, total_steps=7}'])
     assert fixed.schedule["total_steps"] == 7
+
+
+def test_changing_epochs_later_keeps_a_filled_in_schedule_length_in_step():
+    from cnnlab.run import _with_epochs
+
+    cfg = load_config(preset="seed", overrides=['schedule={name="one_cycle", max_lr=0.1}'])
+    assert cfg.schedule["total_steps"] == 80 * 938
+    assert _with_epochs(cfg, 3).schedule["total_steps"] == 3 * 938
+    fixed = load_config(preset="seed", overrides=['schedule={name="one_cycle", max_lr=0.1, total_steps=5}'])
+    assert _with_epochs(fixed, 3).schedule["total_steps"] == 5
+    with pytest.raises(CnnlabError, match="train.epochs: -1 is out of range"):
+        _with_epochs(cfg, -1)

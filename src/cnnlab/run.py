@@ -82,6 +82,22 @@ class Run:
         loss, acc = evaluate(self.model, data.test_x, data.test_y)
         return {"loss": loss, "accuracy": acc, "images": len(data.test_y)}
 
+    def activations(self, layer: str, images: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Return what ``layer``'s activation function produced for uint8 images (N, 28, 28).
+
+        Args:
+            layer: a layer name of the model (``self.model.layer_names``).
+            images: uint8 (N, 28, 28), normalized here as the run was, a chunk at a time.
+
+        Returns:
+            float32 (N, maps, H, W) for conv and pooling layers, (N, units) for flat layers.
+        """
+        from cnnlab.inspection.activations import check_layer, layer_activations
+
+        check_layer(self.model, layer)
+        self.prepare(np.asarray(images)[:0])  # the shape and dtype check, before any work
+        return layer_activations(self.model, images, layer, prepare=self.prepare)
+
 
 # ---------------------------------------------------------------------------------------------------------
 
@@ -250,10 +266,15 @@ def _resolve_config(config: str | Path | Config, overrides: list[str] | None) ->
 
 
 def _with_epochs(cfg: Config, epochs: int) -> Config:
-    if epochs < 0:
-        raise CnnlabError(f"train.epochs: {epochs} is out of range; it must be >= 0")
-    cfg.train.epochs = epochs
-    return cfg
+    """Return ``cfg`` with ``train.epochs`` set; a schedule length that was filled in from the run length follows."""
+    from cnnlab.config import RUN_LENGTH_KEYS, from_dict, run_steps
+
+    raw = cfg.to_dict()
+    key = RUN_LENGTH_KEYS.get(cfg.schedule["name"])
+    if key and raw["schedule"].get(key) == run_steps(cfg):
+        del raw["schedule"][key]
+    raw["train"]["epochs"] = epochs
+    return from_dict(raw)
 
 
 def _default_out(config: Any) -> Path:
