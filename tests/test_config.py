@@ -138,3 +138,23 @@ def test_changing_epochs_later_keeps_a_filled_in_schedule_length_in_step():
     assert _with_epochs(fixed, 3).schedule["total_steps"] == 5
     with pytest.raises(CnnlabError, match="train.epochs: -1 is out of range"):
         _with_epochs(cfg, -1)
+
+
+def test_a_file_can_extend_a_preset(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('extends = "seed"\n[optimizer]\nmomentum = 0.9\n[train]\nepochs = 3\n'
+                    '[schedule]\nname = "constant"\nlearning_rate = 0.01\n')
+    cfg = load_config(path=path, overrides=["model.layers.Dense_1.units=64"])
+    seed = load_config(preset="seed")
+    assert cfg.optimizer == {**seed.optimizer, "momentum": 0.9}  # same optimizer: tables merge
+    assert cfg.schedule == {"name": "constant", "learning_rate": 0.01}  # another schedule: replaced whole
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 64
+    assert cfg.model.layers[6]["units"] == 64 and cfg.model.layers[0] == seed.model.layers[0]
+    assert from_toml(cfg.to_toml()) == cfg
+
+
+def test_fast_preset_is_the_seed_model_with_its_own_recipe():
+    fast, seed = load_config(preset="fast"), load_config(preset="seed")
+    assert fast.model == seed.model
+    assert fast.optimizer["name"] == "adam" and fast.schedule["total_steps"] == 4 * 469
+    assert fast.data.split == "standard" and fast.train.precision == "auto"

@@ -156,6 +156,7 @@ def load_config(preset: str | None = None, path: str | Path | None = None,
         raw = _read_toml_file(Path(path))
     else:
         raw = preset_dict(preset or "seed")
+    raw = _apply_extends(raw)
     for item in overrides or []:
         apply_override(raw, item)
     return from_dict(raw)
@@ -175,6 +176,39 @@ def preset_dict(name: str) -> dict[str, Any]:
                           + _suggest(name, names))
     text = (resources.files("cnnlab") / "presets" / f"{name}.toml").read_text()
     return tomllib.loads(text)
+
+
+_SPEC_KEYS = {"optimizer": "name", "schedule": "name", "regularizer": "kind"}
+
+
+def _apply_extends(raw: dict[str, Any]) -> dict[str, Any]:
+    """Resolve ``extends = "PRESET"``: start from that preset and lay this file's values over it.
+
+    Tables merge key by key; a list (the layers) replaces the preset's; an optimizer, schedule or
+    regularizer table that names another optimizer, schedule or kind replaces the preset's whole table.
+    """
+    if "extends" not in raw:
+        return raw
+    base_name = raw.pop("extends")
+    if not isinstance(base_name, str):
+        raise CnnlabError(f"extends: expected a preset name, got {_show(base_name)}")
+    base = _apply_extends(preset_dict(base_name))
+    for section, value in raw.items():
+        key = _SPEC_KEYS.get(section)
+        same_kind = isinstance(value, dict) and key is not None and value.get(key, base.get(section, {}).get(key)) \
+            == base.get(section, {}).get(key)
+        if isinstance(value, dict) and isinstance(base.get(section), dict) and (key is None or same_kind):
+            base[section] = _merge(base[section], value)
+        else:
+            base[section] = value
+    return base
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def from_toml(text: str) -> Config:
@@ -197,7 +231,7 @@ def _read_toml_file(path: Path) -> dict[str, Any]:
 
 def from_dict(raw: dict[str, Any]) -> Config:
     """Validate a raw nested dict and return the resolved ``Config`` (all defaults filled in)."""
-    raw = copy.deepcopy(raw)
+    raw = _apply_extends(copy.deepcopy(raw))
     cfg = _build_dataclass(Config, raw, "")
     cfg.model.layers = resolve_layers(cfg.model.layers)
     _fill_run_length(cfg)
