@@ -31,7 +31,7 @@ from bench_train import _Data, engine, machine, plain_loop  # noqa: E402
 from cnnlab.config import load_config  # noqa: E402
 from cnnlab.speed import has_native_bf16, resolve_precision  # noqa: E402
 
-CNNLAB = [sys.executable, "-m", "cnnlab.cli"]
+CNNLAB = [sys.executable, "-m", "cnnlab"]
 
 
 def throughput(repeats: int, images: int) -> tuple[float, dict[str, float]]:

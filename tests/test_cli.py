@@ -12,7 +12,7 @@ import pytest
 from cnnlab import __version__, store
 from cnnlab.cli import main
 
-CNNLAB = [sys.executable, "-m", "cnnlab.cli"]
+CNNLAB = [sys.executable, "-m", "cnnlab"]
 
 
 def run_cli(capsys, *argv):

@@ -16,6 +16,7 @@ _LAZY = {
     "train": "cnnlab.run", "resume": "cnnlab.run", "reset": "cnnlab.run", "load": "cnnlab.run",
     "Run": "cnnlab.run", "load_config": "cnnlab.config", "Config": "cnnlab.config",
     "build_model": "cnnlab.model", "load_mnist": "cnnlab.data",
+    "import_keras": "cnnlab.interop", "export_onnx": "cnnlab.interop",
 }
 
 __all__ = ["__version__", "CnnlabError", *_LAZY]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Callable
@@ -16,6 +17,9 @@ DEMO_PRESET = "seed"  # the main job trains the articles' model for DEMO_EPOCHS 
 DEMO_EPOCHS = 2
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+# Modules that add subcommands: each has add_parsers(sub) and registers its handlers with @command.
+_COMMAND_MODULES: list[str] = ["cnnlab.cli_interop", "cnnlab.cli_inspect"]
 
 
 def command(name: str) -> Callable:
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reset", help="put a run back to its initial weights, empty optimizer state, step 0")
     p.add_argument("run", type=Path, help="the run folder")
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_parsers(sub)
 
     p = sub.add_parser("demo", help="the main job: fetch the data, train, write the pictures and the report")
     p.add_argument("--out", type=Path, help="the run folder (default: runs/demo, with a free suffix)")
@@ -197,4 +204,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script, this file is a second copy of the module; the registered commands live in cnnlab.cli.
+    from cnnlab.cli import main as _main
+
+    sys.exit(_main())

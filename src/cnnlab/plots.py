@@ -48,3 +48,246 @@ def save_figure(fig: Any, path: str | Path, close: bool = True, dpi: int = 100) 
 def close(fig: Any) -> None:
     """Free a figure's memory."""
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Looking inside: arrays from cnnlab.inspection in, figures out
+
+GRID_LINE = "#dddddd"  # the articles' thin light lines between maps
+INPUT_CMAP = "binary"  # MNIST digits as the articles show them: dark strokes on white
+
+
+def check_cmap(name: str) -> str:
+    """Return ``name`` if matplotlib knows the colour map, else raise a one-line error with examples."""
+    from cnnlab.errors import CnnlabError
+
+    if name not in matplotlib.colormaps:
+        raise CnnlabError(f"--cmap {name!r} is not a matplotlib colour map; try viridis, magma, inferno, "
+                          "plasma, cividis, gray, binary or jet")
+    return name
+
+
+def mosaic(maps: Any, cols: int) -> Any:
+    """Tile maps (M, H, W) into one array (rows * H, cols * W), row by row; empty cells are NaN."""
+    import numpy as np
+
+    maps = np.asarray(maps, dtype=np.float32)
+    m, h, w = maps.shape
+    rows = max(1, -(-m // cols))
+    grid = np.full((rows * h, cols * w), np.nan, dtype=np.float32)
+    for i in range(m):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = maps[i]
+    return grid
+
+
+def _map_grid(ax: Any, maps: Any, cols: int, cmap: str, vmin: float, vmax: float,
+              labels: list[str] | None = None) -> Any:
+    """Draw maps as one tiled image with thin lines between them and a label in each cell's corner."""
+    import matplotlib.patheffects as pe
+
+    m, h, w = maps.shape
+    cols = max(1, min(cols, m))
+    rows = -(-m // cols)
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="white")
+    image = ax.imshow(mosaic(maps, cols), cmap=colours, vmin=vmin, vmax=vmax, interpolation="nearest")
+    for c in range(1, cols):
+        ax.axvline(c * w - 0.5, color=GRID_LINE, linewidth=0.6)
+    for r in range(1, rows):
+        ax.axhline(r * h - 0.5, color=GRID_LINE, linewidth=0.6)
+    size = 6 if cols > 8 else 7
+    for i, text in enumerate(labels if labels is not None else [str(i) for i in range(m)]):
+        r, c = divmod(i, cols)
+        ax.text(c * w - 0.3, r * h - 0.3, text, color="white", fontsize=size, va="top", ha="left",
+                path_effects=[pe.withStroke(linewidth=1.5, foreground="black")])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return image
+
+
+def activation_grid_figure(maps: Any, image: Any = None, title: str = "", cols: int = 8, cmap: str = "viridis",
+                           vmin: float | None = None, vmax: float | None = None,
+                           colorbar_label: str = "activation", image_title: str = "input") -> Any:
+    """Return a figure: the input image on the left, every map of a layer in a numbered grid on the right.
+
+    Args:
+        maps: (M, H, W) values to show, one colour scale for all of them.
+        image: the input (28, 28), pixel values 0..255 (or None).
+        title: the figure title (layer name and shape).
+        cols: maps per row.
+        cmap: matplotlib colour map of the maps.
+        vmin: bottom of the shared colour scale (default: the smallest value, at most 0).
+        vmax: top of the shared colour scale (default: the largest value).
+        colorbar_label: what the colour bar measures.
+        image_title: the caption of the input image.
+    """
+    import numpy as np
+
+    maps = np.asarray(maps, dtype=np.float32)
+    lo = float(min(np.nanmin(maps), 0.0)) if vmin is None else vmin
+    hi = float(np.nanmax(maps)) if vmax is None else vmax
+    hi = hi if hi > lo else lo + 1.0
+    m, h, w = maps.shape
+    cols = max(1, min(cols, m))
+    rows = -(-m // cols)
+    cell = 0.9 if cols <= 8 else 0.7
+    grid_w, grid_h = cols * cell * (w / max(h, w)), rows * cell * (h / max(h, w))
+    fig = plt.figure(figsize=(grid_w + 3.4, max(grid_h + 0.9, 3.2)), constrained_layout=True)
+    left, right = fig.subfigures(1, 2, width_ratios=[2.4, grid_w + 1.0])
+    ax_in = left.subplots()
+    if image is not None:
+        ax_in.imshow(np.asarray(image), cmap=INPUT_CMAP, vmin=0, vmax=255, interpolation="nearest")
+        ax_in.set_title(image_title, fontsize=9)
+    ax_in.set_xticks([])
+    ax_in.set_yticks([])
+    if image is None:
+        ax_in.axis("off")
+    ax = right.subplots()
+    drawn = _map_grid(ax, maps, cols, cmap, lo, hi)
+    right.colorbar(drawn, ax=ax, shrink=min(1.0, 4.0 / max(grid_h, 1e-9)) if grid_h > 4 else 1.0,
+                   label=colorbar_label)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def activation_bars_figure(values: Any, image: Any = None, title: str = "") -> Any:
+    """Return a figure for a flat layer (dense, flatten): the input and one bar per unit."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float32)
+    fig, (ax_in, ax) = plt.subplots(1, 2, figsize=(11, 3.2), width_ratios=[1, 4], constrained_layout=True)
+    if image is not None:
+        ax_in.imshow(np.asarray(image), cmap=INPUT_CMAP, vmin=0, vmax=255, interpolation="nearest")
+        ax_in.set_title("input", fontsize=9)
+    ax_in.set_xticks([])
+    ax_in.set_yticks([])
+    ax.bar(np.arange(len(values)), values, width=1.0, color="tab:blue")
+    ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.set_xlabel("unit")
+    ax.set_ylabel("activation")
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def filter_grid_figure(pixels: Any, maps: Any, ratios: Any = None, title: str = "", cols: int = 8,
+                       cmap: str = "gray") -> Any:
+    """Return a grid of gradient-ascent patterns, each labelled with its map and the ratio it reached.
+
+    Args:
+        pixels: (M, 28, 28) patterns in pixel values 0..255.
+        maps: the map index of each pattern (M,).
+        ratios: per pattern, its activation over the test images' average (M,), shown as ``x12``.
+        title: the figure title.
+        cols: patterns per row.
+        cmap: colour map.
+    """
+    import numpy as np
+
+    pixels = np.asarray(pixels, dtype=np.float32)
+    labels = [f"{int(mp)}" + (f" x{_ratio(r)}" if ratios is not None else "") for mp, r in
+              zip(maps, ratios if ratios is not None else [None] * len(maps))]
+    m = len(pixels)
+    cols = max(1, min(cols, m))
+    rows = -(-m // cols)
+    fig = plt.figure(figsize=(cols * 1.05 + 1.4, rows * 1.05 + 0.8), constrained_layout=True)
+    ax = fig.subplots()
+    drawn = _map_grid(ax, pixels, cols, cmap, 0.0, 255.0, labels)
+    fig.colorbar(drawn, ax=ax, shrink=0.8, label="pixel value")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _ratio(value: float) -> str:
+    import math
+
+    if value is None or math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def class_heatmap_figure(means: Any, title: str = "", cmap: str = "viridis") -> Any:
+    """Return a classes x maps heat map of mean activations."""
+    import numpy as np
+
+    means = np.asarray(means, dtype=np.float32)
+    k, m = means.shape
+    fig, ax = plt.subplots(figsize=(min(3 + m * 0.09, 16), 1.6 + k * 0.3), constrained_layout=True)
+    drawn = ax.imshow(means, aspect="auto", cmap=cmap, interpolation="nearest")
+    ax.set_yticks(range(k))
+    ax.set_ylabel("class")
+    ax.set_xlabel("map")
+    step = max(1, m // 16)
+    ax.set_xticks(range(0, m, step))
+    fig.colorbar(drawn, ax=ax, label="mean activation")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def confusion_figure(confusion: Any, title: str = "") -> Any:
+    """Return the confusion matrix (rows true, columns predicted) with the count in every cell."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    cm = np.asarray(confusion)
+    k = len(cm)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * k, 0.8 + 0.5 * k), constrained_layout=True)
+    # log colours: the few mistakes stay visible next to the thousand correct ones on the diagonal
+    drawn = ax.imshow(np.maximum(cm, 0.5), cmap="Blues", norm=LogNorm(vmin=0.5, vmax=max(cm.max(), 1)))
+    for (r, c), n in np.ndenumerate(cm):
+        if n:
+            ax.text(c, r, str(n), ha="center", va="center", fontsize=7,
+                    color="white" if n > max(cm.max(), 1) ** 0.7 else "black")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(drawn, ax=ax, label="images (log scale)")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def gallery_figure(images: Any, captions: list[str], title: str = "", cols: int = 8) -> Any:
+    """Return a gallery of images (K, 28, 28), pixel values 0..255, each with a caption above it."""
+    import numpy as np
+
+    images = np.asarray(images)
+    n = max(len(images), 1)
+    cols = max(1, min(cols, n))
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.25, rows * 1.45 + 0.4), squeeze=False,
+                             constrained_layout=True)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i < len(images):
+            ax.imshow(images[i], cmap=INPUT_CMAP, vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(captions[i], fontsize=7)
+        else:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def saliency_figure(image: Any, gradient: Any, grad_cam: Any, title: str = "", cam_layer: str = "") -> Any:
+    """Return three panels: the input, gradient saliency over it, Grad-CAM over it."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.5), constrained_layout=True)
+    panels = ((None, "input", None), (gradient, "gradient saliency |d logit / d pixel|", "hot"),
+              (grad_cam, f"Grad-CAM ({cam_layer})", "jet"))
+    for ax, (overlay, caption, cmap) in zip(axes, panels):
+        ax.imshow(np.asarray(image), cmap="gray_r" if overlay is None else "gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        if overlay is not None:
+            drawn = ax.imshow(np.asarray(overlay), cmap=cmap, alpha=0.6, interpolation="bilinear",
+                              vmin=0, vmax=max(float(np.max(overlay)), 1e-12))
+            fig.colorbar(drawn, ax=ax, shrink=0.8)
+        ax.set_title(caption, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    return fig
+

@@ -1,0 +1,178 @@
+"""``cnnlab activations | filters | patterns | evaluate | saliency | report``: parse, call ``cnnlab.report``, print."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnlab.cli import command
+from cnnlab.errors import CnnlabError
+
+
+def parse_indices(text: str, option: str = "--image") -> list[int]:
+    """Parse ``"19"``, ``"19,20,21"`` or ``"0-15"`` (and mixes like ``"0-3,9"``) into a list of integers."""
+    values: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            first, sep, last = part.partition("-") if not part.startswith("-") else (part, "", "")
+            lo, hi = int(first), int(last) if sep else int(first)
+            if hi < lo:
+                raise ValueError
+            values.extend(range(lo, hi + 1))
+    except ValueError:
+        raise CnnlabError(f"{option} {text!r}: expected whole numbers >= 0 like 19, 19,20,21 or 0-15") from None
+    if any(v < 0 for v in values):
+        raise CnnlabError(f"{option} {text!r}: indices start at 0")
+    return values
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the inspection subcommands to the ``cnnlab`` parser."""
+    p = sub.add_parser("activations", help="grid of every map's activation of a layer for an image (+ .npz)")
+    _run_arg(p)
+    p.add_argument("--layer", required=True, help="a layer name (see cnnlab summary), or 'all' for every conv/pool")
+    p.add_argument("--image", required=True, help="index into the set: 19, or several: 19,20,21 or 19-21")
+    _set_arg(p)
+    p.add_argument("--cols", type=int, default=8, help="maps per row (default 8)")
+    p.add_argument("--cmap", default="viridis", help="matplotlib colour map (default viridis)")
+    p.add_argument("--scale", action="store_true",
+                   help="standardize and clip each map (the articles' option); default: raw values, one scale")
+    _out_arg(p)
+
+    p = sub.add_parser("filters", help="per map, an input found by gradient ascent that maximizes it (+ .npz)")
+    _run_arg(p)
+    p.add_argument("--layer", required=True, help="a layer name, e.g. Conv2D_2")
+    p.add_argument("--maps", help="which maps: 0-15 or 0,3,7 (default: all)")
+    p.add_argument("--steps", type=int, default=None, help="gradient-ascent steps (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    p.add_argument("--cols", type=int, default=8, help="patterns per row (default 8)")
+    _out_arg(p)
+
+    p = sub.add_parser("patterns", help="mean activation of every map per class; nearest-class-pattern accuracy")
+    _run_arg(p)
+    p.add_argument("--layer", required=True, help="a layer name, e.g. Conv2D_3")
+    p.add_argument("--cols", type=int, default=8, help="maps per row in the per-class pictures (default 8)")
+    p.add_argument("--cmap", default="viridis", help="matplotlib colour map (default viridis)")
+    _out_arg(p, folder=True)
+
+    p = sub.add_parser("evaluate", help="test accuracy, loss, per-class accuracy, confusion matrix, mistakes")
+    _run_arg(p)
+    p.add_argument("--mistakes", type=int, default=24, help="images in the gallery of mistakes (default 24)")
+    _out_arg(p, folder=True)
+
+    p = sub.add_parser("saliency", help="gradient saliency and Grad-CAM for an image (+ .npz)")
+    _run_arg(p)
+    p.add_argument("--image", required=True, help="index into the set: 19, or several: 19,20,21")
+    _set_arg(p)
+    p.add_argument("--layer", help="the conv layer for Grad-CAM (default: the last conv layer)")
+    _out_arg(p)
+
+    p = sub.add_parser("report", help="write RUN/report.html: one page with every picture embedded")
+    _run_arg(p)
+
+
+def _run_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="the run folder")
+
+
+def _set_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="image_set", choices=("test", "train"), default="test",
+                   help="the run's test or training set, in the run's own order (default test)")
+
+
+def _out_arg(p: argparse.ArgumentParser, folder: bool = False) -> None:
+    where = "a folder" if folder else "FILE.png or a folder"
+    p.add_argument("--out", type=Path, help=f"{where} for the output (default: RUN/inspect/)")
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
+def _print_paths(written: Any) -> None:
+    for path in written.paths:
+        _echo(f"wrote {path}")
+
+
+@command("activations")
+def _activations(args: argparse.Namespace) -> int:
+    from cnnlab.report import activation_pictures
+
+    written = activation_pictures(args.run, args.layer, parse_indices(args.image), args.image_set,
+                                  cols=args.cols, cmap=args.cmap, scale=args.scale, out=args.out)
+    _print_paths(written)
+    return 0
+
+
+@command("filters")
+def _filters(args: argparse.Namespace) -> int:
+    from cnnlab.inspection.filters import STEPS
+    from cnnlab.report import filter_pictures
+
+    maps = parse_indices(args.maps, "--maps") if args.maps else None
+    written = filter_pictures(args.run, args.layer, maps, steps=args.steps or STEPS, seed=args.seed,
+                              cols=args.cols, out=args.out)
+    s = written.summary
+    _echo(f"{'map':>4}  {'pattern':>9}  {'test mean':>9}  {'ratio':>7}  {'test max':>9}  {'ratio to max':>12}")
+    for row in zip(s["maps"], s["activation"], s["test_mean"], s["ratio"], s["test_max"], s["ratio_max"]):
+        m, a, mean, r, top, rmax = row
+        _echo(f"{m:>4}  {a:9.4g}  {mean:9.4g}  {r:7.3g}  {top:9.4g}  {rmax:12.3g}")
+    live = np.asarray(s["test_max"]) > 0
+    ratio = np.asarray(s["ratio"])[live]
+    if live.any():
+        _echo(f"{s['layer']}: {len(s['maps'])} patterns in {s['seconds']:.1f} s; pattern / average test image: "
+              f"min {ratio.min():.3g}, median {np.median(ratio):.3g}; the pattern beats every test image on "
+              f"{int((np.asarray(s['ratio_max'])[live] > 1).sum())} of {int(live.sum())} maps"
+              + (f" ({int((~live).sum())} maps no test image activates)" if (~live).any() else ""))
+    _print_paths(written)
+    return 0
+
+
+@command("patterns")
+def _patterns(args: argparse.Namespace) -> int:
+    from cnnlab.report import pattern_pictures
+
+    written = pattern_pictures(args.run, args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
+    s = written.summary
+    _echo(f"{s['layer']}: nearest-class-pattern classifier (cosine to the class means of the map means, fitted on "
+          f"{s['train_images']} training images): test accuracy {s['nearest_accuracy']:.4f}; "
+          f"the network: {s['network_accuracy']:.4f}")
+    _print_paths(written)
+    return 0
+
+
+@command("evaluate")
+def _evaluate(args: argparse.Namespace) -> int:
+    from cnnlab.report import evaluation_pictures
+
+    written = evaluation_pictures(args.run, mistakes=args.mistakes, out=args.out)
+    s = written.summary
+    _echo(f"test: accuracy {s['accuracy']:.4f} ({s['correct']} of {s['images']}), loss {s['loss']:.4f}")
+    _echo("per class: " + "  ".join(f"{c} {'-' if a is None else f'{a:.4f}'}"
+                                    for c, a in s["per_class_accuracy"].items()))
+    _print_paths(written)
+    return 0
+
+
+@command("saliency")
+def _saliency(args: argparse.Namespace) -> int:
+    from cnnlab.report import saliency_pictures
+
+    written = saliency_pictures(args.run, parse_indices(args.image), args.image_set, layer=args.layer,
+                                out=args.out)
+    s = written.summary
+    for i, label, pred, p in zip(s["indices"], s["labels"], s["predicted"], s["probability"]):
+        _echo(f"{args.image_set} image {i}: label {label}, predicted {pred} (p = {p:.3f}); Grad-CAM on {s['layer']}")
+    _print_paths(written)
+    return 0
+
+
+@command("report")
+def _report(args: argparse.Namespace) -> int:
+    from cnnlab.report import write_report
+
+    write_report(args.run, echo=_echo)
+    return 0

@@ -1,0 +1,77 @@
+"""Evaluation on a labelled set: accuracy, loss, per-class accuracy, confusion matrix, confident mistakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.metrics import predict_logits
+from cnnlab.model import CnnModel
+
+
+@dataclass
+class Evaluation:
+    """How a model does on a labelled set.
+
+    Attributes:
+        loss: mean cross-entropy (the data term only, without the regularizer's penalty).
+        accuracy: the share of correct predictions.
+        per_class_accuracy: per true class, the share predicted correctly (classes,); nan for an absent class.
+        confusion: counts, rows = true class, columns = predicted class (classes, classes).
+        labels: the true classes (N,).
+        predictions: the predicted classes (N,).
+        probabilities: the softmax outputs (N, classes).
+    """
+
+    loss: float
+    accuracy: float
+    per_class_accuracy: np.ndarray
+    confusion: np.ndarray
+    labels: np.ndarray
+    predictions: np.ndarray
+    probabilities: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary: the figures and the confusion matrix, not the per-image arrays."""
+        return {"images": int(len(self.labels)), "accuracy": self.accuracy, "loss": self.loss,
+                "correct": int(np.trace(self.confusion)),
+                "per_class_accuracy": {str(c): _number(a) for c, a in enumerate(self.per_class_accuracy)},
+                "confusion": {"rows": "true class", "columns": "predicted class",
+                              "matrix": self.confusion.tolist()}}
+
+
+def evaluate(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, num_classes: int | None = None,
+             chunk: int = 2000) -> Evaluation:
+    """Evaluate ``model`` on normalized images ``x`` (N, 1, 28, 28) with labels ``y`` (N,).
+
+    The forward passes run in inference mode in chunks; the model's train/eval mode is restored.
+    """
+    labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    k = num_classes or model.num_classes
+    logits = predict_logits(model, x, batch_size=chunk).float()
+    if len(labels) == 0:
+        empty = np.zeros((k, k), dtype=np.int64)
+        return Evaluation(float("nan"), float("nan"), np.full(k, np.nan), empty, np.zeros(0, np.int64),
+                          np.zeros(0, np.int64), np.zeros((0, k), np.float32))
+    predictions = logits.argmax(dim=1)
+    confusion = torch.bincount(labels * k + predictions, minlength=k * k).view(k, k).numpy()
+    per_class = np.diag(confusion) / np.where(confusion.sum(axis=1) > 0, confusion.sum(axis=1), np.nan)
+    return Evaluation(loss=float(F.cross_entropy(logits, labels)),
+                      accuracy=float((predictions == labels).double().mean()),
+                      per_class_accuracy=per_class, confusion=confusion, labels=labels.numpy(),
+                      predictions=predictions.numpy(), probabilities=torch.softmax(logits, dim=1).numpy())
+
+
+def confident_mistakes(ev: Evaluation, count: int = 24) -> np.ndarray:
+    """Indices of the wrongly classified images, most confident (highest predicted probability) first."""
+    wrong = np.flatnonzero(ev.predictions != ev.labels)
+    confidence = ev.probabilities[wrong, ev.predictions[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def _number(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)

@@ -1,0 +1,93 @@
+"""Pick images of a run's test or training set by index, as the run's own split ordered them.
+
+"test 19" is the 20th image of the run's test set after its split (with ``split = "reshuffle"``, of the
+reshuffled test set, as in the articles), i.e. ``run.data().test_x[19]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnlab.config import Config
+from cnnlab.data import Mnist, load_mnist, prepare
+from cnnlab.errors import CnnlabError
+
+SETS = ("test", "train")
+
+
+@dataclass
+class Picked:
+    """Images picked from a run's data set.
+
+    Attributes:
+        image_set: ``"test"`` or ``"train"``.
+        indices: the indices into that set.
+        images: uint8 (K, 28, 28), as stored in MNIST.
+        labels: int64 (K,).
+    """
+
+    image_set: str
+    indices: list[int]
+    images: np.ndarray
+    labels: np.ndarray
+
+
+class ImageSets:
+    """The raw images and labels of a run's test and training sets, in the run's order.
+
+    Loads MNIST from the cache and asks ``cnnlab.data.prepare`` for the split, without normalizing 70,000
+    images: enough for commands that look at a few images.
+    """
+
+    def __init__(self, config: Config, mnist: Mnist | None = None):
+        self.mnist = mnist if mnist is not None else load_mnist(source=config.data.source or None)
+        self._pool = np.concatenate([self.mnist.train_images, self.mnist.test_images])
+        self._pool_labels = np.concatenate([self.mnist.train_labels, self.mnist.test_labels]).astype(np.int64)
+        self.indices = _split_indices(config, self.mnist)
+
+    def size(self, image_set: str) -> int:
+        """The number of images in ``image_set``."""
+        return len(self.indices[_check_set(image_set)])
+
+    def images(self, image_set: str) -> np.ndarray:
+        """All uint8 images (N, 28, 28) of ``image_set``."""
+        return self._pool[self.indices[_check_set(image_set)]]
+
+    def labels(self, image_set: str) -> np.ndarray:
+        """All int64 labels (N,) of ``image_set``."""
+        return self._pool_labels[self.indices[_check_set(image_set)]]
+
+    def pick(self, image_set: str, indices: list[int] | int, option: str = "--image") -> Picked:
+        """Return the images at ``indices`` of ``image_set``.
+
+        Raises:
+            CnnlabError: an unknown set, or an index out of range (the message gives the range).
+        """
+        indices = [indices] if isinstance(indices, (int, np.integer)) else [int(i) for i in indices]
+        n = self.size(image_set)
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise CnnlabError(f"{option} {bad[0]} is out of range: the {image_set} set of this run has {n} images, "
+                              f"so use 0..{n - 1}")
+        pool_idx = self.indices[image_set][indices]
+        return Picked(image_set, indices, self._pool[pool_idx], self._pool_labels[pool_idx])
+
+
+def _check_set(image_set: str) -> str:
+    if image_set not in SETS:
+        raise CnnlabError(f"--set {image_set!r} is not one of {', '.join(SETS)}")
+    return image_set
+
+
+def _split_indices(config: Config, mnist: Mnist) -> dict[str, np.ndarray]:
+    # prepare() owns the split, the limits and the validation hold-out; 1x1 stand-in images give its indices
+    # exactly, without fitting a normalizer on and normalizing the real 70,000 images.
+    stub = dataclasses.replace(mnist, train_images=np.zeros((len(mnist.train_images), 1, 1), np.uint8),
+                               test_images=np.zeros((len(mnist.test_images), 1, 1), np.uint8))
+    d = config.data
+    prepared = prepare(stub, normalize=d.normalize, split=d.split, validation=d.validation, seed=config.train.seed,
+                       limit_train=d.limit_train, limit_test=d.limit_test)
+    return {"train": prepared.train_indices, "test": prepared.test_indices}

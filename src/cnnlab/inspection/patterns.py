@@ -1,0 +1,124 @@
+"""Class patterns: per class, the mean activation of every map; and a classifier that uses only those.
+
+The nearest-class-pattern classifier describes an image by the mean activation of each map of one layer
+(a vector of length maps), takes the class means of those vectors over the training images, and predicts the
+class whose mean is most similar (cosine) to the image's vector. Its test accuracy next to the network's
+says how much of the decision is already readable from that layer's average map activity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cnnlab.inspection.activations import CHUNK, check_layer, chunked_activations, map_means
+from cnnlab.model import CnnModel
+
+
+@dataclass
+class ClassPatterns:
+    """Mean activations per class of one layer.
+
+    Attributes:
+        layer: the layer name.
+        counts: images per class (classes,).
+        map_images: the average map images per class, (classes, maps, H, W); (classes, units) for flat layers.
+        means: the mean activation of every map per class, (classes, maps): ``map_images`` averaged over H, W.
+        features: per image, the mean activation of every map (N, maps): what the nearest-class-pattern
+            classifier compares.
+    """
+
+    layer: str
+    counts: np.ndarray
+    map_images: np.ndarray
+    means: np.ndarray
+    features: np.ndarray
+
+
+@dataclass
+class NearestPattern:
+    """The nearest-class-pattern classifier and how it does.
+
+    Attributes:
+        layer: the layer whose map means describe an image.
+        centroids: class means of the map-mean vectors over the training images, (classes, maps).
+        predictions: the predicted class of each test image (N,).
+        accuracy: the share of test images it classifies correctly.
+    """
+
+    layer: str
+    centroids: np.ndarray
+    predictions: np.ndarray
+    accuracy: float
+
+
+def class_patterns(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, layer: str,
+                   num_classes: int | None = None, chunk: int = CHUNK) -> ClassPatterns:
+    """Average the activation output of ``layer`` over the images of each class.
+
+    Args:
+        model: the network.
+        x: normalized images (N, 1, 28, 28).
+        y: their labels (N,).
+        layer: a layer name.
+        num_classes: the number of classes (default: the model's).
+        chunk: images per forward pass (only one chunk's maps are in memory at a time).
+
+    Returns:
+        Per class the count, the average map images and the mean activation of every map. A class without
+        images has zeros.
+    """
+    check_layer(model, layer)
+    k = num_classes or model.num_classes
+    labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    sums = torch.zeros((k, *model.output_shapes[layer]), dtype=torch.float64)
+    features = np.empty((len(labels), model.output_shapes[layer][0]), dtype=np.float32)
+    for start, acts in chunked_activations(model, x, layer, None, chunk):
+        sums.index_add_(0, labels[start:start + len(acts)], acts.double())
+        features[start:start + len(acts)] = (acts.mean(dim=(2, 3)) if acts.ndim == 4 else acts).numpy()
+    counts = torch.bincount(labels, minlength=k)[:k]
+    images = (sums / counts.clamp_min(1).view(-1, *[1] * (sums.ndim - 1))).float().numpy()
+    means = images.mean(axis=(2, 3)) if images.ndim == 4 else images
+    return ClassPatterns(layer, counts.numpy(), images, means, features)
+
+
+def fit_centroids(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Return the mean feature vector of each class, (classes, features); zeros for a class without images."""
+    labels = np.asarray(labels)
+    sums = np.zeros((num_classes, features.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, features)
+    counts = np.bincount(labels, minlength=num_classes)[:num_classes]
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
+def nearest_by_cosine(features: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Return, per row of ``features``, the index of the centroid with the highest cosine similarity."""
+    a = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    b = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    return (a @ b.T).argmax(axis=1)
+
+
+def nearest_pattern(model: CnnModel, train_x: torch.Tensor, train_y: torch.Tensor | np.ndarray,
+                    test_x: torch.Tensor | None, test_y: torch.Tensor | np.ndarray, layer: str,
+                    test_features: np.ndarray | None = None, chunk: int = CHUNK) -> NearestPattern:
+    """Fit the nearest-class-pattern classifier of ``layer`` on training images and score it on test images.
+
+    Args:
+        model: the network.
+        train_x: normalized training images; their map means give the class centroids.
+        train_y: their labels.
+        test_x: normalized test images (or None with ``test_features``).
+        test_y: their labels.
+        layer: the layer whose per-map mean activations describe an image.
+        test_features: the test images' map means if already computed (``ClassPatterns.features``).
+        chunk: images per forward pass.
+    """
+    k = model.num_classes
+    centroids = fit_centroids(map_means(model, train_x, layer, chunk=chunk), np.asarray(train_y), k)
+    if test_features is None:
+        test_features = map_means(model, test_x, layer, chunk=chunk)
+    predictions = nearest_by_cosine(test_features, centroids)
+    accuracy = float((predictions == np.asarray(test_y)).mean()) if len(predictions) else float("nan")
+    return NearestPattern(layer, centroids, predictions, accuracy)

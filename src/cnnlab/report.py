@@ -1,0 +1,460 @@
+"""Pictures and the report: inspection arrays become PNG files (each with its ``.npz``) and one HTML page.
+
+Every ``*_pictures`` function loads nothing twice, computes with ``cnnlab.inspection``, draws with
+``cnnlab.plots`` and writes atomically. By default files go to ``<run>/inspect/``; ``out`` names a file
+(``x.png``: several outputs become ``x_<default name>``) or a folder. ``write_report`` calls them all and
+embeds the pictures in ``<run>/report.html``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cnnlab import plots
+from cnnlab.errors import CnnlabError
+from cnnlab.files import write_bytes, write_json, write_text
+from cnnlab.inspection import activations as act
+from cnnlab.inspection import evaluation as ev
+from cnnlab.inspection import filters as flt
+from cnnlab.inspection import patterns as pat
+from cnnlab.inspection import saliency as sal
+from cnnlab.inspection.images import ImageSets
+from cnnlab.model import TYPE_LABELS, format_table
+from cnnlab.run import Run, load
+
+INSPECT_DIR = "inspect"
+REPORT = "report.html"
+REPORT_IMAGE = 19  # the articles' test image
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Written:
+    """What a pictures function wrote, and the figures worth printing.
+
+    Attributes:
+        paths: the files written (PNG, NPZ, JSON), in order.
+        summary: key figures (accuracies, ratios) by name.
+    """
+
+    paths: list[Path] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def pngs(self) -> list[Path]:
+        """The PNG files among ``paths``."""
+        return [p for p in self.paths if p.suffix == ".png"]
+
+
+def as_run(run: Run | str | Path) -> Run:
+    """Return ``run`` if it is loaded, else load the run folder."""
+    return run if isinstance(run, Run) else load(run)
+
+
+def output_paths(run: Run, names: list[str], out: str | Path | None) -> list[Path]:
+    """Where the files ``names`` go: ``<run>/inspect/``, or as ``out`` says (a ``.png`` file or a folder)."""
+    if out is None:
+        return [run.path / INSPECT_DIR / name for name in names]
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        return [out / name for name in names]
+    if len(names) == 1:
+        return [out.with_suffix(Path(names[0]).suffix)]
+    return [out.with_name(f"{out.stem}_{name}") for name in names]
+
+
+def write_npz(path: str | Path, **arrays: Any) -> Path:
+    """Write arrays as an ``.npz`` file atomically."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return write_bytes(path, buf.getvalue())
+
+
+def _save(fig: Any, png: Path, arrays: dict[str, Any], written: Written) -> None:
+    written.paths.append(plots.save_figure(fig, png))
+    written.paths.append(write_npz(png.with_suffix(".npz"), **arrays))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Activations
+
+
+def activation_pictures(run: Run | str | Path, layer: str, images: list[int], image_set: str = "test",
+                        cols: int = 8, cmap: str = "viridis", scale: bool = False,
+                        out: str | Path | None = None) -> Written:
+    """Write, per image and layer, the grid of every map's activation beside the input image.
+
+    Args:
+        run: a run or its folder.
+        layer: a layer name, or ``"all"`` for every conv and pooling layer.
+        images: indices into the run's ``image_set``.
+        image_set: ``"test"`` or ``"train"``.
+        cols: maps per row.
+        cmap: matplotlib colour map.
+        scale: standardize and clip each map as the articles' option (default: raw values, one colour scale).
+        out: a ``.png`` file or a folder (default ``<run>/inspect/``).
+
+    Returns:
+        The PNG and NPZ paths (``activations_<layer>_<set><index>.png``).
+    """
+    run = as_run(run)
+    layers = _layers(run, layer)
+    plots.check_cmap(cmap)
+    if cols < 1:
+        raise CnnlabError(f"--cols {cols}: give at least 1 column")
+    picked = ImageSets(run.config).pick(image_set, images)
+    x = run.prepare(picked.images)
+    jobs = [(name, i) for name in layers for i in range(len(picked.indices))]
+    names = [f"activations_{name}_{image_set}{picked.indices[i]}.png" for name, i in jobs]
+    written = Written()
+    by_layer = {name: act.layer_activations(run.model, x, name) for name in layers}
+    for (name, i), png in zip(jobs, output_paths(run, names, out)):
+        fig, arrays = _activation_figure(run, name, by_layer[name][i], picked, i, cols, cmap, scale)
+        _save(fig, png, arrays, written)
+    return written
+
+
+def _layers(run: Run, layer: str) -> list[str]:
+    if layer == "all":
+        names = act.map_layers(run.model)
+        if not names:
+            raise CnnlabError("--layer all: the model has no conv or pooling layer; give a layer name: "
+                              + ", ".join(run.model.layer_names))
+        return names
+    return [act.check_layer(run.model, layer)]
+
+
+def _activation_figure(run: Run, layer: str, values: np.ndarray, picked: Any, i: int, cols: int, cmap: str,
+                       scale: bool) -> tuple[Any, dict[str, Any]]:
+    index, label, image = picked.indices[i], int(picked.labels[i]), picked.images[i]
+    kind = TYPE_LABELS.get(run.model.layers[layer].kind, run.model.layers[layer].kind)
+    shape = tuple(values.shape)
+    title = f"{layer} ({kind}) output {shape}  |  {picked.image_set} image {index}, label {label}"
+    arrays = {"activations": values, "image": image, "label": label, "index": index, "set": picked.image_set,
+              "layer": layer}
+    if values.ndim == 1:
+        return plots.activation_bars_figure(values, image, title), arrays
+    shown = act.scale_maps(values) if scale else values
+    if scale:
+        arrays["scaled"] = shown
+        fig = plots.activation_grid_figure(shown, image, title + "  |  scaled", cols, cmap, 0.0, 255.0,
+                                           "standardized per map: 128 + 64 z, clipped to 0..255")
+    else:
+        fig = plots.activation_grid_figure(shown, image, title, cols, cmap)
+    return fig, arrays
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Filter patterns
+
+
+def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = None, steps: int = flt.STEPS,
+                    seed: int = 0, cols: int = 8, out: str | Path | None = None) -> Written:
+    """Write the gradient-ascent pattern of each map of ``layer`` and how strongly it drives its map.
+
+    Returns:
+        The paths; ``summary`` has per map ``maps``, ``activation``, ``test_mean``, ``test_max``,
+        ``ratio`` (pattern / average test image) and ``ratio_max`` (pattern / strongest test image), plus
+        ``seconds`` of the optimization.
+    """
+    run = as_run(run)
+    act.check_layer(run.model, layer)
+    chosen = flt.check_maps(run.model, layer, maps)
+    data = run.data()
+    started = time.perf_counter()
+    result = flt.filter_patterns(run.model, layer, flt.pixel_bounds(data.train_x), maps=chosen.tolist(),
+                                 steps=steps, seed=seed,
+                                 pixel_scale=(run.normalizer.mean, run.normalizer.std))
+    seconds = time.perf_counter() - started
+    ratios = flt.pattern_ratios(result.activation, result.maps,
+                                act.map_means(run.model, data.test_x, layer))
+    every = len(chosen) == run.model.output_shapes[layer][0]
+    name = f"filters_{layer}.png" if every else f"filters_{layer}_maps{_span(chosen)}.png"
+    (png,) = output_paths(run, [name], out)
+    title = (f"{layer}: inputs that maximize each map's mean activation ({steps} steps, seed {seed}); "
+             f"label: map, x pattern / average test image")
+    written = Written(summary={"layer": layer, "maps": result.maps, "activation": result.activation,
+                               "test_mean": ratios["data_mean"], "test_max": ratios["data_max"],
+                               "ratio": ratios["ratio_mean"], "ratio_max": ratios["ratio_max"],
+                               "seconds": seconds, "steps": steps})
+    fig = plots.filter_grid_figure(result.pixels, result.maps, ratios["ratio_mean"], title, cols)
+    _save(fig, png, {"pixels": result.pixels, "inputs": result.inputs, "maps": result.maps,
+                     "activation": result.activation, "test_mean": ratios["data_mean"],
+                     "test_max": ratios["data_max"], "ratio": ratios["ratio_mean"],
+                     "ratio_max": ratios["ratio_max"], "steps": steps, "seed": seed, "layer": layer}, written)
+    return written
+
+
+def _span(maps: np.ndarray) -> str:
+    contiguous = len(maps) == maps[-1] - maps[0] + 1 and np.all(np.diff(maps) == 1)
+    return f"{maps[0]}-{maps[-1]}" if contiguous else "_".join(str(m) for m in maps[:8])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Class patterns
+
+
+def pattern_pictures(run: Run | str | Path, layer: str, cols: int = 8, cmap: str = "viridis",
+                     out: str | Path | None = None) -> Written:
+    """Write the classes x maps heat map of mean activations (test set), per class the average map images,
+    and the nearest-class-pattern classifier's accuracy next to the network's.
+
+    Returns:
+        The paths; ``summary`` has ``nearest_accuracy``, ``network_accuracy`` and ``layer``.
+    """
+    run = as_run(run)
+    act.check_layer(run.model, layer)
+    plots.check_cmap(cmap)
+    data = run.data()
+    classes = pat.class_patterns(run.model, data.test_x, data.test_y, layer)
+    nearest = pat.nearest_pattern(run.model, data.train_x, data.train_y, None, data.test_y, layer,
+                                  test_features=classes.features)
+    network = ev.evaluate(run.model, data.test_x, data.test_y).accuracy
+    summary = {"layer": layer, "nearest_accuracy": nearest.accuracy, "network_accuracy": network,
+               "test_images": int(len(data.test_y)), "train_images": int(len(data.train_y))}
+    has_maps = classes.map_images.ndim == 4
+    names = [f"patterns_{layer}.png"] + ([f"patterns_{layer}_class{k}.png" for k in range(len(classes.counts))]
+                                         if has_maps else [])
+    paths = output_paths(run, names, out)
+    written = Written(summary=summary)
+    title = (f"{layer}: mean activation of each map per class ({summary['test_images']} test images); "
+             f"nearest class pattern {nearest.accuracy:.4f} vs network {network:.4f}")
+    _save(plots.class_heatmap_figure(classes.means, title, cmap), paths[0],
+          {"means": classes.means, "counts": classes.counts, "map_images": classes.map_images,
+           "centroids": nearest.centroids, "nearest_predictions": nearest.predictions,
+           "nearest_accuracy": nearest.accuracy, "network_accuracy": network, "layer": layer}, written)
+    if has_maps:
+        _class_map_pictures(run, classes, data, paths[1:], cols, cmap, written)
+    return written
+
+
+def _class_map_pictures(run: Run, classes: pat.ClassPatterns, data: Any, paths: list[Path], cols: int,
+                        cmap: str, written: Written) -> None:
+    raw = ImageSets(run.config).images("test")
+    labels = data.test_y.numpy()
+    top = float(classes.map_images.max())
+    for k, png in enumerate(paths):
+        mean_image = raw[labels == k].mean(axis=0) if classes.counts[k] else np.zeros((28, 28))
+        title = (f"{classes.layer}: average maps of class {k} ({classes.counts[k]} test images), "
+                 f"shape {tuple(classes.map_images.shape[1:])}")
+        fig = plots.activation_grid_figure(classes.map_images[k], mean_image, title, cols, cmap, 0.0, top,
+                                           "mean activation (scale shared by all classes)", "average input")
+        _save(fig, png, {"map_images": classes.map_images[k], "mean_image": mean_image, "class": k,
+                         "count": classes.counts[k], "layer": classes.layer}, written)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluation_pictures(run: Run | str | Path, mistakes: int = 24, out: str | Path | None = None) -> Written:
+    """Write test accuracy, loss, per-class accuracy and the confusion matrix (JSON and PNG), and a gallery of
+    the most confidently misclassified test images.
+
+    Returns:
+        The paths; ``summary`` is the JSON record (``accuracy``, ``loss``, ``per_class_accuracy``, ...).
+    """
+    run = as_run(run)
+    data = run.data()
+    result = ev.evaluate(run.model, data.test_x, data.test_y)
+    json_path, confusion_png, gallery_png = output_paths(
+        run, ["evaluation.json", "evaluation_confusion.png", "evaluation_mistakes.png"], out)
+    record = result.to_dict()
+    written = Written(paths=[write_json(json_path, record)], summary=record)
+    title = f"test set: {record['correct']} of {record['images']} correct ({result.accuracy:.4f})"
+    _save(plots.confusion_figure(result.confusion, title), confusion_png,
+          {"confusion": result.confusion, "labels": result.labels, "predictions": result.predictions,
+           "probabilities": result.probabilities}, written)
+    worst = ev.confident_mistakes(result, mistakes)
+    raw = ImageSets(run.config).images("test")[worst]
+    confidence = result.probabilities[worst, result.predictions[worst]]
+    captions = [f"#{i} {result.labels[i]}->{result.predictions[i]} ({c:.2f})" for i, c in zip(worst, confidence)]
+    fig = plots.gallery_figure(raw, captions, f"the {len(worst)} most confident mistakes: "
+                                              "#test index true->predicted (probability)")
+    _save(fig, gallery_png, {"images": raw, "indices": worst, "labels": result.labels[worst],
+                             "predictions": result.predictions[worst], "confidence": confidence}, written)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Saliency
+
+
+def saliency_pictures(run: Run | str | Path, images: list[int], image_set: str = "test", layer: str | None = None,
+                      out: str | Path | None = None) -> Written:
+    """Write, per image, the input with gradient saliency and Grad-CAM (last conv layer unless ``layer``).
+
+    Returns:
+        The paths; ``summary`` has per image ``predicted`` and ``probability``.
+    """
+    run = as_run(run)
+    picked = ImageSets(run.config).pick(image_set, images)
+    result = sal.saliency(run.model, run.prepare(picked.images), layer=layer)
+    names = [f"saliency_{image_set}{i}.png" for i in picked.indices]
+    written = Written(summary={"layer": result.layer, "predicted": result.targets.tolist(),
+                               "probability": result.probabilities.max(axis=1).tolist(),
+                               "labels": picked.labels.tolist(), "indices": picked.indices})
+    for j, png in enumerate(output_paths(run, names, out)):
+        target = int(result.targets[j])
+        title = (f"{image_set} image {picked.indices[j]}, label {picked.labels[j]}: predicted {target} "
+                 f"(p = {result.probabilities[j, target]:.3f})")
+        fig = plots.saliency_figure(picked.images[j], result.gradient[j], result.grad_cam[j], title, result.layer)
+        _save(fig, png, {"image": picked.images[j], "gradient": result.gradient[j], "grad_cam": result.grad_cam[j],
+                         "grad_cam_maps": result.grad_cam_maps[j], "target": target,
+                         "probabilities": result.probabilities[j], "layer": result.layer}, written)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The HTML report
+
+
+def write_report(run_dir: str | Path, echo: Echo | None = print) -> Path:
+    """Write ``<run>/report.html``: one self-contained page with every picture embedded.
+
+    It holds the config, the layer table, the curves, the evaluation, the activation grids of one test image
+    across all conv and pooling layers with its saliency, the filter patterns of every conv layer and the
+    class patterns of the last conv layer. The pictures also stay in ``<run>/inspect/``.
+
+    Args:
+        run_dir: the run folder.
+        echo: receives one progress line per section (None = silent).
+
+    Returns:
+        The path of the page.
+    """
+    say = echo or (lambda _line: None)
+    run = load(run_dir)
+    image = REPORT_IMAGE if ImageSets(run.config).size("test") > REPORT_IMAGE else 0
+    sections = [_section_run(run)]
+    steps = [("evaluation", lambda: _section_evaluation(run)),
+             (f"activations of test image {image}", lambda: _section_activations(run, image)),
+             ("filter patterns", lambda: _section_filters(run)),
+             ("class patterns", lambda: _section_patterns(run))]
+    for what, make in steps:
+        started = time.perf_counter()
+        sections.append(make())
+        say(f"  report: {what} ({time.perf_counter() - started:.1f} s)")
+    path = write_text(run.path / REPORT, _page(run, sections))
+    say(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return path
+
+
+def _section_run(run: Run) -> str:
+    last = run.history[-1] if run.history else {}
+    facts = [("run", str(run.path)), ("epochs", str(len(run.history))),
+             ("last val_accuracy", f"{last.get('val_accuracy', float('nan')):.4f}"),
+             ("last val_loss", f"{last.get('val_loss', float('nan')):.4f}")]
+    curves = run.path / "curves.png"
+    if not curves.exists() and run.history:
+        plots.save_figure(plots.curves_figure(run.history), run.path / INSPECT_DIR / "curves.png")
+        curves = run.path / INSPECT_DIR / "curves.png"
+    return (f"<h2>Run</h2>{_facts(facts)}"
+            + (_img(curves, "accuracy and loss per epoch") if curves.exists() else "<p>no epochs yet</p>")
+            + f"<h3>Layers</h3><pre>{html.escape(format_table(run.model))}</pre>"
+            + f"<details><summary>Config (config.toml)</summary><pre>{html.escape(run.config.to_toml())}</pre>"
+            + "</details>")
+
+
+def _section_evaluation(run: Run) -> str:
+    written = evaluation_pictures(run)
+    s = written.summary
+    rows = "".join(f"<tr><td>{c}</td><td>{'-' if a is None else f'{a:.4f}'}</td></tr>"
+                   for c, a in s["per_class_accuracy"].items())
+    confusion, gallery = written.pngs()
+    return ("<h2>Evaluation on the test set</h2>"
+            + _facts([("images", str(s["images"])), ("accuracy", f"{s['accuracy']:.4f}"),
+                      ("loss (cross-entropy)", f"{s['loss']:.4f}"), ("correct", str(s["correct"]))])
+            + f"<div class='row'>{_img(confusion, 'confusion matrix')}"
+            + f"<table><tr><th>class</th><th>accuracy</th></tr>{rows}</table></div>"
+            + _img(gallery, "most confident mistakes"))
+
+
+def _section_activations(run: Run, image: int) -> str:
+    grids = activation_pictures(run, "all", [image]).pngs()
+    cams = saliency_pictures(run, [image]).pngs()
+    return (f"<h2>Activations of test image {image}</h2><p>What each map's activation function produced, "
+            "on one colour scale per layer.</p>"
+            + "".join(_img(p, p.stem) for p in grids)
+            + f"<h3>Saliency</h3>{_img(cams[0], cams[0].stem)}")
+
+
+def _section_filters(run: Run) -> str:
+    parts = ["<h2>Filter patterns</h2><p>Per map, an input found by gradient ascent from noise that maximizes "
+             "the map's mean activation; the label gives the map and the pattern's activation over the average "
+             "test image's.</p>"]
+    for layer in [n for n, lay in run.model.layers.items() if lay.kind == "conv"]:
+        written = filter_pictures(run, layer)
+        s = written.summary
+        parts.append(f"<h3>{html.escape(layer)}</h3>" + _facts(_ratio_facts(s)) + _img(written.pngs()[0], layer))
+    return "".join(parts)
+
+
+def _ratio_facts(s: dict[str, Any]) -> list[tuple[str, str]]:
+    ratio, ratio_max = np.asarray(s["ratio"]), np.asarray(s["ratio_max"])
+    live = np.asarray(s["test_max"]) > 0
+    return [("maps", str(len(ratio))), ("seconds", f"{s['seconds']:.1f}"),
+            ("pattern / average test image: min, median",
+             f"{np.nanmin(ratio[live]) if live.any() else float('nan'):.2f}, "
+             f"{np.nanmedian(ratio[live]) if live.any() else float('nan'):.2f}"),
+            ("maps where the pattern beats every test image", f"{int((ratio_max[live] > 1).sum())} of {int(live.sum())}"
+             + (f" ({int((~live).sum())} maps no test image activates)" if (~live).any() else ""))]
+
+
+def _section_patterns(run: Run) -> str:
+    layer = act.last_conv_layer(run.model)
+    written = pattern_pictures(run, layer)
+    s = written.summary
+    heat, *classes = written.pngs()
+    return (f"<h2>Class patterns of {html.escape(layer)}</h2>"
+            + _facts([("nearest-class-pattern accuracy (test)", f"{s['nearest_accuracy']:.4f}"),
+                      ("network accuracy (test)", f"{s['network_accuracy']:.4f}")])
+            + "<p>Nearest class pattern: an image's vector of per-map mean activations, compared by cosine "
+              "similarity with each class's mean vector over the training images.</p>"
+            + _img(heat, "classes x maps")
+            + "<details><summary>Average maps per class</summary>"
+            + "".join(_img(p, p.stem) for p in classes) + "</details>")
+
+
+def _facts(rows: list[tuple[str, str]]) -> str:
+    cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    return f"<table class='facts'>{cells}</table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(alt)}'></figure>"
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .8em; }
+img { max-width: 100%; height: auto; } figure { margin: 1em 0; }
+table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
+td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: left; }
+.row { display: flex; gap: 2em; align-items: flex-start; flex-wrap: wrap; }
+"""
+
+
+def _page(run: Run, sections: list[str]) -> str:
+    from cnnlab import __version__
+
+    made = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<link rel='icon' href='data:,'>"  # no favicon request
+            f"<title>cnnlab report: {html.escape(run.path.name)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>cnnlab report: {html.escape(run.path.name)}</h1>"
+            f"<p>cnnlab {__version__}, torch {torch.__version__}, written {made}</p>"
+            + "".join(sections) + "</body></html>\n")
+

@@ -1,0 +1,31 @@
+"""Atomic writes: the old file survives a failed write, no temporary file is left, the mode follows the umask."""
+
+import os
+
+import pytest
+
+from cnnlab.files import atomic_write, write_json, write_text
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "f.txt"
+    write_text(target, "old")
+
+    def broken(path):
+        path.write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.read_text() == '{\n  "x": 1\n}\n'

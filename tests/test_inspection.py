@@ -1,0 +1,274 @@
+"""Looking inside a trained tiny run: values checked against hand computations, not just files on disk."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cnnlab
+from cnnlab.cli import main
+from cnnlab.cli_inspect import parse_indices
+from cnnlab.errors import CnnlabError
+from cnnlab.inspection import activations as act
+from cnnlab.inspection import evaluation as ev
+from cnnlab.inspection import filters as flt
+from cnnlab.inspection import patterns as pat
+from cnnlab.inspection import saliency as sal
+from cnnlab.inspection.images import ImageSets
+
+
+@pytest.fixture(scope="module")
+def run(real_mnist, tmp_path_factory):
+    """The tiny preset trained 2 epochs (512 training, 256 test images): Conv2D_1 (4 maps) ... Dense_2."""
+    return cnnlab.train("tiny", out=tmp_path_factory.mktemp("inspect") / "tiny", epochs=2, echo=None)
+
+
+@pytest.fixture(scope="module")
+def raw_test(run):
+    return ImageSets(run.config).images("test")
+
+
+def manual_forward(model, x, upto):
+    """The forward pass written out with torch.nn.functional, layer by layer, up to ``upto``."""
+    for name, layer in model.layers.items():
+        if layer.kind == "conv":
+            x = F.relu(F.conv2d(x, layer.op.weight, layer.op.bias, padding=layer.op.padding))
+        elif layer.kind == "maxpool":
+            x = F.max_pool2d(x, 2)
+        elif layer.kind == "flatten":
+            x = x.flatten(1)
+        elif layer.kind == "dense":
+            x = F.linear(x, layer.op.weight, layer.op.bias)
+            x = F.relu(x) if layer.spec["activation"] == "relu" else x
+        if name == upto:
+            return x
+    raise AssertionError(upto)
+
+
+def no_hooks(model):
+    return all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks for m in model.modules())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Activations
+
+
+@pytest.mark.parametrize("layer", ["Conv2D_1", "Max_Pool_1", "Conv2D_2", "Max_Pool_2", "Flatten_1", "Dense_1"])
+def test_activations_equal_a_manual_forward_pass(run, raw_test, layer):
+    images = raw_test[:40]
+    got = run.activations(layer, images)
+    with torch.no_grad():
+        want = manual_forward(run.model, run.normalizer.apply(images), layer).numpy()
+    assert got.shape == (40, *run.model.output_shapes[layer]) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if layer.startswith("Conv"):
+        assert got.min() == 0.0 and got.max() > 0.0  # what the ReLU produced
+
+
+def test_activations_are_side_effect_free_and_chunked(run, raw_test):
+    model = run.model
+    model.train()  # a user's model in training mode stays in training mode
+    try:
+        x = run.normalizer.apply(raw_test[:50])
+        whole = act.layer_activations(model, x, "Conv2D_2")
+        chunked = act.layer_activations(model, x, "Conv2D_2", chunk=7)
+        means = act.map_means(model, x, "Conv2D_2", chunk=9)
+        assert model.training and no_hooks(model)
+        assert all(p.grad is None for p in model.parameters())
+    finally:
+        model.eval()
+    np.testing.assert_allclose(whole, chunked, rtol=1e-5, atol=1e-6)  # conv kernels may differ by batch size
+    np.testing.assert_allclose(means, whole.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_inplace_activations_give_the_same_values(run, raw_test):
+    x = run.normalizer.apply(raw_test[:20])
+    before = {n: act.layer_activations(run.model, x, n) for n in ("Conv2D_1", "Conv2D_2", "Dense_1")}
+    originals = {n: lay.act for n, lay in run.model.layers.items()}
+    try:
+        for name in ("Conv2D_1", "Conv2D_2", "Dense_1"):
+            run.model.layers[name].act = nn.ReLU(inplace=True)
+        for name, values in before.items():
+            np.testing.assert_array_equal(act.layer_activations(run.model, x, name), values)
+    finally:
+        for name, module in originals.items():
+            run.model.layers[name].act = module
+
+
+def test_image_sets_follow_the_runs_own_split(run):
+    data, sets = run.data(), ImageSets(run.config)
+    for image_set, x, y in (("test", data.test_x, data.test_y), ("train", data.train_x, data.train_y)):
+        picked = sets.pick(image_set, [0, 19, len(y) - 1])
+        assert sets.size(image_set) == len(y)
+        torch.testing.assert_close(run.normalizer.apply(picked.images), x[[0, 19, len(y) - 1]])
+        assert picked.labels.tolist() == y[[0, 19, len(y) - 1]].tolist()
+
+
+def test_scale_maps_is_the_articles_standardize_and_clip():
+    maps = np.array([[[0.0, 1.0], [2.0, 9.0]], [[3.0, 3.0], [3.0, 3.0]]], dtype=np.float32)
+    z = (maps[0] - maps[0].mean()) / maps[0].std()
+    np.testing.assert_allclose(act.scale_maps(maps)[0], np.clip(128 + 64 * z, 0, 255), rtol=1e-6)
+    np.testing.assert_array_equal(act.scale_maps(maps)[1], np.zeros((2, 2)))  # constant map: 0, as the articles
+
+
+def test_bad_layer_names_and_indices_are_one_line_errors(run, raw_test, capsys):
+    with pytest.raises(CnnlabError, match=r"no layer named 'Conv9'; valid names: Conv2D_1, Max_Pool_1, Conv2D_2"):
+        run.activations("Conv9", raw_test[:1])
+    with pytest.raises(CnnlabError, match=r"images must be uint8 of shape \(N, 28, 28\)"):
+        run.activations("Conv2D_1", raw_test[:1].astype(np.float32))
+    with pytest.raises(CnnlabError, match=r"--image 256 is out of range: the test set of this run has 256 images, "
+                                          r"so use 0\.\.255"):
+        ImageSets(run.config).pick("test", [3, 256])
+    for argv, expected in ((["--layer", "Conv9", "--image", "0"], "valid names: Conv2D_1, Max_Pool_1"),
+                           (["--layer", "Conv2D_1", "--image", "300"], "so use 0..255"),
+                           (["--layer", "Conv2D_1", "--image", "1,x"], "expected whole numbers"),
+                           (["--layer", "Conv2D_1", "--image", "0", "--cmap", "nope"], "not a matplotlib colour map")):
+        assert main(["activations", str(run.path), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err
+    assert main(["filters", str(run.path), "--layer", "Conv2D_2", "--maps", "0-8"]) == 2
+    assert "layer Conv2D_2 has 8 maps, so use 0..7" in capsys.readouterr().err
+    assert not (run.path / "inspect").exists() or not list((run.path / "inspect").glob("*Conv9*"))
+
+
+def test_parse_indices():
+    assert parse_indices("19") == [19]
+    assert parse_indices("19,20,21") == [19, 20, 21]
+    assert parse_indices("0-3,9") == [0, 1, 2, 3, 9]
+    for bad in ("", "a", "3-1", "-2", "1,,2"):
+        with pytest.raises(CnnlabError):
+            parse_indices(bad)
+
+
+def test_activations_cli_writes_a_png_and_the_raw_arrays(run, raw_test, capsys, tmp_path):
+    assert main(["activations", str(run.path), "--layer", "Conv2D_1", "--image", "19,20"]) == 0
+    out = capsys.readouterr().out
+    for i in (19, 20):
+        png = run.path / "inspect" / f"activations_Conv2D_1_test{i}.png"
+        assert f"wrote {png}" in out and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        saved = np.load(png.with_suffix(".npz"))
+        np.testing.assert_array_equal(saved["activations"], run.activations("Conv2D_1", raw_test[i:i + 1])[0])
+        np.testing.assert_array_equal(saved["image"], raw_test[i])
+        assert str(saved["layer"]) == "Conv2D_1" and int(saved["index"]) == i
+    assert main(["activations", str(run.path), "--layer", "all", "--image", "3", "--scale",
+                 "--out", str(tmp_path / "mine.png")]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(f"mine_activations_{n}_test3.{ext}" for n in ("Conv2D_1", "Max_Pool_1", "Conv2D_2",
+                                                                          "Max_Pool_2") for ext in ("png", "npz"))
+    scaled = np.load(tmp_path / "mine_activations_Conv2D_2_test3.npz")["scaled"]
+    assert scaled.min() >= 0 and scaled.max() <= 255
+
+
+def test_inspection_imports_neither_matplotlib_nor_the_training_loop():
+    code = ("import sys, cnnlab.inspection.activations, cnnlab.inspection.filters, cnnlab.inspection.patterns, "
+            "cnnlab.inspection.evaluation, cnnlab.inspection.saliency, cnnlab.inspection.images; "
+            "print(sorted(m for m in sys.modules if m.startswith(('matplotlib', 'cnnlab.loop', 'cnnlab.run'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Filter patterns
+
+
+@pytest.mark.parametrize("layer", ["Conv2D_1", "Conv2D_2"])
+def test_gradient_ascent_patterns_beat_the_data_on_their_map(run, layer):
+    data = run.data()
+    weights = {k: v.clone() for k, v in run.model.state_dict().items()}
+    result = flt.filter_patterns(run.model, layer, flt.pixel_bounds(data.train_x))
+    test_means = act.map_means(run.model, data.test_x, layer)
+    ratios = flt.pattern_ratios(result.activation, result.maps, test_means)
+    # the reported activation is the real one of the returned input
+    own = act.map_means(run.model, torch.from_numpy(result.inputs), layer)[np.arange(len(result.maps)), result.maps]
+    np.testing.assert_allclose(result.activation, own, rtol=1e-5)
+    assert (ratios["ratio_mean"] > 1).all(), ratios["ratio_mean"]  # beats the average test image
+    assert (ratios["ratio_max"] > 1).all(), ratios["ratio_max"]  # and even the strongest one
+    low, high = flt.pixel_bounds(data.train_x)
+    assert (result.inputs >= low.numpy() - 1e-6).all() and (result.inputs <= high.numpy() + 1e-6).all()
+    assert all(torch.equal(weights[k], v) for k, v in run.model.state_dict().items())
+    assert all(p.grad is None for p in run.model.parameters()) and not run.model.training
+
+
+def test_filters_command_reports_the_ratio_per_map(run, capsys):
+    assert main(["filters", str(run.path), "--layer", "Conv2D_2", "--maps", "0-3", "--steps", "64"]) == 0
+    out = capsys.readouterr().out
+    saved = np.load(run.path / "inspect" / "filters_Conv2D_2_maps0-3.npz")
+    assert saved["maps"].tolist() == [0, 1, 2, 3] and saved["pixels"].shape == (4, 28, 28)
+    for m, r in zip(saved["maps"], saved["ratio"]):
+        assert f"{m:>4}" in out and f"{r:7.3g}" in out
+    assert "pattern / average test image: min" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Class patterns, evaluation, saliency
+
+
+def test_class_means_equal_a_manual_mean(run):
+    data = run.data()
+    result = pat.class_patterns(run.model, data.test_x, data.test_y, "Conv2D_2", chunk=37)
+    maps = act.layer_activations(run.model, data.test_x, "Conv2D_2")
+    labels = data.test_y.numpy()
+    assert result.counts.sum() == len(labels)
+    for k in range(10):
+        np.testing.assert_allclose(result.map_images[k], maps[labels == k].mean(axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.means[k], maps[labels == k].mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.features, maps.mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_nearest_class_pattern_is_cosine_to_training_class_means(run):
+    data = run.data()
+    result = pat.nearest_pattern(run.model, data.train_x, data.train_y, data.test_x, data.test_y, "Conv2D_2")
+    train = act.map_means(run.model, data.train_x, "Conv2D_2")
+    test = act.map_means(run.model, data.test_x, "Conv2D_2")
+    centroids = np.stack([train[data.train_y.numpy() == k].mean(axis=0) for k in range(10)])
+    np.testing.assert_allclose(result.centroids, centroids, rtol=1e-5, atol=1e-6)
+    cos = (test @ centroids.T) / np.linalg.norm(test, axis=1)[:, None] / np.linalg.norm(centroids, axis=1)
+    assert (result.predictions == cos.argmax(axis=1)).mean() > 0.99  # ties and rounding aside
+    assert result.accuracy == pytest.approx((result.predictions == data.test_y.numpy()).mean())
+    assert result.accuracy > 0.3  # far above chance (0.1) even for the tiny net
+
+
+def test_confusion_matrix_sums_to_the_test_size_and_its_diagonal_is_the_correct_ones(run, capsys):
+    data = run.data()
+    result = ev.evaluate(run.model, data.test_x, data.test_y)
+    with torch.no_grad():
+        predicted = run.model(data.test_x).argmax(1).numpy()
+    labels = data.test_y.numpy()
+    assert result.confusion.sum() == len(labels) == 256
+    assert np.trace(result.confusion) == (predicted == labels).sum()
+    assert result.accuracy == pytest.approx((predicted == labels).mean())
+    assert result.accuracy == pytest.approx(run.evaluate()["accuracy"])
+    assert result.confusion[3].sum() == (labels == 3).sum() and result.confusion[:, 3].sum() == (predicted == 3).sum()
+    worst = ev.confident_mistakes(result, 5)
+    assert (result.predictions[worst] != labels[worst]).all()
+    confidence = result.probabilities[worst, result.predictions[worst]]
+    assert (np.diff(confidence) <= 0).all()
+    assert main(["evaluate", str(run.path)]) == 0
+    import json
+
+    record = json.loads((run.path / "inspect" / "evaluation.json").read_text())
+    assert record["confusion"]["matrix"] == result.confusion.tolist() and record["images"] == 256
+    assert f"accuracy {result.accuracy:.4f}" in capsys.readouterr().out
+
+
+def test_saliency_is_the_input_gradient_and_grad_cam_is_non_negative(run, raw_test):
+    x = run.normalizer.apply(raw_test[:3])
+    result = sal.saliency(run.model, x)
+    manual = x.clone().requires_grad_(True)
+    logits = run.model(manual)
+    picked = logits[torch.arange(3), logits.argmax(1)].sum()
+    (grad,) = torch.autograd.grad(picked, manual)
+    np.testing.assert_allclose(result.gradient, grad.abs()[:, 0].numpy(), rtol=1e-5, atol=1e-7)
+    assert result.layer == "Conv2D_2" and result.grad_cam.shape == (3, 28, 28) and (result.grad_cam >= 0).all()
+    assert result.targets.tolist() == logits.argmax(1).tolist()
+    maps = manual_forward(run.model, x, "Conv2D_2").detach().requires_grad_(True)  # Grad-CAM by hand
+    d1, d2 = run.model.layers["Dense_1"].op, run.model.layers["Dense_2"].op
+    rest = F.linear(F.relu(F.linear(F.max_pool2d(maps, 2).flatten(1), d1.weight, d1.bias)), d2.weight, d2.bias)
+    (g,) = torch.autograd.grad(rest[torch.arange(3), result.targets].sum(), maps)
+    cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * maps).sum(1)).detach().numpy()
+    np.testing.assert_allclose(result.grad_cam_maps, cam, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in run.model.parameters()) and no_hooks(run.model)

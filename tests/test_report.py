@@ -1,0 +1,180 @@
+"""The HTML report: self-contained, and checked in a real browser (headless Chromium over its DevTools pipe)."""
+
+import base64
+import io
+import json
+import os
+import re
+import select
+import shlex
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnnlab
+from cnnlab.cli import main
+from cnnlab.report import write_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--remote-debugging-pipe"]
+
+
+@pytest.fixture(scope="module")
+def report(real_mnist, tmp_path_factory):
+    run = cnnlab.train("tiny", out=tmp_path_factory.mktemp("report") / "tiny", epochs=2, echo=None)
+    lines = []
+    path = write_report(run.path, echo=lines.append)
+    return path, lines
+
+
+def test_report_is_one_self_contained_page(report):
+    path, lines = report
+    assert path == path.parent / "report.html" and lines[-1].startswith(f"report: {path}")
+    page = path.read_text()
+    sources = re.findall(r"<img src='([^']*)'", page)
+    assert len(sources) >= 10 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing to fetch: no files, no network
+    for heading in ("Run", "Layers", "Evaluation on the test set", "Activations of test image 19", "Saliency",
+                    "Filter patterns", "Class patterns of Conv2D_2"):
+        assert f">{heading}</h" in page
+    assert re.search(r"Conv2D_1 +Conv2D +\(4, 26, 26\)", page)  # the layer table
+    assert "[optimizer]" in page  # the config
+    for name in ("activations_Conv2D_1_test19.png", "activations_Max_Pool_2_test19.png", "filters_Conv2D_2.npz",
+                 "evaluation.json", "patterns_Conv2D_2_class9.png", "saliency_test19.npz"):
+        assert (path.parent / "inspect" / name).is_file()
+
+
+def test_report_command(report, capsys):
+    path, _ = report
+    assert main(["report", str(path.parent)]) == 0
+    assert f"report: {path}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                  "(apt-get install chromium; .ci/run installs it)")
+def test_report_loads_in_headless_chromium(report, tmp_path):
+    path, _ = report
+    images, errors, screenshot = browse(path.as_uri(), tmp_path / "profile")
+    assert errors == []
+    assert len(images) == path.read_text().count("<img ")
+    assert [i for i in images if not (i["complete"] and i["naturalWidth"] > 0)] == []
+    from PIL import Image
+
+    shot = Image.open(io.BytesIO(screenshot))
+    (tmp_path / "report.png").write_bytes(screenshot)
+    assert shot.width >= 1000 and shot.height > 3000  # the whole page, not just the first screen
+    assert np.asarray(shot.convert("L")).std() > 10  # pictures and text, not a blank page
+
+
+def test_the_browser_check_sees_broken_pages(tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><img src='missing.png'><script>console.error('boom')</script></body></html>")
+    images, errors, _ = browse(page.as_uri(), tmp_path / "profile")
+    assert images == [{"alt": "", "complete": True, "naturalWidth": 0}]
+    kinds = {e["method"] for e in errors}
+    assert kinds == {"Log.entryAdded", "Runtime.consoleAPICalled"}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A minimal DevTools-protocol client over --remote-debugging-pipe: JSON messages ending in NUL, commands on the
+# browser's fd 3, answers and events on its fd 4. No websocket library and no downloaded browser needed.
+
+
+def browse(url: str, profile: Path) -> tuple[list[dict], list[dict], bytes]:
+    """Open ``url``; return every image's load state, the console/network errors and a full-page screenshot."""
+    browser = _Browser(profile)
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send("Emulation.setDeviceMetricsOverride",
+                     {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=session)
+        browser.send("Page.navigate", {"url": url}, session=session)
+        browser.wait_for("Page.loadEventFired")
+        script = ("JSON.stringify(Array.from(document.images, "
+                  "i => ({alt: i.alt, complete: i.complete, naturalWidth: i.naturalWidth})))")
+        images = json.loads(browser.send("Runtime.evaluate", {"expression": script, "returnByValue": True},
+                                         session=session)["result"]["value"])
+        size = browser.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip},
+                            session=session, timeout=120)["data"]
+        return images, [e for e in browser.events if _is_error(e)], base64.b64decode(shot)
+    finally:
+        browser.close()
+
+
+def _is_error(event: dict) -> bool:
+    method, params = event.get("method"), event.get("params", {})
+    return (method == "Runtime.exceptionThrown"
+            or (method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"))
+            or (method == "Log.entryAdded" and params["entry"]["level"] == "error"))
+
+
+class _Browser:
+    def __init__(self, profile: Path):
+        to_browser, self._write = os.pipe()
+        self._read, from_browser = os.pipe()
+        args = " ".join(shlex.quote(a) for a in [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}"])
+        self.proc = subprocess.Popen(["bash", "-c", f"exec {args} 3<&{to_browser} 4>&{from_browser}"],
+                                     pass_fds=(to_browser, from_browser), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        os.close(to_browser)
+        os.close(from_browser)
+        self._buffer, self._id, self.events = b"", 0, []
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        while True:
+            answer = self._next(timeout)
+            if answer.get("id") == self._id:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                return answer["result"]
+            self.events.append(answer)
+
+    def wait_for(self, event: str, timeout: float = 30) -> dict:
+        while True:
+            message = self._next(timeout)
+            self.events.append(message)
+            if message.get("method") == event:
+                return message
+
+    def _next(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._read], [], [], left)[0]:
+                raise TimeoutError(f"chromium did not answer within {timeout} s")
+            chunk = os.read(self._read, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"chromium exited: {self.proc.stderr.read().decode(errors='replace')[-2000:]}")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=5)
+        except (OSError, RuntimeError, TimeoutError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stderr.close()
+        os.close(self._write)
+        os.close(self._read)
