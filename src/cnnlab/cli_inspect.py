@@ -113,8 +113,8 @@ def _filters(args: argparse.Namespace) -> int:
     from cnnlab.report import filter_pictures
 
     maps = parse_indices(args.maps, "--maps") if args.maps else None
-    written = filter_pictures(args.run, args.layer, maps, steps=args.steps or STEPS, seed=args.seed,
-                              cols=args.cols, out=args.out)
+    steps = STEPS if args.steps is None else args.steps
+    written = filter_pictures(args.run, args.layer, maps, steps=steps, seed=args.seed, cols=args.cols, out=args.out)
     s = written.summary
     _echo(f"{'map':>4}  {'pattern':>9}  {'test mean':>9}  {'ratio':>7}  {'test max':>9}  {'ratio to max':>12}")
     for row in zip(s["maps"], s["activation"], s["test_mean"], s["ratio"], s["test_max"], s["ratio_max"]):

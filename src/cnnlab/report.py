@@ -1,7 +1,7 @@
 """Pictures and the report: inspection arrays become PNG files (each with its ``.npz``) and one HTML page.
 
-Every ``*_pictures`` function loads nothing twice, computes with ``cnnlab.inspection``, draws with
-``cnnlab.plots`` and writes atomically. By default files go to ``<run>/inspect/``; ``out`` names a file
+Every ``*_pictures`` function takes a loaded run (or its folder), computes with ``cnnlab.inspection``, draws
+with ``cnnlab.plots`` and writes atomically. By default files go to ``<run>/inspect/``; ``out`` names a file
 (``x.png``: several outputs become ``x_<default name>``) or a folder. ``write_report`` calls them all and
 embeds the pictures in ``<run>/report.html``.
 """
@@ -105,7 +105,7 @@ def activation_pictures(run: Run | str | Path, layer: str, images: list[int], im
         out: a ``.png`` file or a folder (default ``<run>/inspect/``).
 
     Returns:
-        The PNG and NPZ paths (``activations_<layer>_<set><index>.png``).
+        The PNG and NPZ paths (``activations_<layer>_<set><index>[_scaled].png``).
     """
     run = as_run(run)
     layers = _layers(run, layer)
@@ -115,7 +115,8 @@ def activation_pictures(run: Run | str | Path, layer: str, images: list[int], im
     picked = ImageSets(run.config).pick(image_set, images)
     x = run.prepare(picked.images)
     jobs = [(name, i) for name in layers for i in range(len(picked.indices))]
-    names = [f"activations_{name}_{image_set}{picked.indices[i]}.png" for name, i in jobs]
+    tag = "_scaled" if scale else ""
+    names = [f"activations_{name}_{image_set}{picked.indices[i]}{tag}.png" for name, i in jobs]
     written = Written()
     by_layer = {name: act.layer_activations(run.model, x, name) for name in layers}
     for (name, i), png in zip(jobs, output_paths(run, names, out)):

@@ -167,7 +167,7 @@ def _objective(model: CnnModel, x: torch.Tensor, layer: str,
                target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Return per image (the objective, its map's mean activation).
 
-    The objective is the mean activation; where that is 0 (the ReLU is off at every position), the largest
+    The objective is the mean activation; where that is exactly 0 (a ReLU off at every position), the largest
     input to the activation function instead, so the gradient can lead the map out of its dead zone.
     """
     names = model.layer_names
@@ -179,7 +179,7 @@ def _objective(model: CnnModel, x: torch.Tensor, layer: str,
     active = _mean_activation(after, target)
     picked = before[torch.arange(len(target)), target]
     strongest = picked.amax(dim=(1, 2)) if picked.ndim == 3 else picked
-    return torch.where(active > 0, active, strongest), active
+    return torch.where(active != 0, active, strongest), active
 
 
 def _jittered(x: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tensor:
