@@ -622,3 +622,15 @@ def test_optimizer_errors(spec, message):
     with pytest.raises(CnnlabError, match=message) as info:
         get_optimizer(spec, [torch.nn.Parameter(torch.ones(1))])
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "adam", "momentum": 0.9}, "optimizer.momentum: not a parameter of 'adam'"),
+    ({"name": "rmsprop", "rho": 1.5}, "optimizer.rho"),
+    ({"name": "sgd", "nesterov": True, "flavour": "torch"}, "optimizer.nesterov"),
+])
+def test_check_optimizer_gives_the_same_errors_as_building_one(spec, message):
+    for check in (optim.check_optimizer, lambda s: optim.get_optimizer(s, [torch.nn.Parameter(torch.zeros(1))])):
+        with pytest.raises(CnnlabError, match=message):
+            check(spec)
+    assert optim.check_optimizer("adam")["beta_2"] == 0.999

@@ -372,9 +372,7 @@ def _validate_spec(section: str, spec: dict[str, Any]) -> None:
     optim = _optim()
     try:
         if section == "optimizer":
-            import torch
-
-            optim.get_optimizer(spec, [torch.nn.Parameter(torch.zeros(1))])
+            optim.check_optimizer(spec)
         elif section == "schedule":
             optim.get_schedule(spec)
         else:

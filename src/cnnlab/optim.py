@@ -627,6 +627,18 @@ def _torch_kwargs(name: str, hyper: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def check_optimizer(spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Validate an optimizer spec without building an optimizer; return it with every default filled in.
+
+    Raises:
+        CnnlabError: unknown name or key, or a value out of range (the same messages as ``get_optimizer``).
+    """
+    name, hyper = _resolve("optimizer", spec, "name", OPTIMIZER_DEFAULTS)
+    if hyper["flavour"] == "torch":
+        _torch_kwargs(name, {k: v for k, v in hyper.items() if k not in ("flavour", "learning_rate")})
+    return {"name": name, **hyper}
+
+
 def get_optimizer(spec: str | Mapping[str, Any] | torch.optim.Optimizer, params: Any,
                   schedule: str | Mapping[str, Any] | Callable[[int], float] | None = None,
                   ) -> torch.optim.Optimizer:
