@@ -161,3 +161,13 @@ def test_seed_preset_one_epoch_reaches_97_5_percent(real_mnist, tmp_path):
     assert row["step"] == 938  # ceil(60000 / 64)
     assert row["lr"] == pytest.approx(0.001 / (1 + 0.938), rel=1e-12)
     assert run.evaluate()["accuracy"] >= 0.975
+
+
+def test_initial_weights_follow_the_seed_only(real_mnist, tmp_path):
+    torch.rand(5)  # whatever ran before in this process must not matter
+    a = train_tiny(tmp_path / "a", epochs=0)
+    b = train_tiny(tmp_path / "b", epochs=0, overrides=["train.seed=1"])
+    torch.rand(7)
+    c = train_tiny(tmp_path / "c", epochs=0)
+    assert same_weights(a.path / store.INITIAL, c.path / store.INITIAL)
+    assert not same_weights(a.path / store.INITIAL, b.path / store.INITIAL)

@@ -123,6 +123,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     _say(echo, f"run folder: {run_dir}")
     data = _prepare_data(cfg, echo)
     _set_threads(cfg)
+    torch.manual_seed(cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
     model = build_model(cfg.model.layers, init=cfg.model.init)
     cfg.save(run_dir / store.CONFIG)
     write_model_json(run_dir, model, data.normalizer)
