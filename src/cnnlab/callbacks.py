@@ -33,7 +33,7 @@ class ProgressBar(Callback):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=self.trainer.batches_per_epoch, desc=f"epoch {epoch}", unit="batch",
-                        leave=False, dynamic_ncols=True)
+                        leave=False, dynamic_ncols=True, disable=None)  # None: no bar when not a terminal
 
     def on_batch_end(self, batch: int, logs: BatchLogs) -> None:  # noqa: D102
         if self.bar is not None and (batch % self.every == 0 or batch == logs.batches_per_epoch):
