@@ -171,3 +171,31 @@ def test_initial_weights_follow_the_seed_only(real_mnist, tmp_path):
     c = train_tiny(tmp_path / "c", epochs=0)
     assert same_weights(a.path / store.INITIAL, c.path / store.INITIAL)
     assert not same_weights(a.path / store.INITIAL, b.path / store.INITIAL)
+
+
+def test_live_curves_update_one_notebook_display_in_place(real_mnist, tmp_path, monkeypatch):
+    """In Jupyter the figure is shown once and then updated in place (IPython's display handle)."""
+    import sys
+    import types
+
+    calls = []
+
+    class Handle:
+        def update(self, fig):
+            calls.append(("update", fig))
+
+    def display(fig, display_id=False):
+        calls.append(("display", fig, display_id))
+        return Handle()
+
+    fake = types.ModuleType("IPython.display")
+    fake.display = display
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: None  # matplotlib asks whether it runs inside IPython
+    ipython.version_info = (8, 0, 0)
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", fake)
+    run = cnnlab.train("tiny", out=tmp_path / "live", epochs=3, live=True, echo=None)
+    assert [c[0] for c in calls] == ["display", "update", "update"]
+    assert calls[0][2] is True
+    assert (run.path / store.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
