@@ -83,9 +83,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12_800, help="images per timed epoch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--preset", default="seed")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="override the preset's precision")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = load_config(preset=args.preset)
+    if args.precision:
+        cfg.train.precision = args.precision
     data = _Data(args.images)
     batch = cfg.train.batch_size
     base, ours = [], []
@@ -98,7 +101,9 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"preset {args.preset}, batch {batch}, {args.images} images per epoch, median of {args.repeats}")
     print(f"plain PyTorch loop : {b:8.0f} img/s  ({60000 / b:5.1f} s per 60k epoch)")
-    print(f"cnnlab engine      : {o:8.0f} img/s  ({60000 / o:5.1f} s per 60k epoch)")
+    precision = resolve_precision(cfg.train.precision)
+    print(f"cnnlab engine {precision:<5}: {o:8.0f} img/s  ({60000 / o:5.1f} s per 60k epoch)  "
+          f"(train.precision = {cfg.train.precision!r})")
     print(f"ratio engine/plain : {o / b:.2f}x")
 
 
