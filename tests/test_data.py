@@ -448,3 +448,13 @@ def test_prepare_limits_and_bad_numbers():
         prepare(mnist, limit_train=4, validation=4)
     with pytest.raises(CnnlabError, match="limit_test = -1"):
         prepare(mnist, limit_test=-1)
+
+
+def test_a_named_folder_that_does_not_exist_is_an_error_even_with_a_cache(tmp_path):
+    from cnnlab.data import load_mnist
+
+    home = tmp_path / "home"
+    blobs = fake_blobs()
+    load_mnist(write_folder(tmp_path / "src", blobs), home=home, files=table_for(blobs))  # fills the cache
+    with pytest.raises(CnnlabError, match="does not exist; give --from"):
+        load_mnist(source=tmp_path / "nope", home=home, files=table_for(blobs))

@@ -138,6 +138,10 @@ def load_mnist(source: str | Path | None = None, home: str | Path | None = None,
     """
     table = _check_table(FILES if files is None else files)
     say = log or (lambda _msg: None)
+    if source and not Path(source).expanduser().is_dir():
+        # Checked even when the cache will serve: a mistyped folder should not pass silently.
+        raise CnnlabError(f"{source} does not exist; give --from the folder that holds the four MNIST IDX files "
+                          "(train-images-idx3-ubyte, ... with or without .gz)")
     cache = cache_dir(home)
     mnist, why = _load_cache(cache, table)
     if mnist is not None:
