@@ -112,3 +112,16 @@ def test_ctrl_c_keeps_the_last_completed_epoch_and_exits_130(real_mnist, tmp_pat
     run = cnnlab.load(out)  # consistent: state, history and optimizer agree
     assert store.load_state(out).epoch == len(run.history) >= 2
     assert run.history[-1]["step"] == len(run.history) * 16
+
+
+def test_demo_trains_and_ends_with_the_report(capsys, real_mnist, in_tmp, monkeypatch):
+    import cnnlab.cli as cli
+
+    monkeypatch.setattr(cli, "DEMO_PRESET", "tiny")  # the same steps as the fast preset, in seconds
+    code, out, _ = run_cli(capsys, "demo", "--out", "d", "--epochs", "1")
+    assert code == 0
+    assert "MNIST verified" in out and "Training the tiny preset for 1 epoch:" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("report: d/report.html (")
+    assert (in_tmp / "d" / "report.html").stat().st_size > 10_000
+    assert len(store.read_history(in_tmp / "d")) == 1
