@@ -198,7 +198,7 @@ def _demo(args: argparse.Namespace) -> int:
     overrides = [f"train.epochs={args.epochs}"] if args.epochs is not None else []
     cfg = _load_config(argparse.Namespace(preset=DEMO_PRESET, config=None, overrides=overrides))
     _echo("")
-    _echo(f"Training the {DEMO_PRESET} preset for {cfg.train.epochs} epoch{"s" if cfg.train.epochs != 1 else ""}:")
+    _echo(f"Training the {DEMO_PRESET} preset for {cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}:")
     _echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
     out = args.out or _default_out("demo")
     code = _train_call(train, cfg, out=out, echo=_echo)
