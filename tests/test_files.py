@@ -29,3 +29,15 @@ def test_written_files_get_the_usual_mode(tmp_path):
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
     assert path.read_text() == '{\n  "x": 1\n}\n'
+
+
+def test_unwritable_places_are_one_line_user_errors(tmp_path):
+    from cnnlab.errors import CnnlabError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    with pytest.raises(CnnlabError, match="cannot write .*a-file/x.png"):
+        write_text(blocker / "x.png", "data")
+    with pytest.raises(CnnlabError, match="it is a folder"):
+        write_text(tmp_path, "data")
+    assert blocker.read_text() == "mine"

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from cnnlab.errors import CnnlabError
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the finished file to ``path`` in one rename.
@@ -20,8 +22,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         The final path. A reader never sees a half-written file, and a failure leaves the old file as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise CnnlabError(f"cannot write {path}: it is a folder; name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CnnlabError(f"cannot write {path}: {exc.strerror or exc}; "
+                          "choose a path in a folder you can write") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -265,6 +265,8 @@ def evaluation_pictures(run: Run | str | Path, mistakes: int = 24, out: str | Pa
     Returns:
         The paths; ``summary`` is the JSON record (``accuracy``, ``loss``, ``per_class_accuracy``, ...).
     """
+    if mistakes < 1:
+        raise CnnlabError(f"--mistakes {mistakes}: give at least 1 image for the gallery of mistakes")
     run = as_run(run)
     data = run.data()
     result = ev.evaluate(run.model, data.test_x, data.test_y)
