@@ -199,3 +199,13 @@ def test_live_curves_update_one_notebook_display_in_place(real_mnist, tmp_path, 
     assert [c[0] for c in calls] == ["display", "update", "update"]
     assert calls[0][2] is True
     assert (run.path / store.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not __import__("cnnlab.speed").speed.has_native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_run_resumes_bit_for_bit(real_mnist, tmp_path):
+    overrides = ["train.precision=bf16"]
+    three = train_tiny(tmp_path / "three", epochs=3, overrides=overrides)
+    one = train_tiny(tmp_path / "one", epochs=1, overrides=overrides)
+    resumed = cnnlab.resume(one.path, 2, echo=None)
+    assert same_weights(three.path / store.WEIGHTS, resumed.path / store.WEIGHTS)
+    assert same_history(three.history, resumed.history)
