@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -19,7 +18,7 @@ from cnnlab.config import load_config
 from cnnlab.model import build_model
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.loop import Trainer
-from cnnlab.speed import resolve_precision
+from cnnlab.speed import cpu_name, resolve_precision
 
 
 class _Data:
@@ -68,11 +67,7 @@ def engine(cfg, data, batch_size: int) -> float:
 
 def machine() -> str:
     """Return the CPU name, the ISA level torch uses, threads and versions."""
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     isa = torch.backends.cpu.get_cpu_capability()
     return f"{cpu}; torch {torch.__version__} ({isa}); {torch.get_num_threads()} threads; {os.cpu_count()} cores"
 

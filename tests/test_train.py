@@ -209,3 +209,12 @@ def test_bf16_run_resumes_bit_for_bit(real_mnist, tmp_path):
     resumed = cnnlab.resume(one.path, 2, echo=None)
     assert same_weights(three.path / store.WEIGHTS, resumed.path / store.WEIGHTS)
     assert same_history(three.history, resumed.history)
+
+
+def test_bf16_refusal_comes_before_the_run_folder_is_made(tmp_path, monkeypatch):
+    from cnnlab import speed
+
+    monkeypatch.setattr(speed, "cpu_flags", lambda: frozenset({"avx2"}))
+    with pytest.raises(CnnlabError, match="no native bf16"):
+        train_tiny(tmp_path / "bf", epochs=1, overrides=["train.precision=bf16"])
+    assert not (tmp_path / "bf").exists()

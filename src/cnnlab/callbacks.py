@@ -130,7 +130,7 @@ class NanGuard(Callback):
             self.message = (f"the loss became {float(logs.last_loss)} in epoch {epoch} near optimizer step "
                             f"{self.trainer.step}; training stopped and the run keeps epoch {epoch - 1}; "
                             "try a lower learning rate (schedule) or a smaller regularizer factor")
-            self.trainer.stop(self.message)
+            self.trainer.stop()
 
 
 class EarlyStopping(Callback):
@@ -153,7 +153,7 @@ class EarlyStopping(Callback):
                       f"for {self.patience} epochs")
             if self.echo:
                 self.echo(reason)
-            self.trainer.stop(reason)
+            self.trainer.stop()
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         return {"best": self.best, "wait": self.wait}

@@ -23,10 +23,6 @@ from cnnlab.speed import autocast
 EVENTS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
 
-class StopTraining(Exception):
-    """Raised by a callback to end training at once with a message (for example a NaN loss)."""
-
-
 class Callback:
     """Base class: override the events you need. ``trainer`` is set before ``on_train_begin``.
 
@@ -116,7 +112,6 @@ class Trainer:
         self.label_smoothing = label_smoothing
         self.callbacks = list(callbacks or [])
         self.should_stop = False
-        self.stop_reason = ""
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.generator = torch.Generator().manual_seed(seed)
         self.state = state or TrainState()
@@ -218,10 +213,9 @@ class Trainer:
                 loss += float(self.penalty())
         return loss, acc
 
-    def stop(self, reason: str = "") -> None:
+    def stop(self) -> None:
         """Ask the loop to stop after the current batch (inside an epoch) or epoch (at its end)."""
         self.should_stop = True
-        self.stop_reason = reason
 
     def _fire(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:

@@ -22,6 +22,7 @@ from cnnlab.config import Config, from_toml, load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.model import CnnModel, build_model, layer_table
+from cnnlab.speed import cpu_name, resolve_precision
 
 Echo = Callable[[str], None]
 
@@ -119,6 +120,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     cfg = _resolve_config(config, overrides)
     if epochs is not None:
         cfg = _with_epochs(cfg, epochs)
+    precision = resolve_precision(cfg.train.precision)  # refused before the run folder exists
     run_dir = store.new_run_dir(out if out is not None else _default_out(config))
     _say(echo, f"run folder: {run_dir}")
     data = _prepare_data(cfg, echo)
@@ -129,7 +131,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     write_model_json(run_dir, model, data.normalizer)
     store.save_weights(run_dir / store.INITIAL, model)
     store.save_weights(run_dir / store.WEIGHTS, model)
-    _fit(run_dir, cfg, model, data, None, cfg.train.epochs, live, echo, progress)
+    _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress)
     return load(run_dir)
 
 
@@ -140,6 +142,7 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
         raise CnnlabError(f"--epochs {epochs}: give at least 1 more epoch")
     run_dir = store.require_run(run_dir)
     cfg = _read_config(run_dir)
+    precision = resolve_precision(cfg.train.precision)
     state = store.load_state(run_dir)
     data = _prepare_data(cfg, echo)
     _set_threads(cfg)
@@ -147,7 +150,7 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
     store.load_weights(run_dir / store.WEIGHTS, model)
     done = state.epoch if state else 0
     _say(echo, f"resuming {run_dir} after epoch {done} (step {store.saved_step(run_dir)}) for {epochs} more")
-    _fit(run_dir, cfg, model, data, state, epochs, live, echo, progress, total=done + epochs)
+    _fit(run_dir, cfg, precision, model, data, state, epochs, live, echo, progress, total=done + epochs)
     return load(run_dir)
 
 
@@ -179,12 +182,11 @@ def load(run_dir: str | Path) -> Run:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _fit(run_dir: Path, cfg: Config, model: CnnModel, data: Any, state: Any, epochs: int, live: bool,
-         echo: Echo | None, progress: bool, total: int | None = None) -> None:
+def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any, state: Any, epochs: int,
+         live: bool, echo: Echo | None, progress: bool, total: int | None = None) -> None:
     from cnnlab import callbacks as cb
     from cnnlab.loop import Trainer
     from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
-    from cnnlab.speed import resolve_precision
 
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
@@ -208,12 +210,12 @@ def _fit(run_dir: Path, cfg: Config, model: CnnModel, data: Any, state: Any, epo
                                  restore_best=cfg.train.early_stopping.restore_best, echo=echo))
     trainer = Trainer(model, optimizer, data, cfg.train.batch_size, seed=cfg.train.seed, penalty=penalty,
                       label_smoothing=cfg.train.label_smoothing, callbacks=listeners, state=state,
-                      channels_last=cfg.train.channels_last, precision=resolve_precision(cfg.train.precision),
+                      channels_last=cfg.train.channels_last, precision=precision,
                       shift=cfg.train.shift)
     started = _now()
     with _sigint_stops(trainer) as interrupted:
         trainer.fit(epochs)
-    _write_provenance(run_dir, cfg, data, started)
+    _write_provenance(run_dir, cfg, precision, data, started)
     if interrupted():
         raise TrainingInterrupted(run_dir, trainer.state.epoch)
     if stopper.message:
@@ -228,7 +230,7 @@ def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
 
     def handler(signum: int, frame: Any) -> None:
         hit["flag"] = True
-        trainer.stop("interrupted")
+        trainer.stop()
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
@@ -306,34 +308,19 @@ def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
              "keras_weight_shape": list(r.keras_weight_shape) if r.keras_weight_shape else None,
              "params": r.params, "macs": r.macs, "trainable": r.trainable} for r in layer_table(model)]
     write_json(run_dir / store.MODEL, {"cnnlab": __version__, "input_shape": list(model.input_shape),
-                                             "layers": rows, "normalizer": normalizer.to_dict()})
+                                       "layers": rows, "normalizer": normalizer.to_dict()})
 
 
-def _write_provenance(run_dir: Path, cfg: Config, data: Any, started: str) -> None:
+def _write_provenance(run_dir: Path, cfg: Config, precision: str, data: Any, started: str) -> None:
     path = run_dir / store.PROVENANCE
     previous = store.read_json(path) if path.exists() else {"sessions": []}
     previous["sessions"].append({
         "cnnlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "numpy": np.__version__, "platform": platform.platform(), "cpu": _cpu_name(),
-        "threads": torch.get_num_threads(), "seed": cfg.train.seed, "precision": _precision(cfg), "data_origin": data.origin,
-        "data_md5": data.md5, "start": started, "end": _now(), "command": " ".join(sys.argv)})
+        "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_name(),
+        "threads": torch.get_num_threads(), "seed": cfg.train.seed, "precision": precision,
+        "data_origin": data.origin, "data_md5": data.md5, "start": started, "end": _now(),
+        "command": " ".join(sys.argv)})
     write_json(path, previous)
-
-
-def _precision(cfg: Config) -> str:
-    from cnnlab.speed import resolve_precision
-
-    return resolve_precision(cfg.train.precision)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _now() -> str:

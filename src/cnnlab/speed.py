@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 from pathlib import Path
 from typing import ContextManager
 
@@ -14,17 +15,27 @@ from cnnlab.errors import CnnlabError
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """Return the CPU feature flags Linux reports (empty where /proc/cpuinfo is not available)."""
+@functools.lru_cache(maxsize=None)
+def _cpuinfo(field: str) -> str:
+    """Return the first value of ``field`` in /proc/cpuinfo ("" where it or the file is missing)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return ""
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.split(":", 1)[0].strip() == field:
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cpu_flags() -> frozenset[str]:
+    """Return the CPU feature flags Linux reports (empty where /proc/cpuinfo is not available)."""
+    return frozenset(_cpuinfo("flags").split())
+
+
+def cpu_name() -> str:
+    """Return the CPU's model name, for provenance records and benchmark headers."""
+    return _cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def has_native_bf16() -> bool:
