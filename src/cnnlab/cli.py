@@ -158,11 +158,11 @@ def _train_call(func: Callable, *args, **kwargs) -> int:
 
 @command("train")
 def _train(args: argparse.Namespace) -> int:
-    from cnnlab.run import train
+    from cnnlab.run import default_out, train
 
     cfg = _load_config(args)
     source = args.config if args.config else (args.preset or "seed")
-    return _train_call(train, cfg, out=args.out or _default_out(source), epochs=args.epochs, echo=_echo,
+    return _train_call(train, cfg, out=args.out or default_out(source), epochs=args.epochs, echo=_echo,
                        progress=not args.no_progress)
 
 
@@ -182,17 +182,11 @@ def _reset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_out(source: str | Path) -> Path:
-    from cnnlab.run import _default_out as default
-
-    return default(source)
-
-
 @command("demo")
 def _demo(args: argparse.Namespace) -> int:
     from cnnlab.model import build_model, format_table
     from cnnlab.report import write_report
-    from cnnlab.run import train
+    from cnnlab.run import default_out, train
 
     _data(argparse.Namespace(source=None))
     overrides = [f"train.epochs={args.epochs}"] if args.epochs is not None else []
@@ -200,7 +194,7 @@ def _demo(args: argparse.Namespace) -> int:
     _echo("")
     _echo(f"Training the {DEMO_PRESET} preset for {cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}:")
     _echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
-    out = args.out or _default_out("demo")
+    out = args.out or default_out("demo")
     code = _train_call(train, cfg, out=out, echo=_echo)
     if code:
         return code

@@ -121,7 +121,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     if epochs is not None:
         cfg = _with_epochs(cfg, epochs)
     precision = resolve_precision(cfg.train.precision)  # refused before the run folder exists
-    run_dir = store.new_run_dir(out if out is not None else _default_out(config))
+    run_dir = store.new_run_dir(out if out is not None else default_out(config))
     _say(echo, f"run folder: {run_dir}")
     data = _prepare_data(cfg, echo)
     _set_threads(cfg)
@@ -280,7 +280,8 @@ def _with_epochs(cfg: Config, epochs: int) -> Config:
     return from_dict(raw)
 
 
-def _default_out(config: Any) -> Path:
+def default_out(config: Any) -> Path:
+    """Return ``runs/<name>`` for a preset or config file name, with ``-2``, ``-3``, ... if that folder holds files."""
     stem = Path(str(config)).stem if not isinstance(config, Config) else "run"
     base = Path("runs") / stem
     candidate, n = base, 1

@@ -135,13 +135,13 @@ def import_keras(path: str | Path, out: str | Path | None = None, normalize: str
             support (a layer type, a non-sequential graph, a custom object, an input other than 28x28x1);
             ``out`` already holds files.
     """
-    from cnnlab.run import _default_out
+    from cnnlab.run import default_out
 
     started = time.perf_counter()
     if normalize not in IMPORT_NORMALIZE:
         raise CnnlabError(f"--normalize {normalize!r} is not one of {', '.join(IMPORT_NORMALIZE)}")
     path = Path(path)
-    out = Path(out) if out is not None else _default_out(path)
+    out = Path(out) if out is not None else default_out(path)
     _check_out(out)
     kfile = read_keras_file(path)
     notes: list[str] = []
