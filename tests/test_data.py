@@ -458,3 +458,17 @@ def test_a_named_folder_that_does_not_exist_is_an_error_even_with_a_cache(tmp_pa
     load_mnist(write_folder(tmp_path / "src", blobs), home=home, files=table_for(blobs))  # fills the cache
     with pytest.raises(CnnlabError, match="does not exist; give --from"):
         load_mnist(source=tmp_path / "nope", home=home, files=table_for(blobs))
+
+
+def test_split_indices_are_the_ones_prepare_uses():
+    from cnnlab.data import Mnist, prepare, split_indices
+
+    rng = np.random.default_rng(0)
+    mnist = Mnist(rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), np.arange(40) % 10,
+                  rng.integers(0, 256, (12, 28, 28), dtype=np.uint8), np.arange(12) % 10, md5={}, origin="test")
+    prepared = prepare(mnist, split="reshuffle", validation=5, seed=3, limit_train=30, limit_test=8)
+    train, val, test = split_indices(40, 12, "reshuffle", 5, 3, 30, 8)
+    assert np.array_equal(train, prepared.train_indices) and np.array_equal(test, prepared.test_indices)
+    assert np.array_equal(val, prepared.val_indices)
+    assert (len(train), len(val), len(test)) == (25, 5, 8)
+    assert split_indices(40, 12)[1] is None

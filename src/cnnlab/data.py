@@ -673,10 +673,8 @@ def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", val
             raise CnnlabError(f"{name} = {value!r}: expected a whole number >= 0")
     images = np.concatenate([mnist.train_images, mnist.test_images])
     labels = np.concatenate([mnist.train_labels, mnist.test_labels]).astype(np.int64)
-    train_idx, test_idx = _split_indices(split, len(mnist.train_images), len(images), seed)
-    train_idx = train_idx[:limit_train or None]
-    test_idx = test_idx[:limit_test or None]
-    train_idx, val_idx = _hold_out(train_idx, validation, seed)
+    train_idx, val_idx, test_idx = split_indices(len(mnist.train_images), len(mnist.test_images), split,
+                                                 validation, seed, limit_train, limit_test)
     normalizer = fit_normalizer(normalize, images[train_idx])
     train_x, train_y = normalizer.apply(images[train_idx]), _labels(labels, train_idx)
     test_x, test_y = normalizer.apply(images[test_idx]), _labels(labels, test_idx)
@@ -689,9 +687,18 @@ def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", val
                     origin=mnist.origin, md5=dict(mnist.md5))
 
 
-def _split_indices(split: str, n_train: int, n_all: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(n_train: int, n_test: int, split: str = "standard", validation: int = 0, seed: int = 0,
+                  limit_train: int = 0, limit_test: int = 0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Return the indices into concat(train, test) of the training, validation and test images of a run.
+
+    The same split, limits and hold-out as ``prepare`` (which calls this); the validation indices are None when
+    ``validation`` is 0 (validation on the test set).
+    """
+    n_all = n_train + n_test
     order = np.arange(n_all) if split == "standard" else np.random.default_rng(seed).permutation(n_all)
-    return order[:n_train], order[n_train:]
+    train_idx, test_idx = order[:n_train][:limit_train or None], order[n_train:][:limit_test or None]
+    train_idx, val_idx = _hold_out(train_idx, validation, seed)
+    return train_idx, val_idx, test_idx
 
 
 def _hold_out(train_idx: np.ndarray, validation: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:

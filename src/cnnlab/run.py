@@ -247,10 +247,8 @@ def _prepare_data(cfg: Config, echo: Echo | None):
     from cnnlab.data import load_mnist, prepare
 
     mnist = load_mnist(source=cfg.data.source or None, log=(lambda m: echo(f"  data: {m}")) if echo else None)
-    data = prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
+    return prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
                    seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
-    data.origin, data.md5 = mnist.origin, mnist.md5  # for the provenance record
-    return data
 
 
 def _resolve_config(config: str | Path | Config, overrides: list[str] | None) -> Config:

@@ -6,13 +6,12 @@ reshuffled test set, as in the articles), i.e. ``run.data().test_x[19]``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from cnnlab.config import Config
-from cnnlab.data import Mnist, load_mnist, prepare
+from cnnlab.data import Mnist, load_mnist, split_indices
 from cnnlab.errors import CnnlabError
 
 SETS = ("test", "train")
@@ -83,11 +82,7 @@ def _check_set(image_set: str) -> str:
 
 
 def _split_indices(config: Config, mnist: Mnist) -> dict[str, np.ndarray]:
-    # prepare() owns the split, the limits and the validation hold-out; 1x1 stand-in images give its indices
-    # exactly, without fitting a normalizer on and normalizing the real 70,000 images.
-    stub = dataclasses.replace(mnist, train_images=np.zeros((len(mnist.train_images), 1, 1), np.uint8),
-                               test_images=np.zeros((len(mnist.test_images), 1, 1), np.uint8))
     d = config.data
-    prepared = prepare(stub, normalize=d.normalize, split=d.split, validation=d.validation, seed=config.train.seed,
-                       limit_train=d.limit_train, limit_test=d.limit_test)
-    return {"train": prepared.train_indices, "test": prepared.test_indices}
+    train, _, test = split_indices(len(mnist.train_images), len(mnist.test_images), d.split, d.validation,
+                                   config.train.seed, d.limit_train, d.limit_test)
+    return {"train": train, "test": test}
