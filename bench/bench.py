@@ -1,7 +1,8 @@
 """The speed report: every figure of the speed issue, measured in one run on this machine.
 
 1. Training throughput of the seed recipe: a plain PyTorch loop (the baseline) against cnnlab's engine in fp32
-   and with the precision ``auto`` picks, run alternately in this process; medians and ratios.
+   and with the precision ``auto`` picks, each run in its own process, in turn; medians and ratios. Then the
+   same pair with torch, oneDNN and MKL restricted to AVX2 code, an approximation of a CPU without AVX-512.
 2. Time to accuracy: wall time of ``cnnlab train --preset fast`` (start-up and data loading included) against
    the time the baseline needs for two epochs, and the test accuracy it reached.
 3. Peak resident memory of ``cnnlab train --preset seed`` (one epoch, as a child process).
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import _Data, engine, machine, plain_loop  # noqa: E402
+from bench_train import alternate, machine  # noqa: E402
 
 from cnnlab.config import load_config  # noqa: E402
 from cnnlab.speed import has_native_bf16, resolve_precision  # noqa: E402
@@ -35,19 +36,13 @@ CNNLAB = [sys.executable, "-m", "cnnlab"]
 
 
 def throughput(repeats: int, images: int) -> tuple[float, dict[str, float]]:
-    """Return the baseline's img/s and the engine's img/s per precision (medians, run alternately)."""
-    seed = load_config(preset="seed")
-    precisions = ["fp32"] + (["bf16"] if has_native_bf16() else [])
-    data = _Data(images)
-    plain_loop(seed, _Data(256), 64)
-    results: dict[str, list[float]] = {p: [] for p in precisions}
-    base: list[float] = []
-    for _ in range(repeats):
-        base.append(plain_loop(seed, data, 64))
-        for p in precisions:
-            seed.train.precision = p
-            results[p].append(engine(seed, data, 64))
-    return statistics.median(base), {p: statistics.median(v) for p, v in results.items()}
+    """Return the baseline's img/s and the engine's img/s per precision (medians; each run in its own
+    process, in turn)."""
+    runs = {"plain": ("plain", "seed", None), "fp32": ("engine", "seed", "fp32")}
+    if has_native_bf16():
+        runs["bf16"] = ("engine", "seed", "bf16")
+    medians = alternate(runs, repeats, images)
+    return medians.pop("plain"), medians
 
 
 def fast_runs(k: int, seeds: list[int]) -> list[dict[str, float]]:
@@ -105,6 +100,11 @@ def main() -> None:
     for p, v in ours.items():
         print(f"   cnnlab engine, {p:<4}         : {v:7.0f} img/s  ({60_000 / v:5.1f} s per epoch)  "
               f"ratio {v / base:.2f}x")
+
+    avx2 = alternate({"plain": ("plain", "seed", None), "fp32": ("engine", "seed", "fp32")}, args.repeats,
+                     args.images, avx2=True)
+    print(f"   restricted to AVX2 code: baseline {avx2['plain']:7.0f} img/s, engine fp32 {avx2['fp32']:7.0f} img/s, "
+          f"ratio {avx2['fp32'] / avx2['plain']:.2f}x")
 
     budget = 2 * 60_000 / base
     runs = fast_runs(args.fast_runs, list(range(args.fast_runs)))

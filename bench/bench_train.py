@@ -1,24 +1,31 @@
-"""Training throughput: the cnnlab engine against a plain PyTorch loop, same model, batch and data, same process.
+"""Training throughput: the cnnlab engine against a plain PyTorch loop, same model, batch and data.
 
-Prints the machine, both figures (images per second, median of repeats, run alternately) and their ratio.
-Run it with `make bench` or `.venv/bin/python bench/bench_train.py [--batches N] [--repeats R]`.
+Each measurement runs in a fresh child process of this script (the engine changes process-wide settings,
+such as the allocator's, that must not leak into the baseline), baseline and engine alternately; the
+script prints the machine, the medians (images per second) and their ratio.
+Run it with `make bench` or `.venv/bin/python bench/bench_train.py [--images N] [--repeats R]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 from cnnlab.config import load_config
+from cnnlab.loop import Trainer
 from cnnlab.model import build_model
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
-from cnnlab.loop import Trainer
 from cnnlab.speed import cpu_name, resolve_precision
+
+WARMUP_BATCHES = 8
 
 
 class _Data:
@@ -56,8 +63,9 @@ def engine(cfg, data, batch_size: int) -> float:
     model = build_model(cfg.model.layers)
     opt = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     reg = get_regularizer(cfg.regularizer)
-    kernels = model.kernels(reg.applies_to)
-    trainer = Trainer(model, opt, data, batch_size, penalty=lambda: regularization_loss(reg, kernels),
+    kernels = model.kernels(reg.applies_to) if reg else []
+    penalty = (lambda: regularization_loss(reg, kernels)) if reg else None
+    trainer = Trainer(model, opt, data, batch_size, penalty=penalty, label_smoothing=cfg.train.label_smoothing,
                       channels_last=cfg.train.channels_last, precision=resolve_precision(cfg.train.precision),
                       shift=cfg.train.shift)
     start = time.perf_counter()
@@ -65,11 +73,48 @@ def engine(cfg, data, batch_size: int) -> float:
     return len(data.train_x) / (time.perf_counter() - start)
 
 
+def measure(kind: str, preset: str, precision: str | None, images: int) -> float:
+    """Return img/s of one timed epoch of ``kind`` (plain or engine), after a short warm-up, in this process."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = load_config(preset=preset)
+    if precision:
+        cfg.train.precision = precision
+    batch = cfg.train.batch_size
+    run = plain_loop if kind == "plain" else engine
+    run(cfg, _Data(batch * WARMUP_BATCHES), batch)
+    return run(cfg, _Data(images), batch)
+
+
+# Environment that makes torch, oneDNN and MKL use AVX2 code only: an approximation, on an AVX-512 machine,
+# of how the engine fares on CPUs without AVX-512 (such as AMD Zen 3).
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def measure_in_child(kind: str, preset: str, precision: str | None, images: int, avx2: bool = False) -> float:
+    """Run ``measure`` in a fresh Python process and return its img/s."""
+    cmd = [sys.executable, __file__, "--child", kind, "--preset", preset, "--images", str(images)]
+    if precision:
+        cmd += ["--precision", precision]
+    env = {**os.environ, **(AVX2_ONLY if avx2 else {})}
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_second"])
+
+
+def alternate(runs: dict[str, tuple[str, str, str | None]], repeats: int, images: int,
+              avx2: bool = False) -> dict[str, float]:
+    """Measure each named (kind, preset, precision) ``repeats`` times, in turn, and return the medians."""
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (kind, preset, precision) in runs.items():
+            results[name].append(measure_in_child(kind, preset, precision, images, avx2))
+    return {name: statistics.median(values) for name, values in results.items()}
+
+
 def machine() -> str:
     """Return the CPU name, the ISA level torch uses, threads and versions."""
     cpu = cpu_name()
     isa = torch.backends.cpu.get_cpu_capability()
-    return f"{cpu}; torch {torch.__version__} ({isa}); {torch.get_num_threads()} threads; {os.cpu_count()} cores"
+    return f"{cpu}; torch {torch.__version__} ({isa}); {os.cpu_count()} threads; {os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -79,26 +124,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--preset", default="seed")
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="override the preset's precision")
+    parser.add_argument("--avx2", action="store_true",
+                        help="both loops use AVX2 code only (torch, oneDNN, MKL): an approximation of a CPU "
+                             "without AVX-512; implies fp32")
+    parser.add_argument("--child", choices=["plain", "engine"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    cfg = load_config(preset=args.preset)
-    if args.precision:
-        cfg.train.precision = args.precision
-    data = _Data(args.images)
-    batch = cfg.train.batch_size
-    base, ours = [], []
-    plain_loop(cfg, _Data(batch * 4), batch)  # warm-up both paths
-    engine(cfg, _Data(batch * 4), batch)
-    for _ in range(args.repeats):
-        base.append(plain_loop(cfg, data, batch))
-        ours.append(engine(cfg, data, batch))
-    b, o = statistics.median(base), statistics.median(ours)
-    print(f"machine: {machine()}")
-    print(f"preset {args.preset}, batch {batch}, {args.images} images per epoch, median of {args.repeats}")
+    if args.child:
+        speed = measure(args.child, args.preset, args.precision, args.images)
+        print(json.dumps({"images_per_second": speed}))
+        return
+    precision = "fp32" if args.avx2 else resolve_precision(args.precision or load_config(preset=args.preset).train.precision)
+    medians = alternate({"plain": ("plain", args.preset, None), "engine": ("engine", args.preset, precision)},
+                        args.repeats, args.images, args.avx2)
+    b, o = medians["plain"], medians["engine"]
+    batch = load_config(preset=args.preset).train.batch_size
+    print(f"machine: {machine()}" + ("; restricted to AVX2 code" if args.avx2 else ""))
+    print(f"preset {args.preset}, batch {batch}, {args.images} images per epoch, median of {args.repeats}, "
+          "each run in its own process")
     print(f"plain PyTorch loop : {b:8.0f} img/s  ({60000 / b:5.1f} s per 60k epoch)")
-    precision = resolve_precision(cfg.train.precision)
-    print(f"cnnlab engine {precision:<5}: {o:8.0f} img/s  ({60000 / o:5.1f} s per 60k epoch)  "
-          f"(train.precision = {cfg.train.precision!r})")
+    print(f"cnnlab engine {precision:<5}: {o:8.0f} img/s  ({60000 / o:5.1f} s per 60k epoch)")
     print(f"ratio engine/plain : {o / b:.2f}x")
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from cnnlab.augment import pad_images, random_shift
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import evaluate
-from cnnlab.speed import autocast
+from cnnlab.speed import autocast, keep_freed_memory
 
 EVENTS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
@@ -104,6 +104,7 @@ class Trainer:
                  seed: int = 0, penalty: Callable[[], torch.Tensor] | None = None, label_smoothing: float = 0.0,
                  callbacks: list[Callback] | None = None, state: TrainState | None = None,
                  channels_last: bool = False, precision: str = "fp32", shift: int = 0):
+        keep_freed_memory()
         self.model = model
         self.optimizer = optimizer
         self.data = data
