@@ -156,5 +156,5 @@ def test_a_file_can_extend_a_preset(tmp_path):
 def test_fast_preset_is_the_seed_model_with_its_own_recipe():
     fast, seed = load_config(preset="fast"), load_config(preset="seed")
     assert fast.model == seed.model
-    assert fast.optimizer["name"] == "adam" and fast.schedule["total_steps"] == 4 * 469
+    assert fast.optimizer["name"] == "adam" and fast.schedule["total_steps"] == 3 * 469
     assert fast.data.split == "standard" and fast.train.precision == "auto"

@@ -365,6 +365,20 @@ def test_global_and_unit_normalizers():
     assert fit_normalizer("global", np.full((2, 2, 2), 9, np.uint8)).std == 1  # constant images
 
 
+@pytest.mark.parametrize("per_pixel", [True, False])
+def test_integer_statistics_of_uint8_images_match_the_float64_route(per_pixel):
+    # The uint8 route sums exact integers; the float64 route is the reference for any other dtype.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(3000, 28, 28), dtype=np.uint8)
+    images[:, 0, 0] = 7  # a constant pixel: its variance is exactly 0
+    mean_int, std_int = data._mean_std(images, per_pixel, chunk=1000)
+    mean_ref, std_ref = data._mean_std(images.astype(np.float64), per_pixel, chunk=1000)
+    np.testing.assert_allclose(mean_int, mean_ref, rtol=1e-12)
+    np.testing.assert_allclose(std_int, std_ref, rtol=1e-10)
+    if per_pixel:
+        assert std_int[0, 0] == 0 and mean_int[0, 0] == 7
+
+
 def test_normalizer_dict_round_trip_and_shapes():
     norm = fit_normalizer("pixel", _tiny().train_images)
     again = Normalizer.from_dict(json.loads(json.dumps(norm.to_dict())))
