@@ -132,6 +132,16 @@ def test_shift_augmentation_moves_each_image_within_the_pad():
     dx = torch.randint(0, 3, (3,), generator=g)
     for k, i in enumerate([1, 0, 1]):
         assert torch.equal(out[k, 0], padded[i, 0, dy[k]:dy[k] + 5, dx[k]:dx[k] + 5])
+    # Several channels and a non-square image: every channel of an image moves by the same offset.
+    x = torch.arange(3 * 2 * 4 * 6, dtype=torch.float32).reshape(3, 2, 4, 6)
+    padded = pad_images(x, 2)
+    g = torch.Generator().manual_seed(1)
+    out = random_shift(padded, torch.tensor([2, 0]), 2, g)
+    g = torch.Generator().manual_seed(1)
+    dy, dx = torch.randint(0, 5, (2,), generator=g), torch.randint(0, 5, (2,), generator=g)
+    assert out.shape == (2, 2, 4, 6)
+    for k, i in enumerate([2, 0]):
+        assert torch.equal(out[k], padded[i, :, dy[k]:dy[k] + 4, dx[k]:dx[k] + 6])
 
 
 def test_augmented_run_resumes_bit_for_bit(real_mnist, tmp_path):
