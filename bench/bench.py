@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import alternate, machine  # noqa: E402
 
 from cnnlab.config import load_config  # noqa: E402
-from cnnlab.speed import has_native_bf16, resolve_precision  # noqa: E402
+from cnnlab.speed import has_native_bf16, resolve_precision, usable_cores  # noqa: E402
 
 CNNLAB = [sys.executable, "-m", "cnnlab"]
 
@@ -106,7 +105,7 @@ def main() -> None:
     parser.add_argument("--fast-runs", type=int, default=3,
                         help="runs of the fast preset per precision (seeds 0, 1, 2, ...)")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     print(f"machine: {machine()}; native bf16: {has_native_bf16()} (precision auto -> {resolve_precision('auto')})")
 
     base, ours = throughput(args.repeats, args.images)

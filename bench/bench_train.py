@@ -23,7 +23,7 @@ from cnnlab.config import load_config
 from cnnlab.loop import Trainer
 from cnnlab.model import build_model
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
-from cnnlab.speed import cpu_name, resolve_precision
+from cnnlab.speed import cpu_name, resolve_precision, usable_cores
 
 WARMUP_BATCHES = 8
 
@@ -75,7 +75,7 @@ def engine(cfg, data, batch_size: int) -> float:
 
 def measure(kind: str, preset: str, precision: str | None, images: int) -> float:
     """Return img/s of one timed epoch of ``kind`` (plain or engine), after a short warm-up, in this process."""
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cores())
     cfg = load_config(preset=preset)
     if precision:
         cfg.train.precision = precision
@@ -114,7 +114,7 @@ def machine() -> str:
     """Return the CPU name, the ISA level torch uses, threads and versions."""
     cpu = cpu_name()
     isa = torch.backends.cpu.get_cpu_capability()
-    return f"{cpu}; torch {torch.__version__} ({isa}); {os.cpu_count()} threads; {os.cpu_count()} cores"
+    return f"{cpu}; torch {torch.__version__} ({isa}); {usable_cores()} threads; {os.cpu_count()} cores"
 
 
 def main() -> None:

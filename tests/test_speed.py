@@ -58,3 +58,13 @@ def test_trainer_applies_the_allocator_setting(monkeypatch):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     loop.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), Data(), batch_size=2)
     assert calls == [1]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_usable_cores_follows_the_affinity_mask_not_the_machine():
+    # Under taskset or a container's cpuset, os.cpu_count() still counts every core of the machine.
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+            "from cnnlab.speed import usable_cores; print(usable_cores(), os.cpu_count())")
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    usable, total = map(int, done.stdout.split())
+    assert usable == 1 and total >= 1

@@ -6,7 +6,6 @@ The CLI calls these same functions.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import platform
 import signal
 import sys
@@ -22,7 +21,7 @@ from cnnlab.config import Config, from_toml, load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.model import CnnModel, build_model, layer_table
-from cnnlab.speed import cpu_name, resolve_precision
+from cnnlab.speed import cpu_name, resolve_precision, usable_cores
 
 Echo = Callable[[str], None]
 
@@ -297,7 +296,7 @@ def _read_config(run_dir: Path) -> Config:
 
 
 def _set_threads(cfg: Config) -> None:
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.train.threads or usable_cores())
 
 
 def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import platform
 from pathlib import Path
 from typing import ContextManager
@@ -42,6 +43,14 @@ def cpu_flags() -> frozenset[str]:
 def cpu_name() -> str:
     """Return the CPU's model name, for provenance records and benchmark headers."""
     return _cpuinfo("model name") or platform.processor() or "unknown"
+
+
+def usable_cores() -> int:
+    """Return the number of CPU cores this process may run on (its affinity mask, e.g. under taskset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def has_native_bf16() -> bool:
