@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import alternate, machine  # noqa: E402
+from bench_train import AVX2_ONLY, alternate, machine  # noqa: E402
 
 from cnnlab.config import load_config  # noqa: E402
 from cnnlab.speed import has_native_bf16, resolve_precision, usable_cores  # noqa: E402
@@ -45,9 +46,9 @@ def throughput(repeats: int, images: int) -> tuple[float, dict[str, float]]:
     return medians.pop("plain"), medians
 
 
-def fast_runs(k: int, precision: str, epochs: int | None = None) -> list[dict[str, float]]:
+def fast_runs(k: int, precision: str, epochs: int | None = None, avx2: bool = False) -> list[dict[str, float]]:
     """Run ``cnnlab train --preset fast`` as a user would (seeds 0..k-1) and return wall seconds and test
-    accuracy per run."""
+    accuracy per run; ``avx2`` restricts torch, oneDNN and MKL to AVX2 code."""
     out = []
     for seed in range(k):
         with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +58,7 @@ def fast_runs(k: int, precision: str, epochs: int | None = None) -> list[dict[st
             if epochs:
                 cmd += ["--epochs", str(epochs)]
             start = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True)
+            subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **(AVX2_ONLY if avx2 else {})})
             wall = time.perf_counter() - start
             history = json.loads((run_dir / "history.json").read_text())
         out.append({"seed": seed, "wall": wall, "accuracy": history[-1]["val_accuracy"]})
@@ -122,10 +123,13 @@ def main() -> None:
 
     epoch = 60_000 / base
     precisions = ["fp32"] + (["bf16"] if has_native_bf16() else [])
-    print(f"\n2. time to accuracy: cnnlab train --preset fast (3 epochs), {args.fast_runs} runs each, wall time "
-          "incl. start-up and data loading")
+    epochs = load_config(preset="fast").train.epochs
+    print(f"\n2. time to accuracy: cnnlab train --preset fast ({epochs} epochs), {args.fast_runs} runs each, wall "
+          "time incl. start-up and data loading")
     for p in precisions:
         print_runs(f"precision {p}:", fast_runs(args.fast_runs, p), 2 * epoch, "the baseline's 2 epochs")
+    print_runs("restricted to AVX2 code, fp32, one run:", fast_runs(1, "fp32", avx2=True),
+               2 * 60_000 / avx2["plain"], "the AVX2 baseline's 2 epochs")
     best = resolve_precision("auto")
     print_runs(f"stretch, --epochs 4, precision {best}:", fast_runs(args.fast_runs, best, epochs=4), 3 * epoch,
                "the baseline's 3 epochs")
