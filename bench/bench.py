@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import AVX2_ONLY, alternate, machine  # noqa: E402
+from bench_train import alternate, child_env, machine  # noqa: E402
 
 from cnnlab.config import load_config  # noqa: E402
 from cnnlab.speed import has_native_bf16, resolve_precision, usable_cores  # noqa: E402
@@ -58,7 +57,7 @@ def fast_runs(k: int, precision: str, epochs: int | None = None, avx2: bool = Fa
             if epochs:
                 cmd += ["--epochs", str(epochs)]
             start = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, **(AVX2_ONLY if avx2 else {})})
+            subprocess.run(cmd, check=True, capture_output=True, env=child_env(avx2))
             wall = time.perf_counter() - start
             history = json.loads((run_dir / "history.json").read_text())
         out.append({"seed": seed, "wall": wall, "accuracy": history[-1]["val_accuracy"]})

@@ -90,13 +90,17 @@ def measure(kind: str, preset: str, precision: str | None, images: int) -> float
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
+def child_env(avx2: bool) -> dict[str, str]:
+    """Return the environment for a child process, restricted to AVX2 code when ``avx2``."""
+    return {**os.environ, **(AVX2_ONLY if avx2 else {})}
+
+
 def measure_in_child(kind: str, preset: str, precision: str | None, images: int, avx2: bool = False) -> float:
     """Run ``measure`` in a fresh Python process and return its img/s."""
     cmd = [sys.executable, __file__, "--child", kind, "--preset", preset, "--images", str(images)]
     if precision:
         cmd += ["--precision", precision]
-    env = {**os.environ, **(AVX2_ONLY if avx2 else {})}
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=child_env(avx2))
     return float(json.loads(done.stdout.strip().splitlines()[-1])["images_per_second"])
 
 

@@ -68,3 +68,16 @@ def test_usable_cores_follows_the_affinity_mask_not_the_machine():
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     usable, total = map(int, done.stdout.split())
     assert usable == 1 and total >= 1
+
+
+def test_throughput_bench_runs_and_prints_a_ratio():
+    # A smoke run of the benchmark script (tiny epochs: the figures mean nothing, the script must not rot).
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
+    done = subprocess.run([sys.executable, str(script), "--images", "256", "--repeats", "1", "--precision", "fp32"],
+                          check=True, capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("machine: ") and "threads" in lines[0]
+    ratio = [line for line in lines if line.startswith("ratio engine/plain")]
+    assert len(ratio) == 1 and float(ratio[0].split(":")[1].strip().rstrip("x")) > 0
