@@ -81,3 +81,15 @@ def test_throughput_bench_runs_and_prints_a_ratio():
     assert lines[0].startswith("machine: ") and "threads" in lines[0]
     ratio = [line for line in lines if line.startswith("ratio engine/plain")]
     assert len(ratio) == 1 and float(ratio[0].split(":")[1].strip().rstrip("x")) > 0
+
+
+def test_loading_a_run_applies_the_allocator_setting(real_mnist, tmp_path, monkeypatch):
+    # run.load is the way into every inspection command, which runs many large forward passes.
+    import cnnlab
+    from cnnlab import run
+
+    trained = cnnlab.train("tiny", out=tmp_path / "tiny", overrides=["train.epochs=1"], echo=None)
+    calls = []
+    monkeypatch.setattr(run, "keep_freed_memory", lambda: calls.append(1) or True)
+    loaded = cnnlab.load(trained.path)
+    assert calls == [1] and loaded.path == trained.path

@@ -82,8 +82,9 @@ def keep_freed_memory() -> bool:
     By default glibc serves large blocks (above a threshold that starts at 128 KiB and adapts slowly) with
     a fresh mmap and hands them back on free, so each training step page-faults its activation buffers in anew (about 1,400 faults per batch of
     64 for the seed model, a fifth of the step's time). With a fixed 32 MiB threshold and trimming only
-    above 1 GiB, the same memory is reused from batch to batch. The setting is process-wide and has no
-    effect on results. Elsewhere than on glibc (macOS, musl) nothing happens.
+    above 1 GiB, the same memory is reused from batch to batch. The training loop and ``run.load`` (the way
+    into every inspection) call it. The setting is process-wide and has no effect on results. Elsewhere than
+    on glibc (macOS, musl) nothing happens.
     """
     if platform.system() != "Linux":
         return False
