@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from cnnlab.config import load_config
 from cnnlab.loop import Trainer
 from cnnlab.model import build_model
+from cnnlab.native import MaxPool2x2
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.speed import cpu_name, resolve_precision, usable_cores
 
@@ -43,6 +44,9 @@ def plain_loop(cfg, data, batch_size: int) -> float:
     """The baseline a careful user writes: nn.Sequential, fp32, NCHW, torch RMSprop, L2 added to the loss."""
     torch.manual_seed(0)
     layers = build_model(cfg.model.layers)
+    for layer in layers.layers.values():
+        if isinstance(layer.op, MaxPool2x2):
+            layer.op = torch.nn.MaxPool2d(2)  # torch's own op, as the careful user has it
     model = torch.nn.Sequential(*[layer for layer in layers.layers.values()][:-1], layers.layers["Dense_2"].op)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, momentum=0.8, alpha=0.9, eps=1e-7)
     dense = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_bytes, write_json
+from cnnlab.files import home_dir, write_bytes, write_json
 
 try:
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
@@ -113,8 +113,7 @@ def cache_dir(home: str | Path | None = None) -> Path:
     Returns:
         ``<home>/mnist`` (not created here).
     """
-    root = home or os.environ.get("CNNLAB_HOME") or Path.home() / ".cache" / "cnnlab"
-    return Path(root).expanduser() / "mnist"
+    return home_dir(home) / "mnist"
 
 
 def load_mnist(source: str | Path | None = None, home: str | Path | None = None, log: Log | None = None,

@@ -1,4 +1,4 @@
-"""Atomic file writes: write a temporary file beside the target, then rename it over the target."""
+"""Atomic file writes (a temporary file beside the target, then a rename) and cnnlab's home folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cnnlab.errors import CnnlabError
+
+
+def home_dir(home: str | Path | None = None) -> Path:
+    """Return cnnlab's own folder for caches: ``home``, else ``$CNNLAB_HOME``, else ``~/.cache/cnnlab``."""
+    return Path(home or os.environ.get("CNNLAB_HOME") or Path.home() / ".cache" / "cnnlab").expanduser()
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.native import MaxPool2x2
 
 INPUT_SHAPE = (1, 28, 28)  # (C, H, W) of one MNIST image
 
@@ -219,6 +220,8 @@ def _pool(spec: dict[str, Any]) -> nn.Module:
     size = spec["size"]
     stride = spec["stride"] or size
     if spec["type"] == "maxpool":
+        if size == 2 and stride == 2 and spec["padding"] == "valid":
+            return MaxPool2x2()  # the common case, with a native kernel for channels-last float32
         pool = nn.MaxPool2d(size, stride)
         return _Padded(SamePad(size, stride, value=-math.inf), pool) if spec["padding"] == "same" else pool
     if spec["padding"] == "same":

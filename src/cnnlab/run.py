@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from cnnlab import __version__, store
+from cnnlab import __version__, native, store
 from cnnlab.config import Config, from_toml, load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
@@ -188,6 +188,9 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
     from cnnlab.loop import Trainer
     from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 
+    note = native.news()  # builds the kernels here, on first use, rather than inside the first batch
+    if note and echo:
+        echo(f"  native kernels: {note}")
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
         store.load_optimizer(run_dir, optimizer)
