@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from cnnlab.config import load_config
 from cnnlab.loop import Trainer
 from cnnlab.model import build_model
-from cnnlab.native import MaxPool2x2
+from cnnlab.native import MaxPool2x2, kernels
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.speed import cpu_name, resolve_precision, usable_cores
 
@@ -122,7 +122,9 @@ def machine() -> str:
     """Return the CPU name, the ISA level torch uses, threads and versions."""
     cpu = cpu_name()
     isa = torch.backends.cpu.get_cpu_capability()
-    return f"{cpu}; torch {torch.__version__} ({isa}); {usable_cores()} threads; {os.cpu_count()} cores"
+    native = "on" if kernels() is not None else "off"
+    return (f"{cpu}; torch {torch.__version__} ({isa}); {usable_cores()} threads; {os.cpu_count()} cores; "
+            f"native max-pool {native}")
 
 
 def main() -> None:
