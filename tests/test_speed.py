@@ -28,16 +28,20 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
 """
 
 
-def _faults(mode: str) -> int:
-    done = subprocess.run([sys.executable, "-c", _ROUNDS, mode], check=True, capture_output=True, text=True)
-    return int(done.stdout.strip())
+def _faults(mode: str, runs: int = 3) -> int:
+    # The median of a few child processes: glibc's default threshold adapts, so one run can be unusually low.
+    counts = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", _ROUNDS, mode], check=True, capture_output=True, text=True)
+        counts.append(int(done.stdout.strip()))
+    return sorted(counts)[runs // 2]
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc", reason="glibc only")
 def test_keep_freed_memory_stops_page_faults_on_reused_buffers():
     # Without the setting glibc maps the large activation buffers afresh in every step (thousands of page
-    # faults in 16 steps, 25,000 to 48,000 on the machine this was written on); with it the memory freed in
-    # one step serves the next (0 to about 2,200: a few blocks still land on fresh pages).
+    # faults in 16 steps, 14,000 to 59,000 in single runs on the machine this was written on); with it the
+    # memory freed in one step serves the next (0 to about 2,200: a few blocks still land on fresh pages).
     default, keep = _faults("default"), _faults("keep")
     assert default > 10_000
     assert keep * 5 < default
