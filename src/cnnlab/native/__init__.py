@@ -20,6 +20,7 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).with_name("maxpool2x2.cpp")
 # For this CPU (the build is cached per CPU). -fopenmp makes at::parallel_for parallel (its OpenMP pragmas are
@@ -86,6 +87,7 @@ class _MaxPool2x2(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises instead of coming out wrong
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
         (where,) = ctx.saved_tensors
         return kernels().max_pool_backward(grad, where, ctx.size[0], ctx.size[1])
