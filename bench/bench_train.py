@@ -19,10 +19,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+from cnnlab import native
 from cnnlab.config import load_config
 from cnnlab.loop import Trainer
 from cnnlab.model import build_model
-from cnnlab.native import MaxPool2x2, kernels
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.speed import cpu_name, resolve_precision, usable_cores
 
@@ -45,7 +45,7 @@ def plain_loop(cfg, data, batch_size: int) -> float:
     torch.manual_seed(0)
     layers = build_model(cfg.model.layers)
     for layer in layers.layers.values():
-        if isinstance(layer.op, MaxPool2x2):
+        if isinstance(layer.op, native.MaxPool2x2):
             layer.op = torch.nn.MaxPool2d(2)  # torch's own op, as the careful user has it
     model = torch.nn.Sequential(*[layer for layer in layers.layers.values()][:-1], layers.layers["Dense_2"].op)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, momentum=0.8, alpha=0.9, eps=1e-7)
@@ -122,9 +122,9 @@ def machine() -> str:
     """Return the CPU name, the ISA level torch uses, threads and versions."""
     cpu = cpu_name()
     isa = torch.backends.cpu.get_cpu_capability()
-    native = "on" if kernels() is not None else "off"
+    pool = "on" if native.kernels() is not None else "off"
     return (f"{cpu}; torch {torch.__version__} ({isa}); {usable_cores()} threads; {os.cpu_count()} cores; "
-            f"native max-pool {native}")
+            f"native max-pool {pool}")
 
 
 def main() -> None:
