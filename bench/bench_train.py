@@ -122,9 +122,9 @@ def machine() -> str:
     """Return the CPU name, the ISA level torch uses, threads and versions."""
     cpu = cpu_name()
     isa = torch.backends.cpu.get_cpu_capability()
-    pool = "on" if native.kernels() is not None else "off"
+    kernels = "on" if native.kernels() is not None else "off"
     return (f"{cpu}; torch {torch.__version__} ({isa}); {usable_cores()} threads; {os.cpu_count()} cores; "
-            f"native max-pool {pool}")
+            f"native kernels {kernels}")
 
 
 def main() -> None:

@@ -108,3 +108,92 @@ def test_training_tells_of_a_failed_build_in_one_line(real_mnist, tmp_path, monk
     run = cnnlab.train("tiny", out=tmp_path / "t", overrides=["train.epochs=1"], echo=lines.append)
     assert "  native kernels: could not be built (RuntimeError: no compiler)" in lines
     assert run.history[-1]["val_accuracy"] > 0.1  # torch's max-pool served
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The first conv layer and its max-pool in one pass
+
+
+def _conv_pool_both(x, weight, bias, grad=None):
+    """(reference, native) outputs and (weight, bias) gradients of max_pool2d(conv2d(x, w, b), 2)."""
+    results = []
+    for run in (lambda w, b: F.max_pool2d(F.conv2d(x, w, b), 2), lambda w, b: native.conv_max_pool_2x2(x, w, b)):
+        w = weight.clone().requires_grad_()
+        b = bias.clone().requires_grad_() if bias is not None else None
+        y = run(w, b)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)) if grad is None else grad
+        y.backward(g)
+        results.append((y.detach(), w.grad, b.grad if b is not None else None))
+    return results
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,h,w,filters,k", [(64, 28, 28, 32, 3), (3, 9, 8, 5, 3), (2, 28, 28, 70, 5),
+                                             (1, 4, 5, 40, 2), (5, 12, 12, 16, 3)])
+def test_conv_pool_matches_conv_then_pool(n, h, w, filters, k):
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(n, 1, h, w), torch.randn(filters, 1, k, k), torch.randn(filters)
+    (ya, wa, ba), (yb, wb, bb) = _conv_pool_both(x, weight, bias)
+    assert yb.shape == ya.shape and yb.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wb, wa, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(bb, ba, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+def test_conv_pool_ties_and_exact_values_follow_torch():
+    """Small integers make every sum exact: values and gradients agree bit for bit, ties included."""
+    torch.manual_seed(3)
+    x = torch.randint(-2, 3, (4, 1, 11, 10)).float()
+    x[0] = 1.0  # a constant image: all four positions of every window tie, the top-left one wins
+    weight, bias = torch.randint(-3, 4, (33, 1, 3, 3)).float(), torch.randint(-2, 3, (33,)).float()
+    grad = torch.randint(-3, 4, (4, 33, 4, 4)).float()
+    (ya, wa, ba), (yb, wb, bb) = _conv_pool_both(x, weight, bias, grad)
+    assert torch.equal(ya, yb) and torch.equal(wa, wb) and torch.equal(ba, bb)
+
+
+@needs_kernels
+def test_conv_pool_without_bias():
+    torch.manual_seed(4)
+    x, weight = torch.randn(2, 1, 8, 8), torch.randn(8, 1, 3, 3)
+    (ya, wa, _), (yb, wb, bb) = _conv_pool_both(x, weight, None)
+    assert bb is None
+    torch.testing.assert_close(yb, ya)
+    torch.testing.assert_close(wb, wa)
+
+
+def test_conv_pool_serves_only_a_plain_first_layer():
+    x = torch.randn(2, 1, 28, 28)
+    first = torch.nn.Conv2d(1, 32, 3)
+    assert native.conv_pool_applies(x, first) == (native.kernels() is not None)
+    assert not native.conv_pool_applies(x.clone().requires_grad_(), first)  # gradient ascent on the input
+    assert not native.conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, padding=1))
+    assert not native.conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, stride=2))
+    assert not native.conv_pool_applies(torch.randn(2, 3, 28, 28), torch.nn.Conv2d(3, 32, 3))
+    assert not native.conv_pool_applies(x.double(), first.double())
+
+
+@needs_kernels
+def test_the_seed_model_trains_its_first_block_in_one_pass(monkeypatch):
+    """forward() takes the fused path for Conv2D_1 + Max_Pool_1, with the values and gradients of the other."""
+    from cnnlab.config import load_config
+    from cnnlab.model import build_model
+
+    torch.manual_seed(2)
+    model = build_model(load_config(preset="seed").model.layers).to(memory_format=torch.channels_last)
+    x = torch.randn(16, 1, 28, 28)
+    calls = []
+    fused = native.conv_max_pool_2x2
+    monkeypatch.setattr(native, "conv_max_pool_2x2", lambda *a: calls.append(1) or fused(*a))
+    results = []
+    for applies in (native.conv_pool_applies, lambda x, conv: False):
+        monkeypatch.setattr(native, "conv_pool_applies", applies)
+        model.zero_grad()
+        logits = model(x)
+        logits.square().sum().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert calls == [1]
+    (fast, fast_grads), (slow, slow_grads) = results
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+    for a, b in zip(fast_grads, slow_grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

@@ -1,10 +1,17 @@
 """Native kernels: C++ compiled once per machine with torch's extension loader, torch's own ops otherwise.
 
-One kernel for now, the 2x2 stride-2 max-pool of channels-last float32 tensors (forward and backward), which
-gives the same values and gradients as ``F.max_pool2d`` with about half the memory traffic. It is built on
-first use, or by ``python -m cnnlab.native`` (which ``make`` runs at set-up), into the cnnlab cache folder,
-under a name that changes with the source, torch, Python and the CPU's flags (it is compiled for this CPU).
-Where it cannot be built (no C++ compiler, say) or ``CNNLAB_NATIVE=0`` is set, torch's max-pool serves.
+Two kernels, forward and backward each:
+
+- ``max_pool_2x2``: the 2x2 stride-2 max-pool of channels-last float32 tensors; the same values and gradients
+  as ``F.max_pool2d`` with about half the memory traffic.
+- ``conv_max_pool_2x2``: a first layer's one-channel convolution and the 2x2 max-pool after it in one pass
+  (the full-size convolution output is never written); the values of ``max_pool2d(conv2d(...), 2)`` up to
+  float rounding, gradients for the weights and the bias.
+
+They are built on first use, or by ``python -m cnnlab.native`` (which ``make`` runs at set-up), into the cnnlab
+cache folder, under a name that changes with the sources, torch, Python and the CPU's flags (they are compiled
+for this CPU). Where they cannot be built (no C++ compiler, say) or ``CNNLAB_NATIVE=0`` is set, torch's ops
+serve.
 """
 
 from __future__ import annotations
@@ -22,19 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-SOURCE = Path(__file__).with_name("maxpool2x2.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("bindings.cpp", "maxpool2x2.cpp", "conv_pool.cpp")]
 # For this CPU (the build is cached per CPU). -fopenmp makes at::parallel_for parallel (its OpenMP pragmas are
 # compiled here) and vectorizes the channel loops; libgomp resolves to the copy torch has already loaded, so
 # the kernels share torch's threads and follow torch.set_num_threads.
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+if os.environ.get("ATEN_CPU_CAPABILITY") == "avx2":  # torch told to use AVX2 code only: so are the kernels
+    CFLAGS.append("-mno-avx512f")
 _status: dict[str, str] = {}
 
 
 def _build_name() -> str:
     from cnnlab.speed import cpu_flags
 
-    key = "|".join([SOURCE.read_text(), " ".join(CFLAGS), torch.__version__, sys.version, platform.machine(),
-                    " ".join(sorted(cpu_flags()))])
+    key = "|".join([*(source.read_text() for source in SOURCES), " ".join(CFLAGS), torch.__version__,
+                    sys.version, platform.machine(), " ".join(sorted(cpu_flags()))])
     return "cnnlab_native_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -53,7 +62,7 @@ def kernels() -> ModuleType | None:
         from torch.utils.cpp_extension import load
 
         folder.mkdir(parents=True, exist_ok=True)
-        module = load(name=name, sources=[str(SOURCE)], build_directory=str(folder),
+        module = load(name=name, sources=[str(source) for source in SOURCES], build_directory=str(folder),
                       extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # noqa: BLE001 - a missing compiler or ninja shows up in many forms
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -110,3 +119,50 @@ class MaxPool2x2(torch.nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         return "kernel_size=2, stride=2"
+
+
+class _ConvMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+        # (C, 1, K, K) -> (K*K, C padded to a multiple of 32): the filters of one tap side by side, as the
+        # kernel reads them; the padding's zero filters are computed and dropped.
+        c = weight.shape[0]
+        padded = -(-c // 32) * 32
+        wt = F.pad(weight.detach().reshape(c, -1).t(), (0, padded - c)).contiguous()
+        b = F.pad(bias.detach(), (0, padded - c)) if bias is not None else weight.new_zeros(padded)
+        out, where = kernels().conv_pool_forward(x, wt, b.contiguous(), c)
+        ctx.save_for_backward(x, wt, where)
+        ctx.has_bias = bias is not None
+        ctx.weight_shape = weight.shape
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+        if not any(ctx.needs_input_grad):
+            return None, None, None
+        x, wt, where = ctx.saved_tensors
+        grad_wt, grad_b = kernels().conv_pool_backward(grad.float(), where, x, wt)
+        c = ctx.weight_shape[0]
+        grad_w = grad_wt[:, :c].t().reshape(ctx.weight_shape)
+        return None, grad_w, grad_b[:c] if ctx.has_bias else None
+
+
+def conv_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
+    """Whether ``conv_max_pool_2x2`` can serve ``conv`` on input ``x`` (else run the conv, then the pool).
+
+    It serves a plain one-input-channel convolution (stride 1, no padding, no dilation) of float32 CPU data
+    that needs no gradient (a first layer's input), outside tracing and compiling. Under bf16 autocast it
+    still computes in float32 (as fast, and more exact, as a bf16 first layer here).
+    """
+    return (isinstance(conv, torch.nn.Conv2d) and conv.in_channels == 1 and conv.groups == 1
+            and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
+            and conv.kernel_size[0] == conv.kernel_size[1] and conv.weight.dtype == torch.float32
+            and x.dim() == 4 and x.shape[1] == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
+            and not x.requires_grad
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and kernels() is not None)
+
+
+def conv_max_pool_2x2(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``max_pool2d(conv2d(x, weight, bias), 2)`` in one native pass; see ``conv_pool_applies`` for when."""
+    return _ConvMaxPool.apply(x, weight, bias)

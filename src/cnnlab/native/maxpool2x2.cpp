@@ -95,8 +95,3 @@ torch::Tensor max_pool_backward(const torch::Tensor& grad_out, const torch::Tens
   });
   return grad_in;
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("max_pool_forward", &max_pool_forward, "2x2 stride-2 max-pool of a channels-last float32 tensor");
-  m.def("max_pool_backward", &max_pool_backward, "gradient of max_pool_forward");
-}

@@ -1,0 +1,260 @@
+// The first block of a grayscale CNN in one pass: a KxK convolution of one input channel (stride 1, no
+// padding, with bias) followed by a 2x2 stride-2 max-pool, forward and backward, for cnnlab.
+//
+// A first layer on MNIST-sized images writes a map of N x 26 x 26 x C floats that the pool then reads and
+// shrinks fourfold; its backward pass writes a gradient map of the same size only to read it back for the
+// weight gradient. Here the convolution values of each 2x2 window are computed in registers, only the pooled
+// maximum and a one-byte window position are stored, and the weight gradient is summed from the positions
+// that won (a quarter of the multiply-adds). Ties go to the first maximum in row-major order, as in torch.
+// No input gradient: the input of a first layer is data (the Python side falls back to torch when it is not).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// Output channels handled together: two vector registers' worth (32 on AVX-512, 16 on AVX2), so each pixel
+// read serves eight multiply-adds and the four window positions' sums stay in registers. The weights and the
+// bias come padded with zeros to a multiple of 32 channels.
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+#else
+constexpr int64_t kLanes = 8;
+#endif
+constexpr int64_t kBlock = 2 * kLanes;
+constexpr int64_t kPadding = 32;
+// GCC/Clang vector types of kLanes lanes (wider ones than the CPU's registers compile to slow code).
+typedef float Floats __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t Ints __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint8_t Bytes __attribute__((vector_size(kLanes)));
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// Store the first `lanes` lanes of v (all of them, or fewer in the last block of channels).
+template <typename V, typename T>
+inline void store(T* p, const V& v, int64_t lanes) {
+  if (lanes >= kLanes) {
+    std::memcpy(p, &v, sizeof v);
+  } else {
+    T tmp[kLanes];
+    std::memcpy(tmp, &v, sizeof v);
+    for (int64_t c = 0; c < lanes; c++) p[c] = tmp[c];
+  }
+}
+
+// Window positions, one int32 lane each, stored as bytes; and loaded back. GCC's generic conversions go lane
+// by lane without AVX-512, so AVX2 gets its pack and widen instructions.
+inline void store_positions(uint8_t* p, const Ints& at, int64_t lanes) {
+#if !defined(__AVX512F__) && defined(__AVX2__)
+  __m256i v;
+  std::memcpy(&v, &at, sizeof v);
+  const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  const __m128i bytes = _mm_packus_epi16(words, words);
+  Bytes b;
+  std::memcpy(&b, &bytes, sizeof b);
+  store(p, b, lanes);
+#else
+  store(p, __builtin_convertvector(at, Bytes), lanes);
+#endif
+}
+
+inline Ints widen_positions(const Bytes& won) {
+#if !defined(__AVX512F__) && defined(__AVX2__)
+  __m128i bytes = _mm_setzero_si128();
+  std::memcpy(&bytes, &won, sizeof won);
+  const __m256i v = _mm256_cvtepu8_epi32(bytes);
+  Ints w;
+  std::memcpy(&w, &v, sizeof w);
+  return w;
+#else
+  return __builtin_convertvector(won, Ints);
+#endif
+}
+
+struct Geometry {
+  int64_t N, H, W, C, K, h, w, Cp;  // input N x H x W, C filters of K x K, pooled output h x w, C padded
+};
+
+Geometry geometry(const torch::Tensor& x, const torch::Tensor& wt, int64_t C) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == 1 && x.scalar_type() == torch::kFloat32,
+              "conv_pool: x must be a float32 tensor (N, 1, H, W)");
+  TORCH_CHECK(wt.dim() == 2 && wt.scalar_type() == torch::kFloat32 && wt.is_contiguous() &&
+              wt.size(1) % kPadding == 0 && wt.size(1) >= C && C > wt.size(1) - kPadding,
+              "conv_pool: the weights must be a contiguous float32 (K*K, C padded to a multiple of 16) matrix");
+  Geometry g{x.size(0), x.size(2), x.size(3), C, 0, 0, 0, wt.size(1)};
+  while (g.K * g.K < wt.size(0)) g.K++;
+  TORCH_CHECK(g.K * g.K == wt.size(0) && g.K <= g.H && g.K <= g.W, "conv_pool: bad kernel size");
+  g.h = (g.H - g.K + 1) / 2;
+  g.w = (g.W - g.K + 1) / 2;
+  return g;
+}
+
+// The four convolutions (window positions s = 0..3, row-major) of one pooled output, for one block of
+// channels: `top` is the image pixel under the top-left tap of position 0. K_ > 0 fixes K at compile time.
+template <int K_>
+inline void window_sums(const Geometry& g, const float* top, const float* wp, int64_t c0, Floats acc[2][4]) {
+  const int64_t K = K_ > 0 ? K_ : g.K;
+  for (int64_t ky = 0; ky < K; ky++) {
+    for (int64_t kx = 0; kx < K; kx++) {
+      const float* wr = wp + (ky * K + kx) * g.Cp + c0;
+      const Floats w0 = load<Floats>(wr), w1 = load<Floats>(wr + kLanes);
+      const float* px = top + ky * g.W + kx;
+      const float v[4] = {px[0], px[1], px[g.W], px[g.W + 1]};
+      for (int s = 0; s < 4; s++) {
+        acc[0][s] += v[s] * w0;
+        acc[1][s] += v[s] * w1;
+      }
+    }
+  }
+}
+
+template <int K_>
+void forward_rows(const Geometry& g, const float* src, const float* wp, const float* bp, float* dst,
+                  uint8_t* pos, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; row++) {
+    const int64_t n = row / g.h, i = row % g.h;
+    // Channel blocks outside the pixel loop: the compiler then streams each pixel from memory instead of
+    // hoisting (and spilling) the whole window's broadcasts.
+    for (int64_t c0 = 0; c0 < g.C; c0 += kBlock) {
+      for (int64_t j = 0; j < g.w; j++) {
+        const float* top = src + (n * g.H + 2 * i) * g.W + 2 * j;
+        float* o = dst + (row * g.w + j) * g.C;
+        uint8_t* p = pos + (row * g.w + j) * g.C;
+        Floats acc[2][4];
+        for (int half = 0; half < 2; half++) {
+          const Floats b = load<Floats>(bp + c0 + half * kLanes);
+          for (int s = 0; s < 4; s++) acc[half][s] = b;
+        }
+        window_sums<K_>(g, top, wp, c0, acc);
+        for (int half = 0; half < 2; half++) {
+          // Strictly greater: on a tie the earlier position keeps the maximum, as in torch.
+          Floats m = acc[half][0];
+          Ints at = {};
+          for (int s = 1; s < 4; s++) {
+            const Ints more = acc[half][s] > m;
+            m = more ? acc[half][s] : m;
+            at = more ? Ints{} + s : at;
+          }
+          const int64_t c = c0 + half * kLanes;
+          if (c < g.C) {
+            store(o + c, m, g.C - c);
+            store_positions(p + c, at, g.C - c);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <int K_>
+void backward_images(const Geometry& g, const float* src, const float* gp, const uint8_t* pos, float* acc,
+                     int64_t begin, int64_t end) {
+  const int64_t K = K_ > 0 ? K_ : g.K;
+  float* bacc = acc + K * K * g.Cp;
+  for (int64_t n = begin; n < end; n++) {
+    for (int64_t i = 0; i < g.h; i++) {
+      for (int64_t j = 0; j < g.w; j++) {
+        const float* top = src + (n * g.H + 2 * i) * g.W + 2 * j;
+        const int64_t at_out = ((n * g.h + i) * g.w + j) * g.C;
+        for (int64_t c0 = 0; c0 < g.C; c0 += kBlock) {
+          // The gradient goes to the window position that won, masked[half][s]; zero elsewhere.
+          Floats masked[2][4];
+          for (int half = 0; half < 2; half++) {
+            const int64_t c = c0 + half * kLanes;
+            Floats grad = {};
+            Bytes won = {};
+            if (c + kLanes <= g.C) {
+              grad = load<Floats>(gp + at_out + c);
+              won = load<Bytes>(pos + at_out + c);
+            } else {  // the last block: lanes past C get no gradient
+              for (int64_t l = 0; l < g.C - c; l++) {
+                grad[l] = gp[at_out + c + l];
+                won[l] = pos[at_out + c + l];
+              }
+            }
+            const Ints w = widen_positions(won);
+            for (int s = 0; s < 4; s++) masked[half][s] = w == s ? grad : Floats{};
+            const Floats bias_sum = load<Floats>(bacc + c) + grad;
+            std::memcpy(bacc + c, &bias_sum, sizeof bias_sum);
+          }
+          for (int64_t ky = 0; ky < K; ky++) {
+            for (int64_t kx = 0; kx < K; kx++) {
+              float* ar = acc + (ky * K + kx) * g.Cp + c0;
+              const float* px = top + ky * g.W + kx;
+              const float v[4] = {px[0], px[1], px[g.W], px[g.W + 1]};
+              for (int half = 0; half < 2; half++) {
+                Floats sum = load<Floats>(ar + half * kLanes);
+                for (int s = 0; s < 4; s++) sum += v[s] * masked[half][s];
+                std::memcpy(ar + half * kLanes, &sum, sizeof sum);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> conv_pool_forward(const torch::Tensor& x_in, const torch::Tensor& wt,
+                                             const torch::Tensor& bias, int64_t C) {
+  const auto x = x_in.contiguous();
+  const Geometry g = geometry(x, wt, C);
+  TORCH_CHECK(bias.numel() == g.Cp && bias.is_contiguous(), "conv_pool: bias must be padded as the weights");
+  auto out = torch::empty({g.N, g.C, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto where = torch::empty({g.N, g.h, g.w, g.C}, x.options().dtype(torch::kUInt8));
+  const float* src = x.data_ptr<float>();
+  const float* wp = wt.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  uint8_t* pos = where.data_ptr<uint8_t>();
+  at::parallel_for(0, g.N * g.h, 1, [&](int64_t begin, int64_t end) {
+    if (g.K == 3) {
+      forward_rows<3>(g, src, wp, bp, dst, pos, begin, end);
+    } else {
+      forward_rows<0>(g, src, wp, bp, dst, pos, begin, end);
+    }
+  });
+  return {out, where};
+}
+
+std::vector<torch::Tensor> conv_pool_backward(const torch::Tensor& grad_out, const torch::Tensor& where,
+                                              const torch::Tensor& x_in, const torch::Tensor& wt) {
+  const auto x = x_in.contiguous();
+  const auto gr = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
+  const Geometry g = geometry(x, wt, gr.size(1));
+  TORCH_CHECK(gr.scalar_type() == torch::kFloat32 && gr.size(0) == g.N && gr.size(2) == g.h &&
+              gr.size(3) == g.w, "conv_pool_backward: the gradient does not match");
+  const int64_t KK = g.K * g.K, per = (KK + 1) * g.Cp;  // weight gradient, then bias gradient
+  const int64_t threads = at::get_num_threads();
+  auto partial = torch::zeros({threads, per}, gr.options().memory_format(at::MemoryFormat::Contiguous));
+  const float* src = x.data_ptr<float>();
+  const float* gp = gr.data_ptr<float>();
+  const uint8_t* pos = where.data_ptr<uint8_t>();
+  float* parts = partial.data_ptr<float>();
+  // One contiguous share of the images per thread, each summing into its own row of `partial`.
+  at::parallel_for(0, g.N, (g.N + threads - 1) / threads, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(per, 0.f);  // summed here, copied out once: no thread writes near another's sums
+    if (g.K == 3) {
+      backward_images<3>(g, src, gp, pos, acc.data(), begin, end);
+    } else {
+      backward_images<0>(g, src, gp, pos, acc.data(), begin, end);
+    }
+    std::copy(acc.begin(), acc.end(), parts + at::get_thread_num() * per);
+  });
+  auto total = partial.sum(0);
+  return {total.narrow(0, 0, KK * g.Cp).view({KK, g.Cp}), total.narrow(0, KK * g.Cp, g.Cp)};
+}
