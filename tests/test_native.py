@@ -117,7 +117,7 @@ def test_training_tells_of_a_failed_build_in_one_line(real_mnist, tmp_path, monk
 def _conv_pool_both(x, weight, bias, grad=None):
     """(reference, native) outputs and (weight, bias) gradients of max_pool2d(conv2d(x, w, b), 2)."""
     results = []
-    for run in (lambda w, b: F.max_pool2d(F.conv2d(x, w, b), 2), lambda w, b: native.conv_max_pool_2x2(x, w, b)):
+    for run in (lambda w, b: F.max_pool2d(F.conv2d(x, w, b), 2), lambda w, b: native.first_conv_max_pool(x, w, b)):
         w = weight.clone().requires_grad_()
         b = bias.clone().requires_grad_() if bias is not None else None
         y = run(w, b)
@@ -165,17 +165,18 @@ def test_conv_pool_without_bias():
 def test_conv_pool_serves_only_a_plain_first_layer():
     x = torch.randn(2, 1, 28, 28)
     first = torch.nn.Conv2d(1, 32, 3)
-    assert native.conv_pool_applies(x, first) == (native.kernels() is not None)
-    assert not native.conv_pool_applies(x.clone().requires_grad_(), first)  # gradient ascent on the input
-    assert not native.conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, padding=1))
-    assert not native.conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, stride=2))
-    assert not native.conv_pool_applies(torch.randn(2, 3, 28, 28), torch.nn.Conv2d(3, 32, 3))
-    assert not native.conv_pool_applies(x.double(), first.double())
+    assert native.first_conv_pool_applies(x, first) == (native.kernels() is not None)
+    assert not native.first_conv_pool_applies(x.clone().requires_grad_(), first)  # gradient ascent on the input
+    assert not native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, padding=1))
+    assert not native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, stride=2))
+    assert not native.first_conv_pool_applies(torch.randn(2, 3, 28, 28), torch.nn.Conv2d(3, 32, 3))
+    assert not native.first_conv_pool_applies(x.double(), first.double())
 
 
 @needs_kernels
-def test_the_seed_model_trains_its_first_block_in_one_pass(monkeypatch):
-    """forward() takes the fused path for Conv2D_1 + Max_Pool_1, with the values and gradients of the other."""
+def test_the_seed_model_trains_its_conv_blocks_in_one_pass_each(monkeypatch):
+    """forward() fuses Conv2D_1 + Max_Pool_1 and Conv2D_2 + Max_Pool_2, with the values and gradients of the
+    unfused path."""
     from cnnlab.config import load_config
     from cnnlab.model import build_model
 
@@ -183,17 +184,87 @@ def test_the_seed_model_trains_its_first_block_in_one_pass(monkeypatch):
     model = build_model(load_config(preset="seed").model.layers).to(memory_format=torch.channels_last)
     x = torch.randn(16, 1, 28, 28)
     calls = []
-    fused = native.conv_max_pool_2x2
-    monkeypatch.setattr(native, "conv_max_pool_2x2", lambda *a: calls.append(1) or fused(*a))
+    for name in ("first_conv_max_pool", "winograd_conv_max_pool"):
+        kernel = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, k=kernel, n=name: calls.append(n) or k(*a))
     results = []
-    for applies in (native.conv_pool_applies, lambda x, conv: False):
-        monkeypatch.setattr(native, "conv_pool_applies", applies)
+    for fuse in (native.conv_max_pool, lambda x, conv: None):
+        monkeypatch.setattr(native, "conv_max_pool", fuse)
         model.zero_grad()
         logits = model(x)
         logits.square().sum().backward()
         results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert calls == [1]
+    assert calls == ["first_conv_max_pool", "winograd_conv_max_pool"]
     (fast, fast_grads), (slow, slow_grads) = results
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
     for a, b in zip(fast_grads, slow_grads):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3x3 convolution and max-pool by Winograd F(2x2, 3x3)
+
+
+def _winograd_both(x, weight, bias, grad=None):
+    """(reference, native) outputs and (input, weight, bias) gradients of max_pool2d(conv2d(x, w, b), 2)."""
+    results = []
+    for run in (lambda x, w, b: F.max_pool2d(F.conv2d(x, w, b), 2), native.winograd_conv_max_pool):
+        xx = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = weight.clone().requires_grad_()
+        b = bias.clone().requires_grad_() if bias is not None else None
+        y = run(xx, w, b)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)) if grad is None else grad
+        y.backward(g)
+        results.append((y.detach(), xx.grad, w.grad, b.grad if b is not None else None))
+    return results
+
+
+@needs_kernels
+@pytest.mark.parametrize("n,c,h,w,k", [(64, 32, 13, 13, 64), (3, 5, 9, 8, 7), (9, 16, 4, 4, 3), (2, 64, 12, 14, 128)])
+def test_winograd_pool_matches_conv_then_pool(n, c, h, w, k):
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / (3 * c ** 0.5), torch.randn(k)
+    (ya, xa, wa, ba), (yb, xb, wb, bb) = _winograd_both(x, weight, bias)
+    assert yb.shape == ya.shape and yb.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xb, xa, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(wb, wa, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bb, ba, rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+def test_winograd_pool_ties_and_exact_values_follow_torch():
+    """Small integers (and weights in halves, which the transform needs) keep every sum exact."""
+    torch.manual_seed(3)
+    x = torch.randint(-2, 3, (5, 6, 10, 11)).float()
+    x[0] = 0.0  # an empty map: all four positions of every window tie at the bias, the top-left one wins
+    weight, bias = torch.randint(-3, 4, (9, 6, 3, 3)).float() / 2, torch.randint(-2, 3, (9,)).float()
+    grad = torch.randint(-3, 4, (5, 9, 4, 4)).float()
+    (ya, xa, wa, ba), (yb, xb, wb, bb) = _winograd_both(x, weight, bias, grad)
+    assert torch.equal(ya, yb) and torch.equal(xa, xb) and torch.equal(wa, wb) and torch.equal(ba, bb)
+
+
+@needs_kernels
+def test_winograd_pool_without_bias_or_input_gradient():
+    torch.manual_seed(4)
+    x, weight = torch.randn(3, 4, 8, 8).contiguous(memory_format=torch.channels_last), torch.randn(5, 4, 3, 3)
+    w = weight.clone().requires_grad_()
+    y = native.winograd_conv_max_pool(x, w, None)
+    y.sum().backward()
+    w_ref = weight.clone().requires_grad_()
+    F.max_pool2d(F.conv2d(x, w_ref), 2).sum().backward()
+    torch.testing.assert_close(y, F.max_pool2d(F.conv2d(x, weight), 2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_serves_only_plain_3x3_layers_outside_autocast():
+    x = torch.randn(2, 32, 13, 13).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(32, 64, 3)
+    assert native.winograd_pool_applies(x, conv) == (native.kernels() is not None)
+    assert not native.winograd_pool_applies(x.contiguous(), conv)  # NCHW
+    assert not native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 5))
+    assert not native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 3, padding=1))
+    assert not native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 3, stride=2))
+    assert not native.winograd_pool_applies(x[:, :, :3, :3].contiguous(memory_format=torch.channels_last), conv)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not native.winograd_pool_applies(x, conv)

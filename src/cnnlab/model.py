@@ -118,9 +118,10 @@ class CnnModel(nn.Module):
                 # relu(maxpool(z)) == maxpool(relu(z)), values and gradients alike, and the relu then
                 # touches a quarter of the elements: the seed model trains about 1.5x faster.
                 pool = self.layers[pool_name].op
-                if isinstance(pool, MaxPool2x2) and native.conv_pool_applies(x, layer.op):
-                    # a first layer and its pool in one native pass (about 1.1-1.2x for the seed model)
-                    x = layer.act(native.conv_max_pool_2x2(x, layer.op.weight, layer.op.bias))
+                # the conv and its pool in one native pass where a kernel serves (first layer; 3x3 layers)
+                fused = native.conv_max_pool(x, layer.op) if isinstance(pool, MaxPool2x2) else None
+                if fused is not None:
+                    x = layer.act(fused)
                 else:
                     x = layer.act(pool(layer.op(x)))
             elif name == self._last:

@@ -9,9 +9,8 @@
 // No input gradient: the input of a first layer is data (the Python side falls back to torch when it is not).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
+
+#include "simd.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -23,65 +22,9 @@ namespace {
 // Output channels handled together: two vector registers' worth (32 on AVX-512, 16 on AVX2), so each pixel
 // read serves eight multiply-adds and the four window positions' sums stay in registers. The weights and the
 // bias come padded with zeros to a multiple of 32 channels.
-#if defined(__AVX512F__)
-constexpr int64_t kLanes = 16;
-#else
-constexpr int64_t kLanes = 8;
-#endif
+using namespace cnnlab_simd;
 constexpr int64_t kBlock = 2 * kLanes;
 constexpr int64_t kPadding = 32;
-// GCC/Clang vector types of kLanes lanes (wider ones than the CPU's registers compile to slow code).
-typedef float Floats __attribute__((vector_size(kLanes * sizeof(float))));
-typedef int32_t Ints __attribute__((vector_size(kLanes * sizeof(int32_t))));
-typedef uint8_t Bytes __attribute__((vector_size(kLanes)));
-
-template <typename V, typename T>
-inline V load(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// Store the first `lanes` lanes of v (all of them, or fewer in the last block of channels).
-template <typename V, typename T>
-inline void store(T* p, const V& v, int64_t lanes) {
-  if (lanes >= kLanes) {
-    std::memcpy(p, &v, sizeof v);
-  } else {
-    T tmp[kLanes];
-    std::memcpy(tmp, &v, sizeof v);
-    for (int64_t c = 0; c < lanes; c++) p[c] = tmp[c];
-  }
-}
-
-// Window positions, one int32 lane each, stored as bytes; and loaded back. GCC's generic conversions go lane
-// by lane without AVX-512, so AVX2 gets its pack and widen instructions.
-inline void store_positions(uint8_t* p, const Ints& at, int64_t lanes) {
-#if !defined(__AVX512F__) && defined(__AVX2__)
-  __m256i v;
-  std::memcpy(&v, &at, sizeof v);
-  const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  const __m128i bytes = _mm_packus_epi16(words, words);
-  Bytes b;
-  std::memcpy(&b, &bytes, sizeof b);
-  store(p, b, lanes);
-#else
-  store(p, __builtin_convertvector(at, Bytes), lanes);
-#endif
-}
-
-inline Ints widen_positions(const Bytes& won) {
-#if !defined(__AVX512F__) && defined(__AVX2__)
-  __m128i bytes = _mm_setzero_si128();
-  std::memcpy(&bytes, &won, sizeof won);
-  const __m256i v = _mm256_cvtepu8_epi32(bytes);
-  Ints w;
-  std::memcpy(&w, &v, sizeof w);
-  return w;
-#else
-  return __builtin_convertvector(won, Ints);
-#endif
-}
 
 struct Geometry {
   int64_t N, H, W, C, K, h, w, Cp;  // input N x H x W, C filters of K x K, pooled output h x w, C padded
@@ -92,7 +35,7 @@ Geometry geometry(const torch::Tensor& x, const torch::Tensor& wt, int64_t C) {
               "conv_pool: x must be a float32 tensor (N, 1, H, W)");
   TORCH_CHECK(wt.dim() == 2 && wt.scalar_type() == torch::kFloat32 && wt.is_contiguous() &&
               wt.size(1) % kPadding == 0 && wt.size(1) >= C && C > wt.size(1) - kPadding,
-              "conv_pool: the weights must be a contiguous float32 (K*K, C padded to a multiple of 16) matrix");
+              "conv_pool: the weights must be a contiguous float32 (K*K, C padded to a multiple of 32) matrix");
   Geometry g{x.size(0), x.size(2), x.size(3), C, 0, 0, 0, wt.size(1)};
   while (g.K * g.K < wt.size(0)) g.K++;
   TORCH_CHECK(g.K * g.K == wt.size(0) && g.K <= g.H && g.K <= g.W, "conv_pool: bad kernel size");
