@@ -7,7 +7,7 @@
 // maximum and a one-byte window position are stored, and the weight gradient is summed from the positions
 // that won (a quarter of the multiply-adds). Ties go to the first maximum in row-major order, as in torch.
 // No input gradient: the input of a first layer is data (the Python side falls back to torch when it is not).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include "simd.h"
@@ -30,10 +30,10 @@ struct Geometry {
   int64_t N, H, W, C, K, h, w, Cp;  // input N x H x W, C filters of K x K, pooled output h x w, C padded
 };
 
-Geometry geometry(const torch::Tensor& x, const torch::Tensor& wt, int64_t C) {
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == 1 && x.scalar_type() == torch::kFloat32,
+Geometry geometry(const at::Tensor& x, const at::Tensor& wt, int64_t C) {
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == 1 && x.scalar_type() == at::kFloat,
               "conv_pool: x must be a float32 tensor (N, 1, H, W)");
-  TORCH_CHECK(wt.dim() == 2 && wt.scalar_type() == torch::kFloat32 && wt.is_contiguous() &&
+  TORCH_CHECK(wt.dim() == 2 && wt.scalar_type() == at::kFloat && wt.is_contiguous() &&
               wt.size(1) % kPadding == 0 && wt.size(1) >= C && C > wt.size(1) - kPadding,
               "conv_pool: the weights must be a contiguous float32 (K*K, C padded to a multiple of 32) matrix");
   Geometry g{x.size(0), x.size(2), x.size(3), C, 0, 0, 0, wt.size(1)};
@@ -152,13 +152,13 @@ void backward_images(const Geometry& g, const float* src, const float* gp, const
 
 }  // namespace
 
-std::vector<torch::Tensor> conv_pool_forward(const torch::Tensor& x_in, const torch::Tensor& wt,
-                                             const torch::Tensor& bias, int64_t C) {
+std::vector<at::Tensor> conv_pool_forward(const at::Tensor& x_in, const at::Tensor& wt,
+                                             const at::Tensor& bias, int64_t C) {
   const auto x = x_in.contiguous();
   const Geometry g = geometry(x, wt, C);
   TORCH_CHECK(bias.numel() == g.Cp && bias.is_contiguous(), "conv_pool: bias must be padded as the weights");
-  auto out = torch::empty({g.N, g.C, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  auto where = torch::empty({g.N, g.h, g.w, g.C}, x.options().dtype(torch::kUInt8));
+  auto out = at::empty({g.N, g.C, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto where = at::empty({g.N, g.h, g.w, g.C}, x.options().dtype(at::kByte));
   const float* src = x.data_ptr<float>();
   const float* wp = wt.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
@@ -174,16 +174,16 @@ std::vector<torch::Tensor> conv_pool_forward(const torch::Tensor& x_in, const to
   return {out, where};
 }
 
-std::vector<torch::Tensor> conv_pool_backward(const torch::Tensor& grad_out, const torch::Tensor& where,
-                                              const torch::Tensor& x_in, const torch::Tensor& wt) {
+std::vector<at::Tensor> conv_pool_backward(const at::Tensor& grad_out, const at::Tensor& where,
+                                              const at::Tensor& x_in, const at::Tensor& wt) {
   const auto x = x_in.contiguous();
   const auto gr = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
   const Geometry g = geometry(x, wt, gr.size(1));
-  TORCH_CHECK(gr.scalar_type() == torch::kFloat32 && gr.size(0) == g.N && gr.size(2) == g.h &&
+  TORCH_CHECK(gr.scalar_type() == at::kFloat && gr.size(0) == g.N && gr.size(2) == g.h &&
               gr.size(3) == g.w, "conv_pool_backward: the gradient does not match");
   const int64_t KK = g.K * g.K, per = (KK + 1) * g.Cp;  // weight gradient, then bias gradient
   const int64_t threads = at::get_num_threads();
-  auto partial = torch::zeros({threads, per}, gr.options().memory_format(at::MemoryFormat::Contiguous));
+  auto partial = at::zeros({threads, per}, gr.options().memory_format(at::MemoryFormat::Contiguous));
   const float* src = x.data_ptr<float>();
   const float* gp = gr.data_ptr<float>();
   const uint8_t* pos = where.data_ptr<uint8_t>();

@@ -4,7 +4,7 @@
 // takes the gradient), with two savings: the forward pass keeps a one-byte window position per output
 // instead of an int64 index, and the backward pass writes every input element once instead of zero-filling
 // the whole gradient and scattering into it.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -17,19 +17,19 @@ int64_t rows_per_task(int64_t row_elements) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(row_elements, 1));
 }
 
-void check_input(const torch::Tensor& t, const char* what) {
-  TORCH_CHECK(t.dim() == 4 && t.scalar_type() == torch::kFloat32, what, ": a 4-d float32 tensor is required");
+void check_input(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.dim() == 4 && t.scalar_type() == at::kFloat, what, ": a 4-d float32 tensor is required");
   TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), what, ": a channels-last tensor is required");
 }
 
 }  // namespace
 
-std::vector<torch::Tensor> max_pool_forward(const torch::Tensor& x) {
+std::vector<at::Tensor> max_pool_forward(const at::Tensor& x) {
   check_input(x, "max_pool_forward");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t h = H / 2, w = W / 2;
-  auto out = torch::empty({N, C, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  auto where = torch::empty({N, h, w, C}, x.options().dtype(torch::kUInt8));
+  auto out = at::empty({N, C, h, w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto where = at::empty({N, h, w, C}, x.options().dtype(at::kByte));
   const float* src = x.data_ptr<float>();
   float* dst = out.data_ptr<float>();
   uint8_t* pos = where.data_ptr<uint8_t>();
@@ -60,12 +60,12 @@ std::vector<torch::Tensor> max_pool_forward(const torch::Tensor& x) {
   return {out, where};
 }
 
-torch::Tensor max_pool_backward(const torch::Tensor& grad_out, const torch::Tensor& where, int64_t H, int64_t W) {
+at::Tensor max_pool_backward(const at::Tensor& grad_out, const at::Tensor& where, int64_t H, int64_t W) {
   const auto g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
   check_input(g, "max_pool_backward");
   const int64_t N = g.size(0), C = g.size(1), h = g.size(2), w = g.size(3);
   TORCH_CHECK(H / 2 == h && W / 2 == w, "max_pool_backward: input size does not match the gradient");
-  auto grad_in = torch::empty({N, C, H, W}, g.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto grad_in = at::empty({N, C, H, W}, g.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* gp = g.data_ptr<float>();
   const uint8_t* pos = where.data_ptr<uint8_t>();
   float* dst = grad_in.data_ptr<float>();

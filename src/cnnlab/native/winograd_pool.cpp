@@ -11,7 +11,7 @@
 // Notation (Lavin & Gray, 2016): V = B^T d B (input blocks), U = G g G^T (filters, done by the Python side),
 // M = U . V summed over input channels, Y = A^T M A (the 2x2 outputs). The backward pass runs the same steps
 // transposed: dM = A dY A^T, dV = dM U^T, dU = V^T dM, dd = B dV B^T added into the input gradient.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -31,12 +31,12 @@ struct Shape {
   int64_t tiles() const { return h * w; }  // 4x4 input blocks per image, one per pooled output
 };
 
-Shape shape_of(const torch::Tensor& x, const torch::Tensor& u) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat32 &&
+Shape shape_of(const at::Tensor& x, const at::Tensor& u) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat &&
               x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "winograd_pool: x must be a channels-last float32 tensor (N, C, H, W)");
   TORCH_CHECK(u.dim() == 3 && u.size(0) == 16 && u.size(1) == x.size(1) && u.is_contiguous() &&
-              u.scalar_type() == torch::kFloat32, "winograd_pool: the filters must be a (16, C, K) tensor");
+              u.scalar_type() == at::kFloat, "winograd_pool: the filters must be a (16, C, K) tensor");
   TORCH_CHECK(x.size(2) >= 4 && x.size(3) >= 4, "winograd_pool: the input must be at least 4x4");
   return {x.size(0), x.size(2), x.size(3), x.size(1), u.size(2), (x.size(2) - 2) / 2, (x.size(3) - 2) / 2};
 }
@@ -193,25 +193,25 @@ int64_t chunks(int64_t N) { return (N + kImagesPerChunk - 1) / kImagesPerChunk; 
 
 }  // namespace
 
-std::vector<torch::Tensor> winograd_pool_forward(const torch::Tensor& x, const torch::Tensor& u,
-                                                 const torch::Tensor& bias) {
+std::vector<at::Tensor> winograd_pool_forward(const at::Tensor& x, const at::Tensor& u,
+                                                 const at::Tensor& bias) {
   const Shape s = shape_of(x, u);
   TORCH_CHECK(bias.numel() == s.K && bias.is_contiguous(), "winograd_pool: bias must have one value per filter");
-  auto out = torch::empty({s.N, s.K, s.h, s.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  auto where = torch::empty({s.N, s.h, s.w, s.K}, x.options().dtype(torch::kUInt8));
+  auto out = at::empty({s.N, s.K, s.h, s.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto where = at::empty({s.N, s.h, s.w, s.K}, x.options().dtype(at::kByte));
   const float* xp = x.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
   float* op = out.data_ptr<float>();
   uint8_t* wp = where.data_ptr<uint8_t>();
   at::parallel_for(0, chunks(s.N), 1, [&](int64_t begin, int64_t end) {
     const int64_t most = kImagesPerChunk * s.tiles();
-    auto v = torch::empty({16, most, s.C}, x.options().memory_format(at::MemoryFormat::Contiguous));
-    auto m = torch::empty({16, most, s.K}, v.options());
+    auto v = at::empty({16, most, s.C}, x.options().memory_format(at::MemoryFormat::Contiguous));
+    auto m = at::empty({16, most, s.K}, v.options());
     for (int64_t chunk = begin; chunk < end; chunk++) {
       const int64_t n0 = chunk * kImagesPerChunk, n1 = std::min(s.N, n0 + kImagesPerChunk);
       const int64_t T = (n1 - n0) * s.tiles();
-      auto vt = torch::from_blob(v.data_ptr<float>(), {16, T, s.C}, v.options());
-      auto mt = torch::from_blob(m.data_ptr<float>(), {16, T, s.K}, m.options());
+      auto vt = at::from_blob(v.data_ptr<float>(), {16, T, s.C}, v.options());
+      auto mt = at::from_blob(m.data_ptr<float>(), {16, T, s.K}, m.options());
       input_blocks(s, xp, n0, n1, vt.data_ptr<float>());
       at::bmm_out(mt, vt, u);  // in a parallel region: one thread's GEMMs
       pool_outputs(s, mt.data_ptr<float>(), bp, n0, n1, op, wp);
@@ -220,40 +220,40 @@ std::vector<torch::Tensor> winograd_pool_forward(const torch::Tensor& x, const t
   return {out, where};
 }
 
-std::vector<torch::Tensor> winograd_pool_backward(const torch::Tensor& grad_out, const torch::Tensor& where,
-                                                  const torch::Tensor& x, const torch::Tensor& u,
-                                                  const torch::Tensor& u_t, bool input_grad) {
+std::vector<at::Tensor> winograd_pool_backward(const at::Tensor& grad_out, const at::Tensor& where,
+                                                  const at::Tensor& x, const at::Tensor& u,
+                                                  const at::Tensor& u_t, bool input_grad) {
   const Shape s = shape_of(x, u);
   const auto g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(g.scalar_type() == torch::kFloat32 && g.size(0) == s.N && g.size(1) == s.K && g.size(2) == s.h &&
+  TORCH_CHECK(g.scalar_type() == at::kFloat && g.size(0) == s.N && g.size(1) == s.K && g.size(2) == s.h &&
               g.size(3) == s.w, "winograd_pool_backward: the gradient does not match");
-  TORCH_CHECK(u_t.sizes() == torch::IntArrayRef({16, s.K, s.C}) && u_t.is_contiguous(),
+  TORCH_CHECK(u_t.sizes() == at::IntArrayRef({16, s.K, s.C}) && u_t.is_contiguous(),
               "winograd_pool_backward: u_t must be u transposed, (16, K, C)");
-  // (torch::zeros ignores the memory format it is given: empty, then zero)
+  // (at::zeros ignores the memory format it is given: empty, then zero)
   auto dx = input_grad
-                ? torch::empty({s.N, s.C, s.H, s.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)).zero_()
-                : torch::Tensor();
+                ? at::empty({s.N, s.C, s.H, s.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)).zero_()
+                : at::Tensor();
   const int64_t threads = at::get_num_threads();
-  auto du = torch::zeros({threads, 16, s.C, s.K}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  auto dbias = torch::zeros({threads, s.K}, du.options());
+  auto du = at::zeros({threads, 16, s.C, s.K}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  auto dbias = at::zeros({threads, s.K}, du.options());
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
   const uint8_t* wp = where.data_ptr<uint8_t>();
   float* dxp = input_grad ? dx.data_ptr<float>() : nullptr;
   at::parallel_for(0, chunks(s.N), 1, [&](int64_t begin, int64_t end) {
     const int64_t most = kImagesPerChunk * s.tiles(), me = at::get_thread_num();
-    auto v = torch::empty({16, most, s.C}, du.options());
-    auto dv = torch::empty({16, most, s.C}, du.options());
-    auto dm = torch::empty({16, most, s.K}, du.options());
+    auto v = at::empty({16, most, s.C}, du.options());
+    auto dv = at::empty({16, most, s.C}, du.options());
+    auto dm = at::empty({16, most, s.K}, du.options());
     // Summed here and copied out once, so no thread writes near another's sums.
-    auto my_du = torch::zeros({16, s.C, s.K}, du.options());
+    auto my_du = at::zeros({16, s.C, s.K}, du.options());
     std::vector<float> my_dbias(s.K, 0.f);
     for (int64_t chunk = begin; chunk < end; chunk++) {
       const int64_t n0 = chunk * kImagesPerChunk, n1 = std::min(s.N, n0 + kImagesPerChunk);
       const int64_t T = (n1 - n0) * s.tiles();
-      auto vt = torch::from_blob(v.data_ptr<float>(), {16, T, s.C}, v.options());
-      auto dvt = torch::from_blob(dv.data_ptr<float>(), {16, T, s.C}, dv.options());
-      auto dmt = torch::from_blob(dm.data_ptr<float>(), {16, T, s.K}, dm.options());
+      auto vt = at::from_blob(v.data_ptr<float>(), {16, T, s.C}, v.options());
+      auto dvt = at::from_blob(dv.data_ptr<float>(), {16, T, s.C}, dv.options());
+      auto dmt = at::from_blob(dm.data_ptr<float>(), {16, T, s.K}, dm.options());
       output_grads(s, gp, wp, n0, n1, dmt.data_ptr<float>(), my_dbias.data());
       input_blocks(s, xp, n0, n1, vt.data_ptr<float>());  // recomputed: cheaper than keeping them
       my_du.baddbmm_(vt.transpose(1, 2), dmt);
