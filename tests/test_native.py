@@ -114,16 +114,18 @@ def test_training_tells_of_a_failed_build_in_one_line(real_mnist, tmp_path, monk
 # The first conv layer and its max-pool in one pass
 
 
-def _conv_pool_both(x, weight, bias, grad=None):
-    """(reference, native) outputs and (weight, bias) gradients of max_pool2d(conv2d(x, w, b), 2)."""
+def _against_torch(kernel, x, weight, bias, grad=None, input_grad=False):
+    """(reference, native) results of max_pool2d(conv2d(x, w, b), 2): the output and the gradients of the
+    input (None unless ``input_grad``), the weights and the bias (None without a bias)."""
     results = []
-    for run in (lambda w, b: F.max_pool2d(F.conv2d(x, w, b), 2), lambda w, b: native.first_conv_max_pool(x, w, b)):
+    for run in (lambda x, w, b: F.max_pool2d(F.conv2d(x, w, b), 2), kernel):
+        xx = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_(input_grad)
         w = weight.clone().requires_grad_()
         b = bias.clone().requires_grad_() if bias is not None else None
-        y = run(w, b)
+        y = run(xx, w, b)
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)) if grad is None else grad
         y.backward(g)
-        results.append((y.detach(), w.grad, b.grad if b is not None else None))
+        results.append((y.detach(), xx.grad, w.grad, b.grad if b is not None else None))
     return results
 
 
@@ -133,7 +135,7 @@ def _conv_pool_both(x, weight, bias, grad=None):
 def test_conv_pool_matches_conv_then_pool(n, h, w, filters, k):
     torch.manual_seed(0)
     x, weight, bias = torch.randn(n, 1, h, w), torch.randn(filters, 1, k, k), torch.randn(filters)
-    (ya, wa, ba), (yb, wb, bb) = _conv_pool_both(x, weight, bias)
+    (ya, _, wa, ba), (yb, _, wb, bb) = _against_torch(native.first_conv_max_pool, x, weight, bias)
     assert yb.shape == ya.shape and yb.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(wb, wa, rtol=1e-5, atol=1e-4)
@@ -148,7 +150,7 @@ def test_conv_pool_ties_and_exact_values_follow_torch():
     x[0] = 1.0  # a constant image: all four positions of every window tie, the top-left one wins
     weight, bias = torch.randint(-3, 4, (33, 1, 3, 3)).float(), torch.randint(-2, 3, (33,)).float()
     grad = torch.randint(-3, 4, (4, 33, 4, 4)).float()
-    (ya, wa, ba), (yb, wb, bb) = _conv_pool_both(x, weight, bias, grad)
+    (ya, _, wa, ba), (yb, _, wb, bb) = _against_torch(native.first_conv_max_pool, x, weight, bias, grad)
     assert torch.equal(ya, yb) and torch.equal(wa, wb) and torch.equal(ba, bb)
 
 
@@ -156,7 +158,7 @@ def test_conv_pool_ties_and_exact_values_follow_torch():
 def test_conv_pool_without_bias():
     torch.manual_seed(4)
     x, weight = torch.randn(2, 1, 8, 8), torch.randn(8, 1, 3, 3)
-    (ya, wa, _), (yb, wb, bb) = _conv_pool_both(x, weight, None)
+    (ya, _, wa, _), (yb, _, wb, bb) = _against_torch(native.first_conv_max_pool, x, weight, None)
     assert bb is None
     torch.testing.assert_close(yb, ya)
     torch.testing.assert_close(wb, wa)
@@ -205,26 +207,13 @@ def test_the_seed_model_trains_its_conv_blocks_in_one_pass_each(monkeypatch):
 # 3x3 convolution and max-pool by Winograd F(2x2, 3x3)
 
 
-def _winograd_both(x, weight, bias, grad=None):
-    """(reference, native) outputs and (input, weight, bias) gradients of max_pool2d(conv2d(x, w, b), 2)."""
-    results = []
-    for run in (lambda x, w, b: F.max_pool2d(F.conv2d(x, w, b), 2), native.winograd_conv_max_pool):
-        xx = x.clone().contiguous(memory_format=torch.channels_last).requires_grad_()
-        w = weight.clone().requires_grad_()
-        b = bias.clone().requires_grad_() if bias is not None else None
-        y = run(xx, w, b)
-        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)) if grad is None else grad
-        y.backward(g)
-        results.append((y.detach(), xx.grad, w.grad, b.grad if b is not None else None))
-    return results
-
-
 @needs_kernels
 @pytest.mark.parametrize("n,c,h,w,k", [(64, 32, 13, 13, 64), (3, 5, 9, 8, 7), (9, 16, 4, 4, 3), (2, 64, 12, 14, 128)])
 def test_winograd_pool_matches_conv_then_pool(n, c, h, w, k):
     torch.manual_seed(0)
     x, weight, bias = torch.randn(n, c, h, w), torch.randn(k, c, 3, 3) / (3 * c ** 0.5), torch.randn(k)
-    (ya, xa, wa, ba), (yb, xb, wb, bb) = _winograd_both(x, weight, bias)
+    (ya, xa, wa, ba), (yb, xb, wb, bb) = _against_torch(native.winograd_conv_max_pool, x, weight, bias,
+                                                          input_grad=True)
     assert yb.shape == ya.shape and yb.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(xb, xa, rtol=1e-4, atol=1e-5)
@@ -240,7 +229,8 @@ def test_winograd_pool_ties_and_exact_values_follow_torch():
     x[0] = 0.0  # an empty map: all four positions of every window tie at the bias, the top-left one wins
     weight, bias = torch.randint(-3, 4, (9, 6, 3, 3)).float() / 2, torch.randint(-2, 3, (9,)).float()
     grad = torch.randint(-3, 4, (5, 9, 4, 4)).float()
-    (ya, xa, wa, ba), (yb, xb, wb, bb) = _winograd_both(x, weight, bias, grad)
+    (ya, xa, wa, ba), (yb, xb, wb, bb) = _against_torch(native.winograd_conv_max_pool, x, weight, bias, grad,
+                                                          input_grad=True)
     assert torch.equal(ya, yb) and torch.equal(xa, xb) and torch.equal(wa, wb) and torch.equal(ba, bb)
 
 

@@ -67,22 +67,31 @@ inline void input_block(const float* const d[4][4], int64_t c, float* out, int64
   }
 }
 
+// Calls f(t, corner) for each tile t of images [n0, n1); corner is the pixel offset of its 4x4 input block.
+template <typename F>
+void for_each_tile(const Shape& s, int64_t n0, int64_t n1, F f) {
+  for (int64_t n = n0; n < n1; n++)
+    for (int64_t i = 0; i < s.h; i++)
+      for (int64_t j = 0; j < s.w; j++) f(((n - n0) * s.h + i) * s.w + j, (n * s.H + 2 * i) * s.W + 2 * j);
+}
+
+// Pointers to the channels of the 16 pixels of the 4x4 block whose top-left pixel is `corner`.
+template <typename P>
+void block_pixels(const Shape& s, P* base, int64_t corner, P* d[4][4]) {
+  for (int a = 0; a < 4; a++)
+    for (int b = 0; b < 4; b++) d[a][b] = base + (corner + a * s.W + b) * s.C;
+}
+
 // V[e][t][c] = (B^T d B)[e] for the 4x4 input block d of each tile t of images [n0, n1).
 void input_blocks(const Shape& s, const float* x, int64_t n0, int64_t n1, float* v) {
-  const int64_t T = (n1 - n0) * s.tiles(), C = s.C, plane = T * C;
-  for (int64_t n = n0; n < n1; n++) {
-    for (int64_t i = 0; i < s.h; i++) {
-      for (int64_t j = 0; j < s.w; j++) {
-        const int64_t t = ((n - n0) * s.h + i) * s.w + j;
-        const float* d[4][4];
-        for (int a = 0; a < 4; a++)
-          for (int b = 0; b < 4; b++) d[a][b] = x + ((n * s.H + 2 * i + a) * s.W + 2 * j + b) * C;
-        int64_t c = 0;
-        for (; c + kLanes <= C; c += kLanes) input_block<Floats>(d, c, v + t * C, plane);
-        for (; c < C; c++) input_block<float>(d, c, v + t * C, plane);
-      }
-    }
-  }
+  const int64_t C = s.C, plane = (n1 - n0) * s.tiles() * C;
+  for_each_tile(s, n0, n1, [&](int64_t t, int64_t corner) {
+    const float* d[4][4];
+    block_pixels(s, x, corner, d);
+    int64_t c = 0;
+    for (; c + kLanes <= C; c += kLanes) input_block<Floats>(d, c, v + t * C, plane);
+    for (; c < C; c++) input_block<float>(d, c, v + t * C, plane);
+  });
 }
 
 template <typename V, typename I>
@@ -172,20 +181,14 @@ inline void input_grad_block(const float* in, int64_t c, int64_t plane, float* c
 
 // dd = B dV B^T for each tile, added into the input gradient under the tile's 4x4 block.
 void input_grads(const Shape& s, const float* dv, int64_t n0, int64_t n1, float* dx) {
-  const int64_t T = (n1 - n0) * s.tiles(), C = s.C, plane = T * C;
-  for (int64_t n = n0; n < n1; n++) {
-    for (int64_t i = 0; i < s.h; i++) {
-      for (int64_t j = 0; j < s.w; j++) {
-        const int64_t t = ((n - n0) * s.h + i) * s.w + j;
-        float* d[4][4];
-        for (int a = 0; a < 4; a++)
-          for (int b = 0; b < 4; b++) d[a][b] = dx + ((n * s.H + 2 * i + a) * s.W + 2 * j + b) * C;
-        int64_t c = 0;
-        for (; c + kLanes <= C; c += kLanes) input_grad_block<Floats>(dv + t * C, c, plane, d);
-        for (; c < C; c++) input_grad_block<float>(dv + t * C, c, plane, d);
-      }
-    }
-  }
+  const int64_t C = s.C, plane = (n1 - n0) * s.tiles() * C;
+  for_each_tile(s, n0, n1, [&](int64_t t, int64_t corner) {
+    float* d[4][4];
+    block_pixels(s, dx, corner, d);
+    int64_t c = 0;
+    for (; c + kLanes <= C; c += kLanes) input_grad_block<Floats>(dv + t * C, c, plane, d);
+    for (; c < C; c++) input_grad_block<float>(dv + t * C, c, plane, d);
+  });
 }
 
 // The number of chunks of at most kImagesPerChunk images (at::parallel_for runs over chunk numbers).
