@@ -89,8 +89,9 @@ def measure(kind: str, preset: str, precision: str | None, images: int) -> float
     return run(cfg, _Data(images), batch)
 
 
-# Environment that makes torch, oneDNN and MKL use AVX2 code only: an approximation, on an AVX-512 machine,
-# of how the engine fares on CPUs without AVX-512 (such as AMD Zen 3).
+# Environment that makes torch, oneDNN and MKL use AVX2 code only (and cnnlab's native kernels, which are then
+# compiled without AVX-512): an approximation, on an AVX-512 machine, of how the engine fares on CPUs without
+# AVX-512 (such as AMD Zen 3).
 AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
@@ -135,7 +136,7 @@ def main() -> None:
     parser.add_argument("--preset", default="seed")
     parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="override the preset's precision")
     parser.add_argument("--avx2", action="store_true",
-                        help="both loops use AVX2 code only (torch, oneDNN, MKL): an approximation of a CPU "
+                        help="both loops use AVX2 code only (torch, oneDNN, MKL, native kernels): an approximation of a CPU "
                              "without AVX-512; implies fp32")
     parser.add_argument("--child", choices=["plain", "engine"], help=argparse.SUPPRESS)
     args = parser.parse_args()
