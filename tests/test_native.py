@@ -169,7 +169,8 @@ def test_conv_pool_serves_only_a_plain_first_layer():
     first = torch.nn.Conv2d(1, 32, 3)
     assert native.first_conv_pool_applies(x, first) == (native.kernels() is not None)
     assert not native.first_conv_pool_applies(x.clone().requires_grad_(), first)  # gradient ascent on the input
-    assert not native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, padding=1))
+    assert native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, padding=1)) == (native.kernels() is not None)
+    assert not native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, padding=1, padding_mode="reflect"))
     assert not native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, stride=2))
     assert not native.first_conv_pool_applies(torch.randn(2, 3, 28, 28), torch.nn.Conv2d(3, 32, 3))
     assert not native.first_conv_pool_applies(x.double(), first.double())
@@ -248,13 +249,38 @@ def test_winograd_pool_without_bias_or_input_gradient():
 
 
 def test_winograd_serves_only_plain_3x3_layers_outside_autocast():
+    """Plain: stride 1, no dilation or groups, zero padding the same on every side (or none)."""
     x = torch.randn(2, 32, 13, 13).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(32, 64, 3)
     assert native.winograd_pool_applies(x, conv) == (native.kernels() is not None)
     assert not native.winograd_pool_applies(x.contiguous(), conv)  # NCHW
     assert not native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 5))
-    assert not native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 3, padding=1))
+    assert native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 3, padding=1)) == (native.kernels() is not None)
+    assert not native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 3, padding=(1, 0)))
+    assert not native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 3, padding="same"))
     assert not native.winograd_pool_applies(x, torch.nn.Conv2d(32, 64, 3, stride=2))
     assert not native.winograd_pool_applies(x[:, :, :3, :3].contiguous(memory_format=torch.channels_last), conv)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not native.winograd_pool_applies(x, conv)
+
+
+@needs_kernels
+@pytest.mark.parametrize("channels", [1, 8])
+def test_same_padded_convs_run_padded_through_the_fused_kernels(channels):
+    """A 3x3 conv with padding 1 (Keras 'same') takes the fused path on the zero-padded input, same results."""
+    torch.manual_seed(6)
+    conv = torch.nn.Conv2d(channels, 16, 3, padding=1)
+    x = torch.randn(4, channels, 7, 7).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(channels > 1)  # a first layer's input needs no gradient; a later layer's does
+    fused = native.conv_max_pool(x, conv)
+    assert fused is not None and fused.shape == (4, 16, 3, 3)
+    grads = []
+    for y in (fused, F.max_pool2d(conv(x), 2)):
+        conv.zero_grad()
+        x.grad = None
+        y.square().sum().backward()
+        grads.append((conv.weight.grad.clone(), x.grad))
+    torch.testing.assert_close(fused, F.max_pool2d(conv(x), 2), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-4)
+    if channels > 1:
+        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-5)

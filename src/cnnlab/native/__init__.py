@@ -156,19 +156,32 @@ class _ConvMaxPool(torch.autograd.Function):
         return None, grad_w, grad_b[:c] if ctx.has_bias else None
 
 
-def first_conv_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
-    """Whether ``first_conv_max_pool`` can serve ``conv`` on input ``x`` (else run the conv, then the pool).
+def _zero_padding(conv: torch.nn.Module) -> int | None:
+    """The zero padding of a plain float32 conv (stride 1, no dilation, no groups, a square kernel, the same
+    padding on every side), or None for any other module: the fused kernels serve only such convs."""
+    if not (isinstance(conv, torch.nn.Conv2d) and conv.groups == 1 and conv.stride == (1, 1)
+            and conv.dilation == (1, 1) and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
+            and conv.padding[0] == conv.padding[1] and conv.weight.dtype == torch.float32):
+        return None
+    return conv.padding[0]
 
-    It serves a plain one-input-channel convolution (stride 1, no padding, no dilation) of float32 CPU data
-    that needs no gradient (a first layer's input), outside tracing and compiling. Under bf16 autocast it
-    still computes in float32 (as fast, and more exact, as a bf16 first layer here).
+
+def _native_input(x: torch.Tensor) -> bool:
+    """Whether x is a 4-d float32 CPU tensor, outside tracing and compiling, with the kernels built."""
+    return (x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and kernels() is not None)
+
+
+def first_conv_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
+    """Whether ``conv_max_pool`` serves ``conv`` on input ``x`` with ``first_conv_max_pool``.
+
+    It serves a plain one-input-channel convolution (stride 1, no dilation, zero padding or none) of float32
+    CPU data that needs no gradient (a first layer's input), outside tracing and compiling. Under bf16
+    autocast it still computes in float32 (as fast, and more exact, as a bf16 first layer here).
     """
-    return (isinstance(conv, torch.nn.Conv2d) and conv.in_channels == 1 and conv.groups == 1
-            and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
-            and conv.kernel_size[0] == conv.kernel_size[1] and conv.weight.dtype == torch.float32
-            and x.dim() == 4 and x.shape[1] == 1 and x.dtype == torch.float32 and x.device.type == "cpu"
-            and not x.requires_grad
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and kernels() is not None)
+    return (_zero_padding(conv) is not None and conv.in_channels == 1 and _native_input(x)
+            and x.shape[1] == 1 and not x.requires_grad)
 
 
 def first_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -205,18 +218,17 @@ class _WinogradMaxPool(torch.autograd.Function):
 
 
 def winograd_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
-    """Whether ``winograd_conv_max_pool`` can serve ``conv`` on input ``x`` (else run the conv, then the pool).
+    """Whether ``conv_max_pool`` serves ``conv`` on input ``x`` with ``winograd_conv_max_pool``.
 
-    It serves a plain 3x3 convolution (stride 1, no padding, no dilation, no groups) of channels-last float32
-    CPU maps of at least 4x4, outside tracing, compiling and autocast (oneDNN's bf16 convolutions are faster
-    there: the seed recipe trains at 3.0x the baseline with them, 2.5x with this kernel in float32).
+    It serves a plain 3x3 convolution (stride 1, no dilation, no groups, zero padding or none) of channels-last
+    float32 CPU maps of at least 4x4 once padded, outside tracing, compiling and autocast (oneDNN's bf16
+    convolutions are faster there: the seed recipe trains at 3.0x the baseline with them, 2.5x with this kernel
+    in float32).
     """
-    return (isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.groups == 1
-            and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.dilation == (1, 1)
-            and conv.weight.dtype == torch.float32 and x.dim() == 4 and x.dtype == torch.float32
-            and x.device.type == "cpu" and x.shape[2] >= 4 and x.shape[3] >= 4
-            and x.is_contiguous(memory_format=torch.channels_last) and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling() and kernels() is not None)
+    pad = _zero_padding(conv)
+    return (pad is not None and conv.kernel_size == (3, 3) and _native_input(x)
+            and min(x.shape[2:]) + 2 * pad >= 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def winograd_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -226,9 +238,15 @@ def winograd_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 
 def conv_max_pool(x: torch.Tensor, conv: torch.nn.Module) -> torch.Tensor | None:
-    """``max_pool2d(conv(x), 2)`` by the native kernel that serves this conv and input, or None if none does."""
+    """``max_pool2d(conv(x), 2)`` by the native kernel that serves this conv and input, or None if none does.
+
+    A zero-padded conv runs as an unpadded one on the padded input (the same sums).
+    """
     if first_conv_pool_applies(x, conv):
-        return first_conv_max_pool(x, conv.weight, conv.bias)
-    if winograd_pool_applies(x, conv):
-        return winograd_conv_max_pool(x, conv.weight, conv.bias)
-    return None
+        kernel = first_conv_max_pool
+    elif winograd_pool_applies(x, conv):
+        kernel = winograd_conv_max_pool
+    else:
+        return None
+    pad = conv.padding[0]
+    return kernel(F.pad(x, (pad, pad, pad, pad)) if pad else x, conv.weight, conv.bias)
