@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -75,11 +76,20 @@ def print_runs(title: str, runs: list[dict[str, float]], budget: float, budget_n
 
 
 def peak_rss_seed_epoch() -> float:
-    """Return the peak resident memory (GB) of one seed epoch run as a child process."""
+    """Return the peak resident memory (GB) of one seed epoch run as a child process.
+
+    ``os.wait4`` gives that child's own figure: ``RUSAGE_CHILDREN`` would report the largest of every child
+    this script has waited for (a compiler building the native kernels, say).
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([*CNNLAB, "train", "--preset", "seed", "--epochs", "1", "--out", str(Path(tmp) / "seed"),
-                        "--no-progress"], check=True, capture_output=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 / 1024  # KiB on Linux
+        child = subprocess.Popen([*CNNLAB, "train", "--preset", "seed", "--epochs", "1", "--out",
+                                  str(Path(tmp) / "seed"), "--no-progress"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"the seed epoch failed with exit code {child.returncode}")
+    return usage.ru_maxrss / 1024 / 1024  # KiB on Linux
 
 
 def evaluation_seconds(repeats: int) -> float:
