@@ -57,7 +57,7 @@ def _build_name() -> str:
 
 @functools.lru_cache(maxsize=None)
 def kernels() -> ModuleType | None:
-    """Return the compiled kernels (building them the first time, about 25 s), or None where unavailable."""
+    """Return the compiled kernels (building them the first time, about 30 s), or None where unavailable."""
     if os.environ.get("CNNLAB_NATIVE", "1") == "0":
         _status["why"] = "switched off by CNNLAB_NATIVE=0"
         return None
@@ -95,6 +95,12 @@ def news() -> str:
     return why if why.startswith("could not") else _status.get("news", "")
 
 
+def _native_input(x: torch.Tensor) -> bool:
+    """Whether x is a 4-d float32 CPU tensor, outside tracing and compiling, with the kernels built."""
+    return (x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and kernels() is not None)
+
+
 class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -112,9 +118,7 @@ class _MaxPool2x2(torch.autograd.Function):
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """2x2 stride-2 max-pool (floor mode): the native kernel for channels-last float32 CPU tensors, else torch."""
-    if (x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
-            and x.is_contiguous(memory_format=torch.channels_last) and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and kernels() is not None):
+    if _native_input(x) and x.is_contiguous(memory_format=torch.channels_last):
         return _MaxPool2x2.apply(x)
     return F.max_pool2d(x, 2)
 
@@ -165,12 +169,6 @@ def _zero_padding(conv: torch.nn.Module) -> int | None:
             and conv.padding[0] == conv.padding[1] and conv.weight.dtype == torch.float32):
         return None
     return conv.padding[0]
-
-
-def _native_input(x: torch.Tensor) -> bool:
-    """Whether x is a 4-d float32 CPU tensor, outside tracing and compiling, with the kernels built."""
-    return (x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and kernels() is not None)
 
 
 def first_conv_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:

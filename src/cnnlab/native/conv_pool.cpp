@@ -12,7 +12,6 @@
 
 #include "simd.h"
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -152,8 +151,8 @@ void backward_images(const Geometry& g, const float* src, const float* gp, const
 
 }  // namespace
 
-std::vector<at::Tensor> conv_pool_forward(const at::Tensor& x_in, const at::Tensor& wt,
-                                             const at::Tensor& bias, int64_t C) {
+std::vector<at::Tensor> conv_pool_forward(const at::Tensor& x_in, const at::Tensor& wt, const at::Tensor& bias,
+                                          int64_t C) {
   const auto x = x_in.contiguous();
   const Geometry g = geometry(x, wt, C);
   TORCH_CHECK(bias.numel() == g.Cp && bias.is_contiguous(), "conv_pool: bias must be padded as the weights");
@@ -175,7 +174,7 @@ std::vector<at::Tensor> conv_pool_forward(const at::Tensor& x_in, const at::Tens
 }
 
 std::vector<at::Tensor> conv_pool_backward(const at::Tensor& grad_out, const at::Tensor& where,
-                                              const at::Tensor& x_in, const at::Tensor& wt) {
+                                           const at::Tensor& x_in, const at::Tensor& wt) {
   const auto x = x_in.contiguous();
   const auto gr = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
   const Geometry g = geometry(x, wt, gr.size(1));
@@ -190,13 +189,14 @@ std::vector<at::Tensor> conv_pool_backward(const at::Tensor& grad_out, const at:
   float* parts = partial.data_ptr<float>();
   // One contiguous share of the images per thread, each summing into its own row of `partial`.
   at::parallel_for(0, g.N, (g.N + threads - 1) / threads, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(per, 0.f);  // summed here, copied out once: no thread writes near another's sums
+    std::vector<float> acc(per, 0.f);  // summed here, added in once: no thread writes near another's sums
     if (g.K == 3) {
       backward_images<3>(g, src, gp, pos, acc.data(), begin, end);
     } else {
       backward_images<0>(g, src, gp, pos, acc.data(), begin, end);
     }
-    std::copy(acc.begin(), acc.end(), parts + at::get_thread_num() * per);
+    float* mine = parts + at::get_thread_num() * per;
+    for (int64_t e = 0; e < per; e++) mine[e] += acc[e];
   });
   auto total = partial.sum(0);
   return {total.narrow(0, 0, KK * g.Cp).view({KK, g.Cp}), total.narrow(0, KK * g.Cp, g.Cp)};

@@ -196,8 +196,7 @@ int64_t chunks(int64_t N) { return (N + kImagesPerChunk - 1) / kImagesPerChunk; 
 
 }  // namespace
 
-std::vector<at::Tensor> winograd_pool_forward(const at::Tensor& x, const at::Tensor& u,
-                                                 const at::Tensor& bias) {
+std::vector<at::Tensor> winograd_pool_forward(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias) {
   const Shape s = shape_of(x, u);
   TORCH_CHECK(bias.numel() == s.K && bias.is_contiguous(), "winograd_pool: bias must have one value per filter");
   auto out = at::empty({s.N, s.K, s.h, s.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -224,8 +223,8 @@ std::vector<at::Tensor> winograd_pool_forward(const at::Tensor& x, const at::Ten
 }
 
 std::vector<at::Tensor> winograd_pool_backward(const at::Tensor& grad_out, const at::Tensor& where,
-                                                  const at::Tensor& x, const at::Tensor& u,
-                                                  const at::Tensor& u_t, bool input_grad) {
+                                               const at::Tensor& x, const at::Tensor& u, const at::Tensor& u_t,
+                                               bool input_grad) {
   const Shape s = shape_of(x, u);
   const auto g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
   TORCH_CHECK(g.scalar_type() == at::kFloat && g.size(0) == s.N && g.size(1) == s.K && g.size(2) == s.h &&
