@@ -50,8 +50,8 @@ def test_kind_builds_with_the_hand_computed_shape_macs_and_params(name):
 def _model_layers(name):
     """The example inside a whole model for MNIST: a flatten before a kind that needs one, a dense head after."""
     spec, in_shape, out_shape = EXAMPLES[name][:3]
-    before = [{"type": "flatten"}] if kinds.get(name).needs == "flat" else []
-    after = [{"type": "flatten"}] if kinds.get(name).needs != "flat" and name != "flatten" else []
+    before = [{"type": "flatten"}] if len(in_shape) == 1 else []
+    after = [{"type": "flatten"}] if len(EXAMPLES[name][2]) == 3 else []
     return [*before, {**spec, "name": "probe"}, *after, {"type": "dense", "units": 10, "activation": "softmax"}]
 
 
@@ -118,8 +118,8 @@ def test_kind_converts_from_keras_to_the_same_probabilities(name, tmp_path):
 
     L = keras.layers
     kind = kinds.get(name)
-    before = [L.Flatten()] if kind.needs == "flat" else []
-    after = [L.Flatten()] if kind.needs != "flat" and name != "flatten" else []
+    before = [L.Flatten()] if len(EXAMPLES[name][1]) == 1 else []
+    after = [L.Flatten()] if len(EXAMPLES[name][2]) == 3 else []
     model = keras.Sequential([keras.Input((28, 28, 1)), *before, KERAS[name](L), *after,
                               L.Dense(10, activation="softmax")])
     rng = np.random.default_rng(0)
@@ -135,3 +135,4 @@ def test_kind_converts_from_keras_to_the_same_probabilities(name, tmp_path):
     images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
     expected = keras.ops.convert_to_numpy(model(images[..., None].astype(np.float32) / 255, training=False))
     np.testing.assert_allclose(run.predict(images), expected, atol=1e-5)
+
