@@ -25,6 +25,7 @@ EXAMPLES = {
     "dropout": ({"type": "dropout", "rate": 0.25}, (12,), (12,), 0, 0),
     "batchnorm": ({"type": "batchnorm"}, (3, 5, 5), (3, 5, 5), 0, 2 * 3),
     "activation": ({"type": "activation", "activation": "tanh"}, (2, 5, 5), (2, 5, 5), 0, 0),
+    "globalavgpool": ({"type": "globalavgpool"}, (3, 5, 4), (3,), 0, 0),
 }
 
 
@@ -102,6 +103,7 @@ KERAS = {
     "dropout": lambda L: L.Dropout(0.4),
     "batchnorm": lambda L: L.BatchNormalization(),
     "activation": lambda L: L.Activation("elu"),
+    "globalavgpool": lambda L: L.GlobalAveragePooling2D(),
 }
 
 
@@ -136,3 +138,8 @@ def test_kind_converts_from_keras_to_the_same_probabilities(name, tmp_path):
     expected = keras.ops.convert_to_numpy(model(images[..., None].astype(np.float32) / 255, training=False))
     np.testing.assert_allclose(run.predict(images), expected, atol=1e-5)
 
+
+def test_global_average_pooling_is_the_mean_of_each_map():
+    op = kinds.get("globalavgpool").build(kinds.resolve({"type": "globalavgpool"}, "layer"), (2, 2, 3))
+    x = torch.arange(12.0).reshape(1, 2, 2, 3)  # map 0: 0..5, map 1: 6..11
+    torch.testing.assert_close(op(x), torch.tensor([[2.5, 8.5]]))

@@ -241,3 +241,22 @@ class Activation(LayerKind):
     def from_keras(self, layer, where):  # noqa: D102
         return {"type": "activation", "name": layer.name,
                 "activation": kr.activation(layer.config.get("activation"), layer, where)}
+
+
+@register
+class GlobalAveragePool(LayerKind):
+    """The mean of each map (Keras ``GlobalAveragePooling2D``): maps (C, H, W) become features (C,)."""
+
+    name, label, keras_name = "globalavgpool", "GlobalAvgPool2D", "global_average_pooling2d"
+    keras_classes = ("GlobalAveragePooling2D",)
+    needs = "maps"
+
+    def build(self, spec, shape):  # noqa: D102
+        return GlobalAvgPool()
+
+    def from_keras(self, layer, where):  # noqa: D102
+        kr.check_data_format(layer, where)
+        if layer.config.get("keepdims"):
+            raise CnnlabError(f"{where}: layer {layer.name!r} keeps the pooled dimensions (keepdims); cnnlab's "
+                              "global average pooling gives flat features: save it with keepdims=False")
+        return {"type": "globalavgpool", "name": layer.name}
