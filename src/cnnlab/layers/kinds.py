@@ -27,24 +27,31 @@ def _activation(default: Any) -> Key:
     return Key(default, choice(*ACTIVATIONS))
 
 
-def _glorot(op: nn.Module) -> None:
-    nn.init.xavier_uniform_(op.weight)  # fan_in = in*kh*kw, fan_out = out*kh*kw: Keras' glorot_uniform
-    if op.bias is not None:
-        nn.init.zeros_(op.bias)
+class _WithKernel(LayerKind):
+    """A kind with a kernel and an optional bias: glorot-uniform init, one MAC per kernel weight per output."""
 
+    has_kernel = True
 
-def _kernel_and_bias(config: dict[str, Any]) -> list[str]:
-    return ["kernel", "bias"] if config.get("use_bias", True) else ["kernel"]
+    def macs(self, op, in_shape, out_shape):  # noqa: D102 - documented on LayerKind
+        return kernel_macs(op, out_shape)
+
+    def keras_init(self, op):  # noqa: D102
+        nn.init.xavier_uniform_(op.weight)  # fan_in = in*kh*kw, fan_out = out*kh*kw: Keras' glorot_uniform
+        if op.bias is not None:
+            nn.init.zeros_(op.bias)
+
+    def keras_weight_names(self, config):  # noqa: D102
+        return ["kernel", "bias"] if config.get("use_bias", True) else ["kernel"]
 
 
 @register
-class Conv(LayerKind):
+class Conv(_WithKernel):
     """A 2-D convolution (Keras ``Conv2D``) followed by its activation."""
 
     name, label, keras_name, keras_classes = "conv", "Conv2D", "conv2d", ("Conv2D",)
     keys = {"filters": Key(REQUIRED, integer(1)), "kernel": Key(3, integer(1)), "stride": Key(1, integer(0)),
             "padding": _PADDING, "activation": _activation("relu"), "use_bias": _USE_BIAS}
-    needs, has_maps, has_kernel = "maps", True, True
+    needs, has_maps = "maps", True
 
     def build(self, spec, shape):  # noqa: D102 - documented on LayerKind
         k, s = spec["kernel"], max(spec["stride"], 1)
@@ -56,12 +63,6 @@ class Conv(LayerKind):
             return Padded(SamePad(k, s), conv)
         return conv
 
-    def macs(self, op, in_shape, out_shape):  # noqa: D102
-        return kernel_macs(op, out_shape)
-
-    def keras_init(self, op):  # noqa: D102
-        _glorot(op)
-
     def from_keras(self, layer, where):  # noqa: D102
         cfg = layer.config
         kr.check_data_format(layer, where)
@@ -72,9 +73,6 @@ class Conv(LayerKind):
                 "stride": kr.square(cfg.get("strides", 1), "strides", layer, where),
                 "padding": kr.padding(layer, where), "activation": kr.activation(cfg.get("activation"), layer, where),
                 "use_bias": bool(cfg.get("use_bias", True))}
-
-    def keras_weight_names(self, config):  # noqa: D102
-        return _kernel_and_bias(config)
 
     def load_keras(self, op, weights, name, perm):  # noqa: D102
         kr.assign_kernel(op, weights, name, lambda k: k.transpose(3, 2, 0, 1))  # (kh, kw, in, out) -> (out, in, kh, kw)
@@ -142,30 +140,21 @@ class Flatten(LayerKind):
 
 
 @register
-class Dense(LayerKind):
+class Dense(_WithKernel):
     """A fully connected layer (Keras ``Dense``) followed by its activation."""
 
     name, label, keras_name, keras_classes = "dense", "Dense", "dense", ("Dense",)
     keys = {"units": Key(REQUIRED, integer(1)), "activation": _activation("relu"), "use_bias": _USE_BIAS}
-    needs, has_kernel = "flat", True
+    needs = "flat"
 
     def build(self, spec, shape):  # noqa: D102
         return nn.Linear(shape[0], spec["units"], bias=spec["use_bias"])
-
-    def macs(self, op, in_shape, out_shape):  # noqa: D102
-        return kernel_macs(op, out_shape)
-
-    def keras_init(self, op):  # noqa: D102
-        _glorot(op)
 
     def from_keras(self, layer, where):  # noqa: D102
         cfg = layer.config
         return {"type": "dense", "name": layer.name, "units": int(cfg["units"]),
                 "activation": kr.activation(cfg.get("activation"), layer, where),
                 "use_bias": bool(cfg.get("use_bias", True))}
-
-    def keras_weight_names(self, config):  # noqa: D102
-        return _kernel_and_bias(config)
 
     def load_keras(self, op, weights, name, perm):  # noqa: D102
         kr.assign_kernel(op, weights, name, lambda k: (k if perm is None else k[perm]).T)  # (in, out) -> (out, in)
