@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -81,7 +83,8 @@ def test_early_stopping_stops_and_best_survives_resume(real_mnist, tmp_path):
     run = train_tiny(tmp_path / "es", epochs=5, overrides=overrides)
     assert len(run.history) == 2  # nothing beats epoch 1 by 10.0, so patience 1 ends it after epoch 2
     state = json.loads((run.path / store.STATE).read_text())
-    assert state["callbacks"]["EarlyStopping"] == {"best": run.history[0]["val_loss"], "wait": 1}
+    key = "EarlyStopping[monitor=val_loss, patience=1, min_delta=10.0]"
+    assert state["callbacks"][key] == {"best": run.history[0]["val_loss"], "wait": 1}
     best = min(r["val_loss"] for r in run.history)
     assert state["callbacks"]["RunSaver"]["best"] == best
     assert (run.path / store.BEST).exists()
@@ -184,31 +187,51 @@ def test_initial_weights_follow_the_seed_only(real_mnist, tmp_path):
 
 
 def test_live_curves_update_one_notebook_display_in_place(real_mnist, tmp_path, monkeypatch):
-    """In Jupyter the figure is shown once and then updated in place (IPython's display handle)."""
+    """In Jupyter the curves PNG is shown once and then updated in place (IPython's display handle)."""
     import sys
     import types
 
     calls = []
 
     class Handle:
-        def update(self, fig):
-            calls.append(("update", fig))
+        def update(self, shown):
+            calls.append(("update", shown))
 
-    def display(fig, display_id=False):
-        calls.append(("display", fig, display_id))
+    def display(shown, display_id=False):
+        calls.append(("display", shown, display_id))
         return Handle()
 
+    class Image:
+        def __init__(self, data, format):
+            self.data, self.format = data, format
+
     fake = types.ModuleType("IPython.display")
-    fake.display = display
+    fake.display, fake.Image = display, Image
     ipython = types.ModuleType("IPython")
-    ipython.get_ipython = lambda: None  # matplotlib asks whether it runs inside IPython
+    ipython.get_ipython = lambda: None
     ipython.version_info = (8, 0, 0)
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", fake)
     run = cnnlab.train("tiny", out=tmp_path / "live", epochs=3, live=True, echo=None)
     assert [c[0] for c in calls] == ["display", "update", "update"]
     assert calls[0][2] is True
-    assert (run.path / store.CURVES).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(c[1].format == "png" and c[1].data[:8] == b"\x89PNG\r\n\x1a\n" for c in calls)
+    assert calls[-1][1].data == (run.path / store.CURVES).read_bytes()  # the last view is the saved file
+
+
+def test_training_leaves_the_users_matplotlib_backend_and_figures_alone(real_mnist, tmp_path):
+    """A notebook's backend stays its own: cnnlab draws on Agg canvases of its own, never through pyplot."""
+    code = f"""
+import matplotlib
+matplotlib.use("svg")  # any backend the user picked (inline in Jupyter); svg works without a display
+import matplotlib.pyplot as plt
+import cnnlab
+fig = plt.figure()
+run = cnnlab.train("tiny", out={str(tmp_path / "run")!r}, epochs=1, live=True, echo=None)
+print(matplotlib.get_backend(), plt.get_fignums(), (run.path / "curves.png").stat().st_size > 0)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["svg", "[1]", "True"]
 
 
 @pytest.mark.skipif(not __import__("cnnlab.speed").speed.has_native_bf16(), reason="this CPU has no native bf16")

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from cnnlab.files import write_bytes
 from cnnlab.loop import BatchLogs, Callback
 
 Echo = Callable[[str], None]
@@ -85,7 +86,11 @@ def sparkline(values: list[float]) -> str:
 
 
 class CurvesPNG(Callback):
-    """Rewrites ``curves.png`` (atomically) after each epoch; optionally shows it live in a notebook."""
+    """Rewrites ``curves.png`` (atomically) after each epoch; optionally shows it live in a notebook.
+
+    The live view displays the PNG itself (an ``IPython.display.Image`` updated in place), so it works with
+    whatever matplotlib backend the notebook uses and leaves that backend alone.
+    """
 
     def __init__(self, path: Path, log_loss: bool = False, live: bool = False):
         self.path = Path(path)
@@ -96,23 +101,20 @@ class CurvesPNG(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
         from cnnlab import plots
 
-        fig = plots.curves_figure(self.trainer.state.history, log_loss=self.log_loss)
-        plots.save_figure(fig, self.path, close=not self.live)
+        png = plots.png_bytes(plots.curves_figure(self.trainer.state.history, log_loss=self.log_loss))
+        write_bytes(self.path, png)
         if self.live:
-            self._show(fig)
+            self._show(png)
 
-    def _show(self, fig: Any) -> None:
+    def _show(self, png: bytes) -> None:
         try:
-            from IPython.display import display
+            from IPython.display import Image, display
         except ImportError:
             return
-        from cnnlab import plots
-
         if self.handle is None:
-            self.handle = display(fig, display_id=True)
+            self.handle = display(Image(data=png, format="png"), display_id=True)
         else:
-            self.handle.update(fig)
-        plots.close(fig)
+            self.handle.update(Image(data=png, format="png"))
 
 
 class NanGuard(Callback):
@@ -155,6 +157,10 @@ class EarlyStopping(Callback):
                 self.echo(reason)
             self.trainer.stop()
 
+    @property
+    def state_key(self) -> str:  # noqa: D102 - two early stoppers on different figures keep their own state
+        return f"EarlyStopping[monitor={self.monitor}, patience={self.patience}, min_delta={self.min_delta}]"
+
     def state_dict(self) -> dict[str, Any]:  # noqa: D102
         return {"best": self.best, "wait": self.wait}
 
@@ -165,8 +171,11 @@ class EarlyStopping(Callback):
 class RunSaver(Callback):
     """Saves the run folder after every completed epoch; keeps ``best.safetensors`` when asked.
 
-    Must come last in the callback list, so the states of the other callbacks it saves are final.
+    It runs last (``runs_last``: the trainer moves it to the end), so the states of the other callbacks it
+    saves are final.
     """
+
+    runs_last = True
 
     def __init__(self, run_dir: Path, monitor: str, keep_best: bool, restore_best: bool = False,
                  echo: Echo | None = None):

@@ -7,8 +7,10 @@ data, so a run can be saved after any epoch and resumed bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -27,10 +29,18 @@ class Callback:
     """Base class: override the events you need. ``trainer`` is set before ``on_train_begin``.
 
     A callback that must survive a resume (a best value, a patience counter) returns its state from
-    ``state_dict`` as plain data and takes it back in ``load_state_dict``.
+    ``state_dict`` as plain data and takes it back in ``load_state_dict``; the run saves it under
+    ``state_key``, which must differ between two such callbacks of one trainer. A callback with ``runs_last``
+    hears every event after all the others (the trainer puts it at the end; only one may ask).
     """
 
     trainer: "Trainer"
+    runs_last: bool = False
+
+    @property
+    def state_key(self) -> str:
+        """The key of this callback's saved state: the class name, plus what tells two instances apart."""
+        return type(self).__name__
 
     def on_train_begin(self) -> None:
         """Called once before the first epoch of this call to ``fit``."""
@@ -90,14 +100,19 @@ class Trainer:
         optimizer: a ``cnnlab.get_optimizer`` optimizer (it applies its schedule and counts ``iterations``).
         data: a ``cnnlab.data.Prepared`` with train/val tensors.
         batch_size: images per optimizer step.
-        seed: seeds the shuffle generator and torch's RNG for a fresh run.
+        seed: seeds the shuffle generator and torch's RNG (dropout) for a fresh run. The run's torch RNG is
+            swapped in only while ``fit`` runs; the caller's global RNG state is restored after.
         penalty: returns the regularization term (0-dim tensor) added to the loss, or None.
         label_smoothing: cross-entropy label smoothing.
         callbacks: listeners for the events in ``EVENTS``.
         state: a saved ``TrainState`` to continue from; None for a fresh run.
-        channels_last: keep images and conv weights in NHWC memory order (faster convolutions on CPU).
+        channels_last: keep images and conv weights in NHWC memory order (faster convolutions on CPU) while
+            ``fit`` runs; weights that were in the standard order go back to it after.
         precision: ``fp32`` or ``bf16`` (autocast of the forward pass; weights and optimizer stay fp32).
         shift: shift each training image by up to this many pixels (0 = no augmentation).
+
+    Process-wide, on purpose: the trainer asks glibc's allocator to keep freed blocks for reuse
+    (``cnnlab.speed.keep_freed_memory``), which cannot be read back or undone; it changes no result.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, batch_size: int,
@@ -111,23 +126,22 @@ class Trainer:
         self.batch_size = batch_size
         self.penalty = penalty
         self.label_smoothing = label_smoothing
-        self.callbacks = list(callbacks or [])
+        self.callbacks = _ordered(callbacks or [])
         self.should_stop = False
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.generator = torch.Generator().manual_seed(seed)
         self.state = state or TrainState()
         if state is None:
-            torch.manual_seed(seed)
+            self._torch_rng = torch.Generator().manual_seed(seed).get_state()  # = torch.manual_seed(seed)'s
         else:
             self._restore_rng(state)
         self.precision = precision
         self.shift = shift
         self.train_x = data.train_x.contiguous(memory_format=self.memory_format)
         self.padded_x = pad_images(data.train_x, shift) if shift else None
-        self.model.to(memory_format=self.memory_format)
         for cb in self.callbacks:
             cb.trainer = self
-            saved = self.state.callbacks.get(type(cb).__name__)
+            saved = _saved_state(self.state.callbacks, cb, self.callbacks)
             if saved:
                 cb.load_state_dict(saved)
 
@@ -144,6 +158,11 @@ class Trainer:
     def fit(self, epochs: int) -> list[dict[str, float]]:
         """Train ``epochs`` more epochs (or until a callback stops) and return the whole history."""
         self.should_stop = False
+        with self._run_rng(), _memory_format(self.model, self.memory_format):
+            self._fit(epochs)
+        return self.state.history
+
+    def _fit(self, epochs: int) -> None:
         self._fire("on_train_begin")
         try:
             for _ in range(epochs):
@@ -160,7 +179,17 @@ class Trainer:
                     break
         finally:
             self._fire("on_train_end")
-        return self.state.history
+
+    @contextlib.contextmanager
+    def _run_rng(self) -> Iterator[None]:
+        """Swap the run's torch RNG state in for the caller's, and back (keeping where the run got to)."""
+        callers = torch.get_rng_state()
+        torch.set_rng_state(self._torch_rng)
+        try:
+            yield
+        finally:
+            self._torch_rng = torch.get_rng_state()
+            torch.set_rng_state(callers)
 
     def _run_epoch(self, epoch: int) -> dict[str, float] | None:
         start = time.perf_counter()
@@ -223,8 +252,8 @@ class Trainer:
             getattr(cb, event)(*args)
 
     def callback_states(self) -> dict[str, Any]:
-        """Return the callbacks' states to save with the run, keyed by class name."""
-        return {type(cb).__name__: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
+        """Return the callbacks' states to save with the run, keyed by each callback's ``state_key``."""
+        return {cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_dict()}
 
     def _capture_rng(self) -> None:
         self.state.shuffle_rng = self.generator.get_state()
@@ -234,4 +263,40 @@ class Trainer:
         if state.shuffle_rng is None or state.torch_rng is None:
             raise CnnlabError("the saved training state has no RNG state; the run folder is incomplete")
         self.generator.set_state(state.shuffle_rng)
-        torch.set_rng_state(state.torch_rng)
+        self._torch_rng = state.torch_rng
+
+
+def _ordered(callbacks: list[Callback]) -> list[Callback]:
+    """The callbacks in the given order, the one that ``runs_last`` moved to the end; check the state keys."""
+    last = [cb for cb in callbacks if cb.runs_last]
+    if len(last) > 1:
+        raise ValueError(f"only one callback may run last, not {', '.join(type(cb).__name__ for cb in last)}")
+    keys = [cb.state_key for cb in callbacks if type(cb).state_dict is not Callback.state_dict]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"two callbacks save their state under {twice[0]!r}; each needs its own state_key")
+    return [cb for cb in callbacks if not cb.runs_last] + last
+
+
+def _saved_state(states: dict[str, Any], cb: Callback, callbacks: list[Callback]) -> Any:
+    """The saved state of ``cb``; a run saved before state keys existed has it under the class name."""
+    if cb.state_key in states:
+        return states[cb.state_key]
+    name = type(cb).__name__
+    only_one = sum(type(other) is type(cb) for other in callbacks) == 1
+    return states.get(name) if only_one else None
+
+
+@contextlib.contextmanager
+def _memory_format(model: torch.nn.Module, memory_format: torch.memory_format) -> Iterator[None]:
+    """Put the model's 4-D weights in ``memory_format`` for the block; those in the standard order go back."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.dim() == 4]
+    standard = [t.is_contiguous() for t in tensors]
+    model.to(memory_format=memory_format)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, was_standard in zip(tensors, standard):
+                if was_standard and not t.is_contiguous():
+                    t.data = t.data.contiguous()

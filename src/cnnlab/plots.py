@@ -1,4 +1,9 @@
-"""Figures only: arrays in, matplotlib figures out. The one module that imports matplotlib (Agg backend)."""
+"""Figures only: arrays in, matplotlib figures out. The one module that imports matplotlib.
+
+Each figure is a ``matplotlib.figure.Figure`` on its own Agg canvas, made without pyplot: cnnlab never picks
+the process's backend (``matplotlib.use``), so a notebook's own ``plt.show()`` keeps drawing inline, and its
+figures never enter pyplot's list of open figures (nothing to close; they are freed with the last reference).
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,26 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # never open a window or block; the saved PNG is the figure shown  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-
-from cnnlab.files import write_bytes  # noqa: E402
+from cnnlab.files import write_bytes
 
 TRAIN_COLOUR, VAL_COLOUR = "tab:green", "tab:red"
+
+
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """Return an empty figure with constrained layout on its own Agg canvas (no pyplot, no backend change)."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def curves_figure(history: list[dict[str, float]], log_loss: bool = False) -> Any:
     """Return a figure with accuracy (left) and loss (right) per epoch, training and validation."""
     epochs = [row["epoch"] for row in history]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    fig = new_figure((10, 3.6))
+    ax_acc, ax_loss = fig.subplots(1, 2)
     for ax, key, title in ((ax_acc, "accuracy", "accuracy"), (ax_loss, "loss", "loss")):
         ax.plot(epochs, [row[key] for row in history], "o-", color=TRAIN_COLOUR, ms=3, label="training")
         ax.plot(epochs, [row[f"val_{key}"] for row in history], "o-", color=VAL_COLOUR, ms=3, label="validation")
@@ -36,18 +48,16 @@ def curves_figure(history: list[dict[str, float]], log_loss: bool = False) -> An
     return fig
 
 
-def save_figure(fig: Any, path: str | Path, close: bool = True, dpi: int = 100) -> Path:
-    """Render ``fig`` to PNG and write it to ``path`` atomically."""
+def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    """Render ``fig`` as PNG."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    if close:
-        plt.close(fig)
-    return write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def close(fig: Any) -> None:
-    """Free a figure's memory."""
-    plt.close(fig)
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Render ``fig`` to PNG and write it to ``path`` atomically."""
+    return write_bytes(path, png_bytes(fig, dpi))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,7 +142,7 @@ def activation_grid_figure(maps: Any, image: Any = None, title: str = "", cols: 
     rows = -(-m // cols)
     cell = 0.9 if cols <= 8 else 0.7
     grid_w, grid_h = cols * cell * (w / max(h, w)), rows * cell * (h / max(h, w))
-    fig = plt.figure(figsize=(grid_w + 3.4, max(grid_h + 0.9, 3.2)), constrained_layout=True)
+    fig = new_figure((grid_w + 3.4, max(grid_h + 0.9, 3.2)))
     left, right = fig.subfigures(1, 2, width_ratios=[2.4, grid_w + 1.0])
     ax_in = left.subplots()
     if image is not None:
@@ -155,7 +165,8 @@ def activation_bars_figure(values: Any, image: Any = None, title: str = "") -> A
     import numpy as np
 
     values = np.asarray(values, dtype=np.float32)
-    fig, (ax_in, ax) = plt.subplots(1, 2, figsize=(11, 3.2), width_ratios=[1, 4], constrained_layout=True)
+    fig = new_figure((11, 3.2))
+    ax_in, ax = fig.subplots(1, 2, width_ratios=[1, 4])
     if image is not None:
         ax_in.imshow(np.asarray(image), cmap=INPUT_CMAP, vmin=0, vmax=255, interpolation="nearest")
         ax_in.set_title("input", fontsize=9)
@@ -190,7 +201,7 @@ def filter_grid_figure(pixels: Any, maps: Any, ratios: Any = None, title: str = 
     m = len(pixels)
     cols = max(1, min(cols, m))
     rows = -(-m // cols)
-    fig = plt.figure(figsize=(cols * 1.05 + 1.4, rows * 1.05 + 0.8), constrained_layout=True)
+    fig = new_figure((cols * 1.05 + 1.4, rows * 1.05 + 0.8))
     ax = fig.subplots()
     drawn = _map_grid(ax, pixels, cols, cmap, 0.0, 255.0, labels)
     fig.colorbar(drawn, ax=ax, shrink=0.8, label="pixel value")
@@ -214,7 +225,8 @@ def class_heatmap_figure(means: Any, title: str = "", cmap: str = "viridis") -> 
 
     means = np.asarray(means, dtype=np.float32)
     k, m = means.shape
-    fig, ax = plt.subplots(figsize=(min(3 + m * 0.09, 16), 1.6 + k * 0.3), constrained_layout=True)
+    fig = new_figure((min(3 + m * 0.09, 16), 1.6 + k * 0.3))
+    ax = fig.subplots()
     drawn = ax.imshow(means, aspect="auto", cmap=cmap, interpolation="nearest")
     ax.set_yticks(range(k))
     ax.set_ylabel("class")
@@ -233,7 +245,8 @@ def confusion_figure(confusion: Any, title: str = "") -> Any:
 
     cm = np.asarray(confusion)
     k = len(cm)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * k, 0.8 + 0.5 * k), constrained_layout=True)
+    fig = new_figure((1.2 + 0.55 * k, 0.8 + 0.5 * k))
+    ax = fig.subplots()
     # log colours: the few mistakes stay visible next to the thousand correct ones on the diagonal
     drawn = ax.imshow(np.maximum(cm, 0.5), cmap="Blues", norm=LogNorm(vmin=0.5, vmax=max(cm.max(), 1)))
     for (r, c), n in np.ndenumerate(cm):
@@ -257,8 +270,8 @@ def gallery_figure(images: Any, captions: list[str], title: str = "", cols: int 
     n = max(len(images), 1)
     cols = max(1, min(cols, n))
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.25, rows * 1.45 + 0.4), squeeze=False,
-                             constrained_layout=True)
+    fig = new_figure((cols * 1.25, rows * 1.45 + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -275,7 +288,8 @@ def saliency_figure(image: Any, gradient: Any, grad_cam: Any, title: str = "", c
     """Return three panels: the input, gradient saliency over it, Grad-CAM over it."""
     import numpy as np
 
-    fig, axes = plt.subplots(1, 3, figsize=(9.6, 3.5), constrained_layout=True)
+    fig = new_figure((9.6, 3.5))
+    axes = fig.subplots(1, 3)
     panels = ((None, "input", None), (gradient, "gradient saliency |d logit / d pixel|", "hot"),
               (grad_cam, f"Grad-CAM ({cam_layer})", "jet"))
     for ax, (overlay, caption, cmap) in zip(axes, panels):

@@ -21,7 +21,7 @@ from cnnlab.config import Config, from_toml, load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.model import CnnModel, build_model, layer_table
-from cnnlab.speed import cpu_name, keep_freed_memory, resolve_precision, usable_cores
+from cnnlab.speed import cpu_name, keep_freed_memory, resolve_precision, threads
 
 Echo = Callable[[str], None]
 
@@ -115,6 +115,11 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
         live: also show the curves in a Jupyter notebook, updated in place after each epoch.
         echo: where progress lines go (None = silent).
         progress: show a progress bar per epoch.
+
+    Process state: torch's thread count is ``train.threads`` while training and the caller's again after;
+    the global RNG state is the caller's before and after (the run keeps its own); the model's weights are
+    channels-last only inside the loop. One setting stays process-wide: glibc's allocator keeps freed
+    memory for reuse (``cnnlab.speed.keep_freed_memory``; it cannot be read back, and changes no result).
     """
     cfg = _resolve_config(config, overrides)
     if epochs is not None:
@@ -123,9 +128,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     run_dir = store.new_run_dir(out if out is not None else default_out(config))
     _say(echo, f"run folder: {run_dir}")
     data = _prepare_data(cfg, echo)
-    _set_threads(cfg)
-    torch.manual_seed(cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
-    model = build_model(cfg.model.layers, init=cfg.model.init)
+    model = _build(cfg, seed=cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
     cfg.save(run_dir / store.CONFIG)
     write_model_json(run_dir, model, data.normalizer)
     store.save_weights(run_dir / store.INITIAL, model)
@@ -144,8 +147,7 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
     precision = resolve_precision(cfg.train.precision)
     state = store.load_state(run_dir)
     data = _prepare_data(cfg, echo)
-    _set_threads(cfg)
-    model = build_model(cfg.model.layers, init=cfg.model.init)
+    model = _build(cfg)
     store.load_weights(run_dir / store.WEIGHTS, model)
     done = state.epoch if state else 0
     _say(echo, f"resuming {run_dir} after epoch {done} (step {store.saved_step(run_dir)}) for {epochs} more")
@@ -157,7 +159,7 @@ def reset(run_dir: str | Path) -> Run:
     """Reset a run to its initial weights, an empty optimizer state and step 0 (see ``store.reset_run``)."""
     run_dir = store.require_run(run_dir)
     cfg = _read_config(run_dir)
-    store.load_weights(run_dir / store.INITIAL, build_model(cfg.model.layers, init=cfg.model.init))  # validates
+    store.load_weights(run_dir / store.INITIAL, _build(cfg))  # validates
     store.reset_run(run_dir)
     return load(run_dir)
 
@@ -169,7 +171,7 @@ def load(run_dir: str | Path) -> Run:
     run_dir = store.require_run(run_dir)
     keep_freed_memory()  # inspection runs many large forward passes: class patterns 13.8 -> 10.3 s
     cfg = _read_config(run_dir)
-    model = build_model(cfg.model.layers, init=cfg.model.init)
+    model = _build(cfg)
     best = run_dir / store.BEST
     use_best = cfg.train.checkpoint == "best" and best.exists()
     store.load_weights(best if use_best else run_dir / store.WEIGHTS, model)
@@ -216,9 +218,9 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
                       channels_last=cfg.train.channels_last, precision=precision,
                       shift=cfg.train.shift)
     started = _now()
-    with _sigint_stops(trainer) as interrupted:
+    with _sigint_stops(trainer) as interrupted, threads(cfg.train.threads):
         trainer.fit(epochs)
-    _write_provenance(run_dir, cfg, precision, data, started)
+        _write_provenance(run_dir, cfg, precision, data, started)  # records the threads the run used
     if interrupted():
         raise TrainingInterrupted(run_dir, trainer.state.epoch)
     if stopper.message:
@@ -292,15 +294,19 @@ def default_out(config: Any) -> Path:
     return candidate
 
 
+def _build(cfg: Config, seed: int | None = None) -> CnnModel:
+    """Build the run's model without touching the caller's global RNG; ``seed`` fixes its initial weights."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return build_model(cfg.model.layers, init=cfg.model.init)
+
+
 def _read_config(run_dir: Path) -> Config:
     try:
         return from_toml((run_dir / store.CONFIG).read_text())
     except CnnlabError as exc:
         raise CnnlabError(f"{run_dir / store.CONFIG}: {exc}") from None
-
-
-def _set_threads(cfg: Config) -> None:
-    torch.set_num_threads(cfg.train.threads or usable_cores())
 
 
 def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:

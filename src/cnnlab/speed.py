@@ -8,7 +8,7 @@ import functools
 import os
 import platform
 from pathlib import Path
-from typing import ContextManager
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -51,6 +51,17 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Run the block with torch using ``count`` threads (0 = ``usable_cores()``), then restore the caller's count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count or usable_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def has_native_bf16() -> bool:

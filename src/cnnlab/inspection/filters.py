@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from cnnlab.errors import CnnlabError
 from cnnlab.inspection.activations import check_layer, eval_mode
 from cnnlab.model import CnnModel
+from cnnlab.speed import threads as torch_threads
 
 STEPS = 128
 LR = 0.05  # Adam step on the unit pixel scale (0 = darkest, 1 = brightest value seen at that pixel)
@@ -95,12 +96,8 @@ def filter_patterns(model: CnnModel, layer: str, bounds: tuple[torch.Tensor, tor
     Returns:
         The patterns and the mean activation each produces on its own map.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _ascend(model, layer, bounds, maps, steps, seed, lr, l2, blur_every, jitter, pixel_scale)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _ascend(model: CnnModel, layer: str, bounds: tuple[torch.Tensor, torch.Tensor], maps: list[int] | None,
