@@ -191,9 +191,7 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
     from cnnlab.loop import Trainer
     from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 
-    note = native.news()  # builds the kernels here, on first use, rather than inside the first batch
-    if note and echo:
-        echo(f"  native kernels: {note}")
+    _prepare_kernels(echo)
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
         store.load_optimizer(run_dir, optimizer)
@@ -228,6 +226,18 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
     if stopper.message:
         raise CnnlabError(stopper.message)
     _say(echo, f"done: {run_dir} (curves: {run_dir / store.CURVES})")
+
+
+def _prepare_kernels(echo: Echo | None) -> None:
+    """Load (or compile, saying so) the native kernels before the first batch; tell of a failed build."""
+    told: list[str] = []
+
+    def tell(line: str) -> None:
+        told.append(line)
+        _say(echo, f"  {line}")
+
+    if native.prepare(tell) is None and not told and native.status().startswith("could not"):
+        _say(echo, f"  native kernels: {native.status()}")
 
 
 @contextmanager
