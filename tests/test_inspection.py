@@ -274,3 +274,24 @@ def test_saliency_is_the_input_gradient_and_grad_cam_is_non_negative(run, raw_te
     cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * maps).sum(1)).detach().numpy()
     np.testing.assert_allclose(result.grad_cam_maps, cam, rtol=1e-4, atol=1e-6)
     assert all(p.grad is None for p in run.model.parameters()) and no_hooks(run.model)
+
+
+def test_split_picks_the_image_set_and_the_old_set_spelling_still_works_with_a_warning(run, capsys, tmp_path):
+    train_png = tmp_path / "split" / "activations_Conv2D_1_train5.png"
+    assert main(["activations", str(run.path), "--layer", "Conv2D_1", "--image", "5", "--split", "train",
+                 "--out", str(tmp_path / "split")]) == 0
+    assert f"wrote {train_png}" in capsys.readouterr().out
+    old = tmp_path / "old" / "activations_Conv2D_1_train5.png"
+    assert main(["activations", str(run.path), "--layer", "Conv2D_1", "--image", "5", "--set", "train",
+                 "--out", str(tmp_path / "old")]) == 0
+    out, err = capsys.readouterr()
+    assert f"wrote {old}" in out and old.read_bytes() == train_png.read_bytes()
+    assert err == ("cnnlab: warning: --set train is deprecated here and goes in the next release; use --split "
+                   "train (--set KEY=VALUE means a config override elsewhere)\n")
+    for argv, message in ((["--set", "optimizer.momentum=0.9"], "--set: 'optimizer.momentum=0.9' is not one of "
+                                                                 "test, train"),
+                          (["--split", "train", "--set", "train"], "give --split only"),
+                          (["--split", "tran"], "invalid choice: 'tran'")):
+        assert main(["saliency", str(run.path), "--image", "0", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err

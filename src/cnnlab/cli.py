@@ -111,21 +111,27 @@ def _load_config(args: argparse.Namespace):
     return load_config(preset=args.preset, path=args.config, overrides=args.overrides)
 
 
-def _echo(line: str) -> None:
+def echo(line: str = "") -> None:
+    """Print one line of a command's output, flushed (the one output helper of every ``cli_*`` module)."""
     print(line, flush=True)
+
+
+def warn(line: str) -> None:
+    """Print a one-line warning on stderr (``cnnlab: warning: ...``)."""
+    print(f"cnnlab: warning: {line}", file=sys.stderr, flush=True)
 
 
 @command("data")
 def _data(args: argparse.Namespace) -> int:
     from cnnlab.data import load_mnist
 
-    mnist = load_mnist(source=args.source, log=lambda msg: _echo(f"  {msg}"))
-    _echo(f"MNIST verified ({mnist.origin}):")
+    mnist = load_mnist(source=args.source, log=lambda msg: echo(f"  {msg}"))
+    echo(f"MNIST verified ({mnist.origin}):")
     counts = {"train-images-idx3-ubyte": len(mnist.train_images), "train-labels-idx1-ubyte": len(mnist.train_labels),
               "t10k-images-idx3-ubyte": len(mnist.test_images), "t10k-labels-idx1-ubyte": len(mnist.test_labels)}
     for name, count in counts.items():
         what = "images" if "images" in name else "labels"
-        _echo(f"  {name:<26} {count:>6} {what}  md5 {mnist.md5[name]}")
+        echo(f"  {name:<26} {count:>6} {what}  md5 {mnist.md5[name]}")
     return 0
 
 
@@ -140,7 +146,7 @@ def _summary(args: argparse.Namespace) -> int:
     from cnnlab.model import build_model, format_table
 
     cfg = _load_config(args)
-    _echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
+    echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
     return 0
 
 
@@ -162,7 +168,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     source = args.config if args.config else (args.preset or "seed")
-    return _train_call(train, cfg, out=args.out or default_out(source), epochs=args.epochs, echo=_echo,
+    return _train_call(train, cfg, out=args.out or default_out(source), epochs=args.epochs, echo=echo,
                        progress=not args.no_progress)
 
 
@@ -170,7 +176,7 @@ def _train(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from cnnlab.run import resume
 
-    return _train_call(resume, args.run, args.epochs, echo=_echo, progress=not args.no_progress)
+    return _train_call(resume, args.run, args.epochs, echo=echo, progress=not args.no_progress)
 
 
 @command("reset")
@@ -178,7 +184,7 @@ def _reset(args: argparse.Namespace) -> int:
     from cnnlab.run import reset
 
     run = reset(args.run)
-    _echo(f"{run.path} is back at its initial weights, with an empty optimizer state and step 0")
+    echo(f"{run.path} is back at its initial weights, with an empty optimizer state and step 0")
     return 0
 
 
@@ -191,16 +197,16 @@ def _demo(args: argparse.Namespace) -> int:
     _data(argparse.Namespace(source=None))
     overrides = [f"train.epochs={args.epochs}"] if args.epochs is not None else []
     cfg = _load_config(argparse.Namespace(preset=DEMO_PRESET, config=None, overrides=overrides))
-    _echo("")
-    _echo(f"Training the {DEMO_PRESET} preset for {cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}:")
-    _echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
+    echo("")
+    echo(f"Training the {DEMO_PRESET} preset for {cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}:")
+    echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
     out = args.out or default_out("demo")
-    code = _train_call(train, cfg, out=out, echo=_echo)
+    code = _train_call(train, cfg, out=out, echo=echo)
     if code:
         return code
-    _echo("")
-    _echo("Writing the pictures and the report:")
-    write_report(out, echo=_echo)  # its last line names the page
+    echo("")
+    echo("Writing the pictures and the report:")
+    write_report(out, echo=echo)  # its last line names the page
     return 0
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cnnlab.cli import command
+from cnnlab.cli import command, echo
 
 
 def add_parsers(sub: Any) -> None:
@@ -23,9 +23,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--json", help="also write the table as JSON to this file ('-' for stdout)")
 
 
-def _echo(line: str) -> None:
-    print(line, flush=True)
-
 
 def _write_or_print(target: str | None, text: str) -> None:
     from cnnlab.files import write_text
@@ -33,7 +30,7 @@ def _write_or_print(target: str | None, text: str) -> None:
     if target == "-":
         sys.stdout.write(text)
     elif target:
-        _echo(f"wrote {write_text(target, text)}")
+        echo(f"wrote {write_text(target, text)}")
 
 
 @command("compare")
@@ -45,7 +42,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"cnnlab: {line}", file=sys.stderr)
     quiet = "-" in (args.csv, args.json)  # the table goes to stdout as data, not as text
     if not quiet:
-        _echo(cmp.format_table(result))
+        echo(cmp.format_table(result))
     _write_or_print(args.csv, cmp.to_csv(result.rows))
     _write_or_print(args.json, cmp.to_json(result.rows))
     single = Path(args.runs[0])
@@ -53,5 +50,5 @@ def _compare(args: argparse.Namespace) -> int:
         else Path("compare.png")
     for path in cmp.write_curves(result, args.out or default, x=args.x):
         if not quiet:
-            _echo(f"wrote {path}")
+            echo(f"wrote {path}")
     return 0

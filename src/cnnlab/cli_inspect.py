@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.cli import command
+from cnnlab.cli import command, echo, warn
 from cnnlab.errors import CnnlabError
+from cnnlab.schema import check_choice
 
 
 def parse_indices(text: str, option: str = "--image") -> list[int]:
@@ -35,7 +36,7 @@ def add_parsers(sub: Any) -> None:
     _run_arg(p)
     p.add_argument("--layer", required=True, help="a layer name (see cnnlab summary), or 'all' for every conv/pool")
     p.add_argument("--image", required=True, help="index into the set: 19, or several: 19,20,21 or 19-21")
-    _set_arg(p)
+    _split_arg(p)
     p.add_argument("--cols", type=int, default=8, help="maps per row (default 8)")
     p.add_argument("--cmap", default="viridis", help="matplotlib colour map (default viridis)")
     p.add_argument("--scale", action="store_true",
@@ -66,7 +67,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("saliency", help="gradient saliency and Grad-CAM for an image (+ .npz)")
     _run_arg(p)
     p.add_argument("--image", required=True, help="index into the set: 19, or several: 19,20,21")
-    _set_arg(p)
+    _split_arg(p)
     p.add_argument("--layer", help="the conv layer for Grad-CAM (default: the last conv layer)")
     _out_arg(p)
 
@@ -78,9 +79,26 @@ def _run_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="the run folder")
 
 
-def _set_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="image_set", choices=("test", "train"), default="test",
-                   help="the run's test or training set, in the run's own order (default test)")
+SPLITS = ("test", "train")
+
+
+def _split_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", choices=SPLITS, help="the run's test or training set, in the run's own order "
+                                                   "(default test)")
+    # The spelling of the release before; --set means a config override in every other command.
+    p.add_argument("--set", dest="old_split", metavar="test|train", help=argparse.SUPPRESS)
+
+
+def _split(args: argparse.Namespace) -> str:
+    """The image set asked for: ``--split``, or the deprecated ``--set test|train`` (with a warning)."""
+    if args.old_split is None:
+        return args.split or "test"
+    if args.split is not None:
+        raise CnnlabError("give --split only (--set test|train is its deprecated spelling)")
+    check_choice("--set", args.old_split, SPLITS)
+    warn(f"--set {args.old_split} is deprecated here and goes in the next release; use --split {args.old_split} "
+         "(--set KEY=VALUE means a config override elsewhere)")
+    return args.old_split
 
 
 def _out_arg(p: argparse.ArgumentParser, folder: bool = False) -> None:
@@ -88,20 +106,17 @@ def _out_arg(p: argparse.ArgumentParser, folder: bool = False) -> None:
     p.add_argument("--out", type=Path, help=f"{where} for the output (default: RUN/inspect/)")
 
 
-def _echo(line: str) -> None:
-    print(line, flush=True)
-
 
 def _print_paths(written: Any) -> None:
     for path in written.paths:
-        _echo(f"wrote {path}")
+        echo(f"wrote {path}")
 
 
 @command("activations")
 def _activations(args: argparse.Namespace) -> int:
     from cnnlab.report import activation_pictures
 
-    written = activation_pictures(args.run, args.layer, parse_indices(args.image), args.image_set,
+    written = activation_pictures(args.run, args.layer, parse_indices(args.image), _split(args),
                                   cols=args.cols, cmap=args.cmap, scale=args.scale, out=args.out)
     _print_paths(written)
     return 0
@@ -116,14 +131,14 @@ def _filters(args: argparse.Namespace) -> int:
     steps = STEPS if args.steps is None else args.steps
     written = filter_pictures(args.run, args.layer, maps, steps=steps, seed=args.seed, cols=args.cols, out=args.out)
     s = written.summary
-    _echo(f"{'map':>4}  {'pattern':>9}  {'test mean':>9}  {'ratio':>7}  {'test max':>9}  {'ratio to max':>12}")
+    echo(f"{'map':>4}  {'pattern':>9}  {'test mean':>9}  {'ratio':>7}  {'test max':>9}  {'ratio to max':>12}")
     for row in zip(s["maps"], s["activation"], s["test_mean"], s["ratio"], s["test_max"], s["ratio_max"]):
         m, a, mean, r, top, rmax = row
-        _echo(f"{m:>4}  {a:9.4g}  {mean:9.4g}  {r:7.3g}  {top:9.4g}  {rmax:12.3g}")
+        echo(f"{m:>4}  {a:9.4g}  {mean:9.4g}  {r:7.3g}  {top:9.4g}  {rmax:12.3g}")
     live = np.asarray(s["test_max"]) > 0
     ratio = np.asarray(s["ratio"])[live]
     if live.any():
-        _echo(f"{s['layer']}: {len(s['maps'])} patterns in {s['seconds']:.1f} s; pattern / average test image: "
+        echo(f"{s['layer']}: {len(s['maps'])} patterns in {s['seconds']:.1f} s; pattern / average test image: "
               f"min {ratio.min():.3g}, median {np.median(ratio):.3g}; the pattern beats every test image on "
               f"{int((np.asarray(s['ratio_max'])[live] > 1).sum())} of {int(live.sum())} maps"
               + (f" ({int((~live).sum())} maps no test image activates)" if (~live).any() else ""))
@@ -137,7 +152,7 @@ def _patterns(args: argparse.Namespace) -> int:
 
     written = pattern_pictures(args.run, args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
     s = written.summary
-    _echo(f"{s['layer']}: nearest-class-pattern classifier (cosine to the class means of the map means, fitted on "
+    echo(f"{s['layer']}: nearest-class-pattern classifier (cosine to the class means of the map means, fitted on "
           f"{s['train_images']} training images): test accuracy {s['nearest_accuracy']:.4f}; "
           f"the network: {s['network_accuracy']:.4f}")
     _print_paths(written)
@@ -150,8 +165,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     written = evaluation_pictures(args.run, mistakes=args.mistakes, out=args.out)
     s = written.summary
-    _echo(f"test: accuracy {s['accuracy']:.4f} ({s['correct']} of {s['images']}), loss {s['loss']:.4f}")
-    _echo("per class: " + "  ".join(f"{c} {'-' if a is None else f'{a:.4f}'}"
+    echo(f"test: accuracy {s['accuracy']:.4f} ({s['correct']} of {s['images']}), loss {s['loss']:.4f}")
+    echo("per class: " + "  ".join(f"{c} {'-' if a is None else f'{a:.4f}'}"
                                     for c, a in s["per_class_accuracy"].items()))
     _print_paths(written)
     return 0
@@ -161,11 +176,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _saliency(args: argparse.Namespace) -> int:
     from cnnlab.report import saliency_pictures
 
-    written = saliency_pictures(args.run, parse_indices(args.image), args.image_set, layer=args.layer,
-                                out=args.out)
+    split = _split(args)
+    written = saliency_pictures(args.run, parse_indices(args.image), split, layer=args.layer, out=args.out)
     s = written.summary
     for i, label, pred, p in zip(s["indices"], s["labels"], s["predicted"], s["probability"]):
-        _echo(f"{args.image_set} image {i}: label {label}, predicted {pred} (p = {p:.3f}); Grad-CAM on {s['layer']}")
+        echo(f"{split} image {i}: label {label}, predicted {pred} (p = {p:.3f}); Grad-CAM on {s['layer']}")
     _print_paths(written)
     return 0
 
@@ -174,5 +189,5 @@ def _saliency(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from cnnlab.report import write_report
 
-    write_report(args.run, echo=_echo)
+    write_report(args.run, echo=echo)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnlab.cli import command
+from cnnlab.cli import command, echo
 
 NORMALIZE_TEXT = {"unit": "pixels / 255", "none": "raw pixel values 0..255",
                   "pixel": "per-pixel standardization fitted on the 60,000 MNIST training images",
@@ -26,9 +26,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", type=Path, required=True, metavar="FILE.onnx", help="the ONNX file to write")
 
 
-def _echo(line: str) -> None:
-    print(line, flush=True)
-
 
 @command("import-keras")
 def _import_keras(args: argparse.Namespace) -> int:
@@ -39,18 +36,18 @@ def _import_keras(args: argparse.Namespace) -> int:
     report = import_keras(args.model, out=args.out, normalize=args.normalize)
     cfg = report.config
     version = f", Keras {report.keras_version}" if report.keras_version else ""
-    _echo(f"imported {report.source} ({FORMAT_LABELS[report.format]}{version}) in {report.seconds:.2f} s "
+    echo(f"imported {report.source} ({FORMAT_LABELS[report.format]}{version}) in {report.seconds:.2f} s "
           f"-> {report.run_dir}")
-    _echo(f"  sha256 {report.sha256}")
+    echo(f"  sha256 {report.sha256}")
     model = build_model(cfg.model.layers, init=cfg.model.init)
-    _echo(f"  layers: {', '.join(model.layer_names)} ({count_parameters(model):,} parameters)")
-    _echo(f"  input: {NORMALIZE_TEXT[report.normalize]} (--normalize {report.normalize})")
-    _echo(f"  training config: {_spec_text(cfg.optimizer, 'name')}; schedule {_spec_text(cfg.schedule, 'name')}; "
+    echo(f"  layers: {', '.join(model.layer_names)} ({count_parameters(model):,} parameters)")
+    echo(f"  input: {NORMALIZE_TEXT[report.normalize]} (--normalize {report.normalize})")
+    echo(f"  training config: {_spec_text(cfg.optimizer, 'name')}; schedule {_spec_text(cfg.schedule, 'name')}; "
           f"regularizer {_spec_text(cfg.regularizer, 'kind')}")
     for note in report.notes:
-        _echo(f"  note: {note}")
-    _echo(f"next: cnnlab summary --config {report.run_dir / 'config.toml'}")
-    _echo(f"      cnnlab export {report.run_dir} --onnx {report.source.stem}.onnx")
+        echo(f"  note: {note}")
+    echo(f"next: cnnlab summary --config {report.run_dir / 'config.toml'}")
+    echo(f"      cnnlab export {report.run_dir} --onnx {report.source.stem}.onnx")
     return 0
 
 
@@ -59,10 +56,10 @@ def _export(args: argparse.Namespace) -> int:
     from cnnlab.interop import export_onnx
 
     report = export_onnx(args.run, args.onnx)
-    _echo(f"wrote {report.path} in {report.seconds:.2f} s: ONNX opset {report.opset}; input 'images' "
+    echo(f"wrote {report.path} in {report.seconds:.2f} s: ONNX opset {report.opset}; input 'images' "
           f"(N, 1, 28, 28) float32, already normalized ({NORMALIZE_TEXT.get(report.normalizer, report.normalizer)}; "
           "mean and std in the metadata 'cnnlab.normalizer'); output 'probabilities' (N, classes)")
-    _echo(f"checked with onnxruntime {report.onnxruntime} on {report.images} test images: probabilities equal to "
+    echo(f"checked with onnxruntime {report.onnxruntime} on {report.images} test images: probabilities equal to "
           f"{report.tolerance:.0e} (max abs difference {report.max_abs_diff:.1e})")
     return 0
 
