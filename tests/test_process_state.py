@@ -100,8 +100,9 @@ def test_two_early_stoppers_keep_their_own_state_across_a_resume():
     assert states["EarlyStopping[monitor=accuracy, patience=9, min_delta=0.0]"]["best"] == \
         max(r["accuracy"] for r in history)
     again = [EarlyStopping("accuracy", patience=9), EarlyStopping("val_loss", patience=9)]
-    small_trainer(small_model(), again, state=TrainState(epoch=2, callbacks=states, shuffle_rng=trainer.state.shuffle_rng,
-                                                        torch_rng=trainer.state.torch_rng))
+    saved = TrainState(epoch=2, callbacks=states, shuffle_rng=trainer.state.shuffle_rng,
+                       torch_rng=trainer.state.torch_rng)
+    small_trainer(small_model(), again, state=saved)
     assert [s.best for s in again] == [max(r["accuracy"] for r in history), min(r["val_loss"] for r in history)]
 
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
+from cnnlab import store
 from cnnlab.files import write_bytes
 from cnnlab.loop import BatchLogs, Callback
 
@@ -99,7 +100,7 @@ class CurvesPNG(Callback):
         self.handle = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
-        from cnnlab import plots
+        from cnnlab import plots  # matplotlib only once curves are drawn: run.load and inspection never need it
 
         png = plots.png_bytes(plots.curves_figure(self.trainer.state.history, log_loss=self.log_loss))
         write_bytes(self.path, png)
@@ -188,8 +189,6 @@ class RunSaver(Callback):
         self.best_epoch = 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
-        from cnnlab import store
-
         if improved(self.monitor, logs[self.monitor], self.best):
             self.best, self.best_epoch = logs[self.monitor], epoch
             if self.keep_best:
@@ -197,8 +196,6 @@ class RunSaver(Callback):
         store.save_checkpoint(self.run_dir, self.trainer)
 
     def on_train_end(self) -> None:  # noqa: D102
-        from cnnlab import store
-
         best_file = self.run_dir / store.BEST
         if self.restore_best and best_file.exists() and self.best_epoch != self.trainer.state.epoch:
             store.load_weights(best_file, self.trainer.model)

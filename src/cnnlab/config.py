@@ -266,7 +266,8 @@ def _check_nested(f: dataclasses.Field, value: Any, path: str) -> Any:
 
 def _resolve_spec(schema: SpecSchema, spec: Any) -> dict[str, Any]:
     """Check a spec table against its registry; fill in every default (TOML has no None: those are left out)."""
-    hint = f" (to switch {schema.name_key}, replace the section: --set '{schema.section}={{{schema.name_key}=\"...\"}}')"
+    key = schema.name_key
+    hint = f" (to switch {key}, replace the section: --set '{schema.section}={{{key}=\"...\"}}')"
     resolved = schema.resolve(spec, hint=hint)
     return {k: v for k, v in resolved.items() if v is not None}
 

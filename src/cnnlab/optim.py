@@ -63,7 +63,8 @@ _RULES: dict[str, Rule] = {
     "alpha": number(0.0, 1.0), "warmup_steps": integer(0), "warmup_target": optional(_POSITIVE),
     "max_lr": _POSITIVE, "total_steps": integer(1), "pct_start": number(0.0, 1.0),
     "div_factor": _POSITIVE, "final_div_factor": _POSITIVE,
-    "factor": _NON_NEGATIVE, "l1": _NON_NEGATIVE, "l2": _NON_NEGATIVE, "applies_to": choice(*APPLIES_TO, fold_case=True),
+    "factor": _NON_NEGATIVE, "l1": _NON_NEGATIVE, "l2": _NON_NEGATIVE,
+    "applies_to": choice(*APPLIES_TO, fold_case=True),
 }
 
 

@@ -15,6 +15,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cnnlab.errors import CnnlabError
 from cnnlab.files import write_bytes
 
 TRAIN_COLOUR, VAL_COLOUR = "tab:green", "tab:red"
@@ -69,8 +70,6 @@ INPUT_CMAP = "binary"  # MNIST digits as the articles show them: dark strokes on
 
 def check_cmap(name: str) -> str:
     """Return ``name`` if matplotlib knows the colour map, else raise a one-line error with examples."""
-    from cnnlab.errors import CnnlabError
-
     if name not in matplotlib.colormaps:
         raise CnnlabError(f"--cmap {name!r} is not a matplotlib colour map; try viridis, magma, inferno, "
                           "plasma, cividis, gray, binary or jet")

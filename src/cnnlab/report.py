@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cnnlab import plots
+from cnnlab import __version__, plots
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_bytes, write_json, write_text
 from cnnlab.inspection import activations as act
@@ -452,8 +452,6 @@ td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: left; }
 
 
 def _page(run: Run, sections: list[str]) -> str:
-    from cnnlab import __version__
-
     made = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<link rel='icon' href='data:,'>"  # no favicon request

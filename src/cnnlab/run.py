@@ -17,10 +17,16 @@ import numpy as np
 import torch
 
 from cnnlab import __version__, native, store
-from cnnlab.config import Config, from_toml, load_config
+from cnnlab import callbacks as cb
+from cnnlab.config import RUN_LENGTH_KEYS, Config, apply_override, from_dict, from_toml, load_config, run_steps
+from cnnlab.data import Normalizer, load_mnist, prepare
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
+from cnnlab.inspection.activations import check_layer, layer_activations
+from cnnlab.loop import Trainer
+from cnnlab.metrics import evaluate, predict_logits
 from cnnlab.model import CnnModel, build_model, layer_table
+from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.speed import cpu_name, keep_freed_memory, resolve_precision, threads
 
 Echo = Callable[[str], None]
@@ -64,8 +70,6 @@ class Run:
 
     def predict(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """Return class probabilities (N, classes) for uint8 images (N, 28, 28)."""
-        from cnnlab.metrics import predict_logits
-
         return torch.softmax(predict_logits(self.model, self.prepare(images)), dim=1).numpy()
 
     def data(self):
@@ -76,8 +80,6 @@ class Run:
 
     def evaluate(self) -> dict[str, float]:
         """Return test loss and accuracy of the model on the run's test set."""
-        from cnnlab.metrics import evaluate
-
         data = self.data()
         loss, acc = evaluate(self.model, data.test_x, data.test_y)
         return {"loss": loss, "accuracy": acc, "images": len(data.test_y)}
@@ -92,8 +94,6 @@ class Run:
         Returns:
             float32 (N, maps, H, W) for conv and pooling layers, (N, units) for flat layers.
         """
-        from cnnlab.inspection.activations import check_layer, layer_activations
-
         check_layer(self.model, layer)
         self.prepare(np.asarray(images)[:0])  # the shape and dtype check, before any work
         return layer_activations(self.model, images, layer, prepare=self.prepare)
@@ -131,10 +131,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     _say(echo, f"run folder: {run_dir}")
     data = _prepare_data(cfg, echo)
     model = _build(cfg, seed=cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
-    cfg.save(run_dir / store.CONFIG)
-    write_model_json(run_dir, model, data.normalizer)
-    store.save_weights(run_dir / store.INITIAL, model)
-    store.save_weights(run_dir / store.WEIGHTS, model)
+    start_run(run_dir, cfg, model, data.normalizer)
     _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress, extra=callbacks)
     return load(run_dir)
 
@@ -168,8 +165,6 @@ def reset(run_dir: str | Path) -> Run:
 
 def load(run_dir: str | Path) -> Run:
     """Load a run folder: config, model with weights, history, normalizer."""
-    from cnnlab.data import Normalizer
-
     run_dir = store.require_run(run_dir)
     keep_freed_memory()  # inspection runs many large forward passes: class patterns 13.8 -> 10.3 s
     cfg = _read_config(run_dir)
@@ -189,10 +184,6 @@ def load(run_dir: str | Path) -> Run:
 def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any, state: Any, epochs: int,
          live: bool, echo: Echo | None, progress: bool, total: int | None = None,
          extra: list[Any] | None = None) -> None:
-    from cnnlab import callbacks as cb
-    from cnnlab.loop import Trainer
-    from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
-
     _prepare_kernels(echo)
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
@@ -263,8 +254,6 @@ def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
 
 
 def _prepare_data(cfg: Config, echo: Echo | None):
-    from cnnlab.data import load_mnist, prepare
-
     mnist = load_mnist(source=cfg.data.source or None, log=(lambda m: echo(f"  data: {m}")) if echo else None)
     return prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
                    seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
@@ -273,8 +262,6 @@ def _prepare_data(cfg: Config, echo: Echo | None):
 def _resolve_config(config: str | Path | Config, overrides: list[str] | None) -> Config:
     if isinstance(config, Config):
         if overrides:
-            from cnnlab.config import from_dict, apply_override
-
             raw = config.to_dict()
             for item in overrides:
                 apply_override(raw, item)
@@ -287,8 +274,6 @@ def _resolve_config(config: str | Path | Config, overrides: list[str] | None) ->
 
 def _with_epochs(cfg: Config, epochs: int) -> Config:
     """Return ``cfg`` with ``train.epochs`` set; a schedule length that was filled in from the run length follows."""
-    from cnnlab.config import RUN_LENGTH_KEYS, from_dict, run_steps
-
     raw = cfg.to_dict()
     key = RUN_LENGTH_KEYS.get(cfg.schedule["name"])
     if key and raw["schedule"].get(key) == run_steps(cfg):
@@ -333,16 +318,36 @@ def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
                                        "layers": rows, "normalizer": normalizer.to_dict()})
 
 
-def _write_provenance(run_dir: Path, cfg: Config, precision: str, data: Any, started: str) -> None:
+def start_run(run_dir: Path, cfg: Config, model: CnnModel, normalizer: Any) -> None:
+    """Write what every new run folder starts with (``cnnlab train`` and the Keras import alike): the config,
+    ``model.json``, and the model's weights as both the initial and the current weights."""
+    cfg.save(run_dir / store.CONFIG)
+    write_model_json(run_dir, model, normalizer)
+    store.save_weights(run_dir / store.INITIAL, model)
+    store.save_weights(run_dir / store.WEIGHTS, model)
+
+
+def software() -> dict[str, str]:
+    """The versions behind a run's figures and the command that made them, for ``provenance.json``."""
+    return {"cnnlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "numpy": np.__version__, "command": " ".join(sys.argv)}
+
+
+def record_provenance(run_dir: Path, session: dict[str, Any] | None = None, **fields: Any) -> None:
+    """Add to ``provenance.json``: top-level ``fields`` (an import's record) and/or one training session."""
     path = run_dir / store.PROVENANCE
-    previous = store.read_json(path) if path.exists() else {"sessions": []}
-    previous["sessions"].append({
-        "cnnlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_name(),
-        "threads": torch.get_num_threads(), "seed": cfg.train.seed, "precision": precision,
-        "data_origin": data.origin, "data_md5": data.md5, "start": started, "end": _now(),
-        "command": " ".join(sys.argv)})
-    write_json(path, previous)
+    record = store.read_json(path) if path.exists() else {"sessions": []}
+    record.update(fields)
+    if session is not None:
+        record["sessions"].append(session)
+    write_json(path, record)
+
+
+def _write_provenance(run_dir: Path, cfg: Config, precision: str, data: Any, started: str) -> None:
+    record_provenance(run_dir, {
+        **software(), "platform": platform.platform(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+        "seed": cfg.train.seed, "precision": precision, "data_origin": data.origin, "data_md5": data.md5,
+        "start": started, "end": _now()})
 
 
 def _now() -> str:

@@ -25,10 +25,8 @@ import hashlib
 import io
 import json
 import os
-import platform
 import re
 import shutil
-import sys
 import time
 import uuid
 import zipfile
@@ -39,17 +37,16 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
-from cnnlab import __version__, store
+from cnnlab import store
 from cnnlab import layers as kinds
 from cnnlab.config import Config, from_dict
 from cnnlab.data import NORMALIZE_MODES, fit_normalizer, load_mnist
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_json
 from cnnlab.layers import KerasLayer
 from cnnlab.model import CnnModel, build_model
 from cnnlab.optim import OPTIMIZER_DEFAULTS
+from cnnlab.run import default_out, record_provenance, software, start_run
 from cnnlab.schema import check_choice
 
 # What the Keras model may expect as input: x/255, raw 0..255 or a per-pixel z-score ("global" has no fit to record).
@@ -130,8 +127,6 @@ def import_keras(path: str | Path, out: str | Path | None = None, normalize: str
             support (a layer type, a non-sequential graph, a custom object, an input other than 28x28x1);
             ``out`` already holds files.
     """
-    from cnnlab.run import default_out
-
     started = time.perf_counter()
     check_choice("--normalize", normalize, IMPORT_NORMALIZE)
     path = Path(path)
@@ -147,8 +142,7 @@ def import_keras(path: str | Path, out: str | Path | None = None, normalize: str
     except CnnlabError as exc:
         raise CnnlabError(f"{path.name}: {exc}") from None
     normalizer, fit_record = _normalizer(normalize, mnist)
-    provenance = _provenance(kfile, normalize, fit_record)
-    _write_run(out, cfg, model, normalizer, provenance)
+    _write_run(out, cfg, model, normalizer, _imported(kfile, normalize, fit_record))
     return ImportReport(out, path, kfile.format, kfile.sha256, kfile.keras_version, cfg, normalize, notes,
                         time.perf_counter() - started)
 
@@ -597,15 +591,13 @@ def _normalizer(mode: str, mnist: Any) -> tuple[Any, dict[str, Any] | None]:
     return fit_normalizer("pixel", mnist.train_images), record
 
 
-def _provenance(kfile: KerasFile, normalize: str, fit_record: dict[str, Any] | None) -> dict[str, Any]:
-    return {"imported": {
-        "source": str(kfile.path.resolve()), "file": kfile.path.name, "sha256": kfile.sha256,
-        "bytes": kfile.path.stat().st_size, "format": FORMAT_LABELS[kfile.format],
-        "keras_version": kfile.keras_version, "keras_backend": kfile.backend, "normalize": normalize,
-        "normalizer_fit": fit_record, "cnnlab": __version__, "torch": torch.__version__, "h5py": h5py.__version__,
-        "numpy": np.__version__, "python": platform.python_version(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)},
-        "sessions": []}
+def _imported(kfile: KerasFile, normalize: str, fit_record: dict[str, Any] | None) -> dict[str, Any]:
+    """The import's provenance record: the file, how it was read, and the software that read it."""
+    return {"source": str(kfile.path.resolve()), "file": kfile.path.name, "sha256": kfile.sha256,
+            "bytes": kfile.path.stat().st_size, "format": FORMAT_LABELS[kfile.format],
+            "keras_version": kfile.keras_version, "keras_backend": kfile.backend, "normalize": normalize,
+            "normalizer_fit": fit_record, **software(), "h5py": h5py.__version__,
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def _check_out(out: Path) -> None:
@@ -613,21 +605,17 @@ def _check_out(out: Path) -> None:
         store.new_run_dir(out)  # raises for a file or a folder that holds files; an empty folder is fine
 
 
-def _write_run(out: Path, cfg: Config, model: CnnModel, normalizer: Any, provenance: dict[str, Any]) -> None:
-    """Write the whole run folder beside ``out`` and rename it into place: no half-written run on failure."""
-    from cnnlab.run import write_model_json
-
+def _write_run(out: Path, cfg: Config, model: CnnModel, normalizer: Any, imported: dict[str, Any]) -> None:
+    """Write the whole run folder beside ``out`` (as ``cnnlab train`` starts one, with an empty history and the
+    import's provenance) and rename it into place: no half-written run on failure."""
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.import-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        cfg.save(tmp / store.CONFIG)
-        write_model_json(tmp, model, normalizer)
-        store.save_weights(tmp / store.INITIAL, model)
-        store.save_weights(tmp / store.WEIGHTS, model)
+        start_run(tmp, cfg, model, normalizer)
         store.save_history(tmp, [])
-        write_json(tmp / store.PROVENANCE, provenance)
+        record_provenance(tmp, imported=imported)
         if out.is_dir():
             out.rmdir()
         os.replace(tmp, out)

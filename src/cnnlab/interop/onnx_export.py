@@ -21,6 +21,7 @@ from torch import nn
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write
+from cnnlab.run import load
 
 OPSET = 18
 CHECK_IMAGES = 256
@@ -68,8 +69,6 @@ def export_onnx(run_dir: str | Path, path: str | Path, check_images: int = CHECK
     Raises:
         CnnlabError: not a run folder, the target is a folder, or onnxruntime disagrees beyond ``tolerance``.
     """
-    from cnnlab.run import load
-
     started = time.perf_counter()
     path = Path(path)
     if path.is_dir():
