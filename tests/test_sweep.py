@@ -249,3 +249,11 @@ def test_two_processes_share_one_study_in_postgresql(tmp_path, real_mnist, postg
     assert len(set(numbers)) == len(numbers)
     assert trial_folders(tmp_path / "m1") and trial_folders(tmp_path / "m2")  # both took part
     assert "postgresql://cnnlab@127.0.0.1" in outputs[0][0]
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    url = f"postgresql://someone:secret@127.0.0.1:{_free_port()}/nothing"
+    assert main(["sweep", str(sweep_file(tmp_path)), "--storage", url, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot open it" in err and "secret" not in err and "someone:***@" in err
+    assert not (tmp_path / "out").exists()

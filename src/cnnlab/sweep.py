@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -254,14 +255,16 @@ def make_storage(storage: str | None, out: Path) -> Any:
         error: Exception | None = None
         for attempt in range(3):  # machines starting together race to create the tables; the loser tries again
             try:
-                return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                                  heartbeat_stale_trial_callback=_retry())
+                with warnings.catch_warnings():  # the heartbeat is marked experimental
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S,
+                                                      grace_period=GRACE_S, heartbeat_stale_trial_callback=_retry())
             except ImportError as exc:
                 error = exc
                 break
             except Exception as exc:  # the driver's and SQLAlchemy's own errors: bad URL, no server
                 error = exc
-                time.sleep(1 + attempt)
+                time.sleep(0.5 * (attempt + 1))
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CnnlabError(f"--storage {_hide_password(storage)}: cannot open it ({first}); "
                           "check the URL, the server and that its driver is installed "
@@ -273,8 +276,6 @@ def make_storage(storage: str | None, out: Path) -> Any:
 
 def _retry() -> Any:
     """Optuna's callback that queues a failed trial again with the same values (at most ``MAX_RETRY`` times)."""
-    import warnings
-
     import optuna
 
     with warnings.catch_warnings():
@@ -424,7 +425,8 @@ def _objective(trial: Any, sweep: Sweep, out: Path, trials: int, threads: int, o
     folder = out / TRIAL_DIR.format(trial.number)
     record = {"trial": trial.number, "study": study.study_name, "state": "running", "params": values,
               "metric": sweep.metric, "value": None, "test_accuracy": None, "seconds": None}
-    pruning = PruningCallback(trial, "val_accuracy" if sweep.metric == "test_accuracy" else sweep.metric)
+    pruning = PruningCallback(trial, "val_accuracy" if sweep.metric == "test_accuracy" else sweep.metric,
+                              cfg.train.epochs)
     started = time.perf_counter()
     try:
         run = train(cfg, out=folder, echo=None, progress=False, callbacks=[pruning])
@@ -478,16 +480,19 @@ def _say(echo: Echo | None, line: str) -> None:
 
 
 class PruningCallback(Callback):
-    """Reports the metric to Optuna after every epoch; stops training after the epoch the pruner rejects."""
+    """Reports the metric to Optuna after every epoch; stops training after the epoch the pruner rejects.
 
-    def __init__(self, trial: Any, metric: str):
-        self.trial, self.metric, self.pruned = trial, metric, False
+    The last epoch is reported but never pruned: the trial is finished by then, so it is complete.
+    """
+
+    def __init__(self, trial: Any, metric: str, epochs: int):
+        self.trial, self.metric, self.epochs, self.pruned = trial, metric, epochs, False
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
         value = logs[self.metric]
         if math.isfinite(value):
             self.trial.report(value, step=epoch)
-        if self.trial.should_prune():
+        if epoch < self.epochs and self.trial.should_prune():
             self.pruned = True
             self.trainer.stop()
 
@@ -518,6 +523,7 @@ def run_sweep(path: str | Path, trials: int | None = None, jobs: int = 1, storag
         out: the sweep folder ``DIR`` (default ``sweeps/<file stem>``); trials go to ``DIR/trial-NNNN/``.
         echo: where progress lines go.
     """
+    from cnnlab.files import write_text
     from cnnlab.speed import usable_cores
 
     sweep = load_sweep(path)
@@ -525,8 +531,10 @@ def run_sweep(path: str | Path, trials: int | None = None, jobs: int = 1, storag
     if trials < 1 or jobs < 1:
         raise CnnlabError(f"--trials {trials} --jobs {jobs}: both must be at least 1")
     out = Path(out) if out is not None else Path("sweeps") / Path(path).stem
-    _prepare_folder(out, sweep)
-    study = open_study(sweep, storage, out)
+    _check_folder(out, sweep)
+    study = open_study(sweep, storage, out)  # a storage that cannot be opened leaves nothing behind
+    if not (out / SWEEP_FILE).is_file():
+        write_text(out / SWEEP_FILE, sweep.text)
     threads = max(1, usable_cores() // jobs)
     dead = fail_dead_trials(study, out)
     _say(echo, f"sweep {study.study_name!r}: {finished(study)} of {trials} trials done; storage "
@@ -536,9 +544,8 @@ def run_sweep(path: str | Path, trials: int | None = None, jobs: int = 1, storag
     return summarize(sweep, study, out, echo)
 
 
-def _prepare_folder(out: Path, sweep: Sweep) -> None:
+def _check_folder(out: Path, sweep: Sweep) -> None:
     from cnnlab import store
-    from cnnlab.files import write_text
 
     if out.exists() and not out.is_dir():
         raise CnnlabError(f"--out {out}: is a file; give a folder for the sweep")
@@ -548,15 +555,11 @@ def _prepare_folder(out: Path, sweep: Sweep) -> None:
     if copy_.is_file() and copy_.read_text() != sweep.text:
         raise CnnlabError(f"--out {out}: holds a sweep of another file ({copy_} differs from {sweep.path}); "
                           "use another --out, or the same sweep file to continue it")
-    if not copy_.is_file():
-        write_text(copy_, sweep.text)
 
 
 def _drive(sweep: Sweep, study: Any, out: Path, trials: int, jobs: int, threads: int, storage: str | None,
            echo: Echo | None) -> None:
     """Run workers until the study is full; wait for trials other processes still run, fail the dead ones."""
-    import warnings
-
     import optuna
 
     shared = storage is not None and "://" in storage
