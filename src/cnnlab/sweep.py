@@ -30,6 +30,7 @@ import tomli_w
 
 from cnnlab.errors import CnnlabError
 from cnnlab.loop import Callback
+from cnnlab.schema import suggest
 
 Echo = Callable[[str], None]
 
@@ -117,22 +118,20 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def _settings(path: Path, text: str, base: dict[str, Any], s: dict[str, Any]) -> Sweep:
-    from cnnlab.config import _suggest
-
     for key in s:
         if key not in SETTINGS:
-            raise CnnlabError(f"sweep.{key}: unknown key; valid keys: {', '.join(SETTINGS)}" + _suggest(key, SETTINGS))
+            raise CnnlabError(f"sweep.{key}: unknown key; valid keys: {', '.join(SETTINGS)}" + suggest(key, SETTINGS))
     metric = s.get("metric", "val_accuracy")
     if metric not in METRICS:
         raise CnnlabError(f"sweep.metric: {metric!r} is not one of {', '.join(METRICS)}"
-                          + _suggest(str(metric), METRICS))
+                          + suggest(str(metric), METRICS))
     direction = s.get("direction", "minimize" if "loss" in metric else "maximize")
     if direction not in ("maximize", "minimize"):
         raise CnnlabError(f"sweep.direction: {direction!r} is not one of maximize, minimize")
     pruner = s.get("pruner", "median")
     if pruner not in PRUNERS:
         raise CnnlabError(f"sweep.pruner: {pruner!r} is not one of {', '.join(PRUNERS)}"
-                          + _suggest(str(pruner), PRUNERS))
+                          + suggest(str(pruner), PRUNERS))
     trials, seed = s.get("trials", 20), s.get("seed", 0)
     for name, value in (("trials", trials), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "trials" else 0):
@@ -152,10 +151,8 @@ def _param(key: str, spec: Any, base: dict[str, Any]) -> Param:
         raise CnnlabError(f"{where}: expected a table like {{ low = 0.0, high = 1.0 }} or {{ choices = [32, 64] }}")
     for k in spec:
         if k not in SPACE_KEYS:
-            from cnnlab.config import _suggest
-
-            raise CnnlabError(f"{where}: unknown setting {k!r}; valid: {', '.join(SPACE_KEYS)}"
-                              + _suggest(k, list(SPACE_KEYS)))
+                    raise CnnlabError(f"{where}: unknown setting {k!r}; valid: {', '.join(SPACE_KEYS)}"
+                              + suggest(k, list(SPACE_KEYS)))
     if "choices" in spec:
         choices = spec["choices"]
         if set(spec) != {"choices"} or not isinstance(choices, list) or not choices:
@@ -420,7 +417,7 @@ def _objective(trial: Any, sweep: Sweep, out: Path, trials: int, threads: int, o
     if len(ahead) >= trials:
         outcome["surplus"] = True
         raise SurplusTrial(f"the study already has {trials} trials")
-    values = {p.key: _suggest(trial, p) for p in sweep.space}
+    values = {p.key: _sample(trial, p) for p in sweep.space}
     cfg = sweep.config_for(values, threads=threads)
     folder = out / TRIAL_DIR.format(trial.number)
     record = {"trial": trial.number, "study": study.study_name, "state": "running", "params": values,
@@ -460,7 +457,7 @@ def _objective(trial: Any, sweep: Sweep, out: Path, trials: int, threads: int, o
     return float(value)
 
 
-def _suggest(trial: Any, p: Param) -> Any:
+def _sample(trial: Any, p: Param) -> Any:
     if p.kind == "choice":
         return trial.suggest_categorical(p.key, p.choices)
     if p.kind == "int":
