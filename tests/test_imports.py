@@ -15,7 +15,7 @@ TIERS = {
     0: ("errors", "files", "schema", "extras", "speed"),
     1: ("layers", "native", "model", "config", "optim", "data", "augment", "metrics", "plots"),
     2: ("inspection", "loop", "store", "callbacks"),
-    3: ("run", "report", "interop"),
+    3: ("run", "report", "interop", "compare", "sweep", "tboard"),
     4: ("cli", "__main__"),
 }
 
