@@ -75,19 +75,13 @@ def test_throughput_bench_runs_and_prints_a_ratio():
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
-    done = subprocess.run([sys.executable, str(script), "--images", "256", "--repeats", "1", "--precision", "fp32"],
+    done = subprocess.run([sys.executable, str(script), "--images", "256", "--pairs", "1", "--precision", "fp32"],
                           check=True, capture_output=True, text=True)
     lines = done.stdout.splitlines()
     assert lines[0].startswith("machine: ") and "threads" in lines[0]
-    speeds = {}
-    for line in lines:  # "plain PyTorch loop :     1234 img/s  (...)" and "cnnlab engine fp32 :  ..."
-        if "img/s" in line:
-            speeds[line.split(":")[0].split()[0]] = float(line.split(":")[1].split()[0])
-    ratio = [line for line in lines if line.startswith("ratio engine/plain")]
-    assert len(ratio) == 1 and set(speeds) == {"plain", "cnnlab"}
-    # the ratio is the quotient of the two medians it prints (up to their rounding to whole images per second)
-    quotient = speeds["cnnlab"] / speeds["plain"]
-    assert abs(float(ratio[0].split(":")[1].strip().rstrip("x")) - quotient) <= 0.005 + 2 * quotient / speeds["plain"]
+    for name in ("engine / plain", "plain / independent"):  # median (min-max)x
+        ratio = [line for line in lines if line.startswith(name)]
+        assert len(ratio) == 1 and float(ratio[0].split(":")[1].split()[0]) > 0
 
 
 @glibc_only
