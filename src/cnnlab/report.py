@@ -71,7 +71,7 @@ def test_pass(run: Run) -> SharedPass:
     """The run's test images as its model sees them, shared by every picture of that run (one forward pass)."""
     if run not in _TEST_PASSES:
         data = run.data()
-        _TEST_PASSES[run] = SharedPass(run.model, data.test_x, data.test_y)
+        _TEST_PASSES[run] = SharedPass(run.model, data.test_x, data.test_y, chunk=2000)  # see ev.evaluate
     return _TEST_PASSES[run]
 
 

@@ -45,10 +45,11 @@ class Evaluation:
 
 
 def evaluate(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, num_classes: int | None = None,
-             chunk: int = 256) -> Evaluation:
+             chunk: int = 2000) -> Evaluation:
     """Evaluate ``model`` on normalized images ``x`` (N, 1, 28, 28) with labels ``y`` (N,).
 
-    The forward passes run in inference mode in chunks (256: larger ones outgrow the caches); the model's
+    The forward passes run in inference mode in chunks (2,000: on the AMD EPYC, 10,000 images through the seed
+    model on the fast path took 2.3 s in chunks of 2,000 against 4.9 s in chunks of 256); the model's
     train/eval mode is restored.
     """
     return from_logits(predict_logits(model, x, batch_size=chunk), y, num_classes or model.num_classes)
