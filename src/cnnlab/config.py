@@ -257,7 +257,8 @@ def run_steps(cfg: Config) -> int:
 
 
 def _fill_run_length(cfg: Config) -> None:
-    key = RUN_LENGTH_KEYS.get(cfg.schedule.get("name"))
+    name = cfg.schedule.get("name")
+    key = RUN_LENGTH_KEYS.get(name) if isinstance(name, str) else None  # a wrong name is refused just after
     if key and not cfg.schedule.get(key):
         cfg.schedule[key] = max(run_steps(cfg), 1)
 
@@ -343,7 +344,7 @@ def _resolve_spec(section: str, spec: dict[str, Any], key: str, registry: dict[s
     if key not in spec:
         raise CnnlabError(f"{section}.{key}: missing; valid values: {', '.join(names)}")
     name = spec[key]
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise CnnlabError(f"{section}.{key}: {name!r} is not one of {', '.join(names)}"
                           + _suggest(str(name), names))
     defaults = registry[name]
@@ -421,7 +422,7 @@ def _resolve_layer(layer: Any, path: str) -> dict[str, Any]:
         raise CnnlabError(f"{path}: expected a table with a 'type' key, got {_show(layer)}")
     kind = layer.get("type")
     types = list(LAYER_SCHEMAS)
-    if kind not in LAYER_SCHEMAS:
+    if not isinstance(kind, str) or kind not in LAYER_SCHEMAS:
         raise CnnlabError(f"{path}.type: {kind!r} is not one of {', '.join(types)}" + _suggest(str(kind), types))
     schema = LAYER_SCHEMAS[kind]
     allowed = ["type", "name", *schema]
@@ -518,7 +519,8 @@ def _layer_index(layers: list[Any], part: str, path: str) -> int:
         if int(part) >= len(layers):
             raise CnnlabError(f"--set {path}: index {part} is out of range; the list has {len(layers)} entries")
         return int(part)
-    names = [lay.get("name", "") if isinstance(lay, dict) else "" for lay in layers]
+    names = [lay.get("name", "") if isinstance(lay, dict) and isinstance(lay.get("name"), str) else ""
+             for lay in layers]
     if part not in names:
         valid = [n for n in names if n]
         raise CnnlabError(f"--set {path}: no layer named {part!r}; named layers: {', '.join(valid)} "

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from cnnlab import __version__, native, store
+from cnnlab import __version__, native, runlock, store
 from cnnlab.config import Config, from_toml, load_config
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
@@ -120,17 +120,21 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     if epochs is not None:
         cfg = _with_epochs(cfg, epochs)
     precision = resolve_precision(cfg.train.precision)  # refused before the run folder exists
-    run_dir = store.new_run_dir(out if out is not None else default_out(config))
-    _say(echo, f"run folder: {run_dir}")
-    data = _prepare_data(cfg, echo)
-    _set_threads(cfg)
+    out = Path(out if out is not None else default_out(config))
+    store.check_out(out)
     torch.manual_seed(cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
     model = build_model(cfg.model.layers, init=cfg.model.init)
-    cfg.save(run_dir / store.CONFIG)
-    write_model_json(run_dir, model, data.normalizer)
-    store.save_weights(run_dir / store.INITIAL, model)
-    store.save_weights(run_dir / store.WEIGHTS, model)
-    _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress)
+    data = _prepare_data(cfg, echo, model)
+    run_dir = store.new_run_dir(out)
+    with runlock.writer_lock(run_dir, _action("train", run_dir), echo):
+        store.check_out(run_dir, locked=True)  # another process may have made a run here since the first look
+        _say(echo, f"run folder: {run_dir}")
+        _set_threads(cfg)
+        cfg.save(run_dir / store.CONFIG)
+        write_model_json(run_dir, model, data.normalizer)
+        store.save_weights(run_dir / store.INITIAL, model)
+        store.commit_initial(run_dir)
+        _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress)
     return load(run_dir)
 
 
@@ -140,25 +144,28 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
     if epochs < 1:
         raise CnnlabError(f"--epochs {epochs}: give at least 1 more epoch")
     run_dir = store.require_run(run_dir)
-    cfg = _read_config(run_dir)
-    precision = resolve_precision(cfg.train.precision)
-    state = store.load_state(run_dir)
-    data = _prepare_data(cfg, echo)
-    _set_threads(cfg)
-    model = build_model(cfg.model.layers, init=cfg.model.init)
-    store.load_weights(run_dir / store.WEIGHTS, model)
-    done = state.epoch if state else 0
-    _say(echo, f"resuming {run_dir} after epoch {done} (step {store.saved_step(run_dir)}) for {epochs} more")
-    _fit(run_dir, cfg, precision, model, data, state, epochs, live, echo, progress, total=done + epochs)
+    with runlock.writer_lock(run_dir, _action(f"resume --epochs {epochs}", run_dir), echo):
+        cfg = _read_config(run_dir)
+        precision = resolve_precision(cfg.train.precision)
+        ckpt = store.open_checkpoint(run_dir)
+        state = store.load_state(run_dir, ckpt)
+        model = build_model(cfg.model.layers, init=cfg.model.init)
+        store.load_checkpoint_weights(ckpt, model)
+        data = _prepare_data(cfg, echo, model)
+        _set_threads(cfg)
+        done = state.epoch if state else 0
+        _say(echo, f"resuming {run_dir} after epoch {done} (step {ckpt.step}) for {epochs} more")
+        _fit(run_dir, cfg, precision, model, data, state, epochs, live, echo, progress, total=done + epochs,
+             checkpoint=ckpt)
     return load(run_dir)
 
 
 def reset(run_dir: str | Path) -> Run:
     """Reset a run to its initial weights, an empty optimizer state and step 0 (see ``store.reset_run``)."""
     run_dir = store.require_run(run_dir)
-    cfg = _read_config(run_dir)
-    store.load_weights(run_dir / store.INITIAL, build_model(cfg.model.layers, init=cfg.model.init))  # validates
-    store.reset_run(run_dir)
+    with runlock.writer_lock(run_dir, _action("reset", run_dir)):
+        cfg = _read_config(run_dir)
+        store.reset_run(run_dir, build_model(cfg.model.layers, init=cfg.model.init))
     return load(run_dir)
 
 
@@ -170,20 +177,26 @@ def load(run_dir: str | Path) -> Run:
     keep_freed_memory()  # inspection runs many large forward passes: class patterns 13.8 -> 10.3 s
     cfg = _read_config(run_dir)
     model = build_model(cfg.model.layers, init=cfg.model.init)
-    best = run_dir / store.BEST
-    use_best = cfg.train.checkpoint == "best" and best.exists()
-    store.load_weights(best if use_best else run_dir / store.WEIGHTS, model)
+    ckpt = store.open_checkpoint(run_dir, names=(store.WEIGHTS, store.BEST, store.HISTORY_JSON, store.MODEL))
+    use_best = cfg.train.checkpoint == "best" and ckpt.has(store.BEST)
+    store.load_checkpoint_weights(ckpt, model, store.BEST if use_best else store.WEIGHTS)
     model.eval()
-    info = store.read_json(run_dir / store.MODEL)
-    normalizer = Normalizer.from_dict(info["normalizer"])
-    return Run(run_dir, cfg, model, normalizer, store.read_history(run_dir))
+    info = ckpt.json(store.MODEL) if ckpt.has(store.MODEL) else store.read_json(run_dir / store.MODEL)
+    try:
+        normalizer = Normalizer.from_dict(info["normalizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CnnlabError(f"{run_dir / store.MODEL} has no usable normalizer ({type(exc).__name__}: {exc}); "
+                          "the run folder is damaged") from None
+    history = ckpt.json(store.HISTORY_JSON) if ckpt.has(store.HISTORY_JSON) else []
+    return Run(run_dir, cfg, model, normalizer, history)
 
 
 # ---------------------------------------------------------------------------------------------------------
 
 
 def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any, state: Any, epochs: int,
-         live: bool, echo: Echo | None, progress: bool, total: int | None = None) -> None:
+         live: bool, echo: Echo | None, progress: bool, total: int | None = None,
+         checkpoint: store.Checkpoint | None = None) -> None:
     from cnnlab import callbacks as cb
     from cnnlab.loop import Trainer
     from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
@@ -193,7 +206,7 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
         echo(f"  native kernels: {note}")
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
-        store.load_optimizer(run_dir, optimizer)
+        store.load_optimizer(checkpoint, optimizer)
     regularizer = get_regularizer(cfg.regularizer)
     penalty = None
     if regularizer is not None:
@@ -246,12 +259,31 @@ def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _prepare_data(cfg: Config, echo: Echo | None):
+def _prepare_data(cfg: Config, echo: Echo | None, model: CnnModel | None = None):
     from cnnlab.data import load_mnist, prepare
 
     mnist = load_mnist(source=cfg.data.source or None, log=(lambda m: echo(f"  data: {m}")) if echo else None)
+    if model is not None:
+        check_classes(model, mnist)
     return prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
                    seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
+
+
+def check_classes(model: CnnModel, mnist: Any) -> None:
+    """Refuse a model whose output has another size than the data's number of classes (one line, exit 2)."""
+    names = getattr(mnist, "class_names", None)
+    classes = len(names) if names else int(max(mnist.train_labels.max(), mnist.test_labels.max())) + 1
+    if model.num_classes == classes:
+        return
+    dense = [name for name, layer in model.layers.items() if getattr(layer, "kind", "") == "dense"]
+    where = f"model.layers.{dense[-1]}.units" if dense else "the last layer's output size"
+    fix = f"; set --set {where}={classes}" if dense else ""
+    raise CnnlabError(f"{where} = {model.num_classes}, but the data has {classes} classes "
+                      f"(labels 0..{classes - 1}): the last layer needs one unit per class{fix}")
+
+
+def _action(what: str, run_dir: Path) -> str:
+    return f"cnnlab {what}" if what.startswith("resume") or what == "reset" else f"cnnlab {what} --out {run_dir}"
 
 
 def _resolve_config(config: str | Path | Config, overrides: list[str] | None) -> Config:
@@ -315,7 +347,12 @@ def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
 
 def _write_provenance(run_dir: Path, cfg: Config, precision: str, data: Any, started: str) -> None:
     path = run_dir / store.PROVENANCE
-    previous = store.read_json(path) if path.exists() else {"sessions": []}
+    try:
+        previous = store.read_json(path) if path.exists() else {"sessions": []}
+    except CnnlabError:
+        previous = None
+    if not isinstance(previous, dict) or not isinstance(previous.get("sessions"), list):
+        previous = {"sessions": [], "note": "the previous provenance.json was unreadable and was replaced"}
     previous["sessions"].append({
         "cnnlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_name(),

@@ -773,8 +773,7 @@ def _write_run(out: Path, cfg: Config, model: CnnModel, normalizer: Any, provena
         cfg.save(tmp / store.CONFIG)
         write_model_json(tmp, model, normalizer)
         store.save_weights(tmp / store.INITIAL, model)
-        store.save_weights(tmp / store.WEIGHTS, model)
-        store.save_history(tmp, [])
+        store.commit_initial(tmp)
         write_json(tmp / store.PROVENANCE, provenance)
         if out.is_dir():
             out.rmdir()
