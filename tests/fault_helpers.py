@@ -38,7 +38,7 @@ QUICK = ["--preset", "tiny", "--no-progress", "--set", "data.limit_train=64", "-
          "--set", "train.threads=1"]
 
 
-def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None) -> None:
+def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None, uid: int | None) -> None:
     # The native kernels are not under test here, and a child killed while torch builds them would leave
     # torch's build lock behind: the children use torch's own ops.
     os.environ.update({"CNNLAB_NATIVE": "0", **env})
@@ -47,6 +47,9 @@ def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None) ->
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
+    if uid is not None:  # a user without write permission where root would have it
+        os.setgid(uid)
+        os.setuid(uid)
     code = 99
     try:
         code = cnnlab.cli.main(args)
@@ -58,17 +61,18 @@ def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None) ->
         os._exit(code)
 
 
-def start(args: list[str], log: str | Path, env: dict[str, str] | None = None, fsize: int | None = None):
-    """Start ``cnnlab ARGS`` in a child process (output to ``log``); return the process."""
-    proc = CTX.Process(target=_child, args=(list(args), str(log), dict(env or {}), fsize))
+def start(args: list[str], log: str | Path, env: dict[str, str] | None = None, fsize: int | None = None,
+          uid: int | None = None):
+    """Start ``cnnlab ARGS`` in a child process (output to ``log``, as user ``uid`` if given); return it."""
+    proc = CTX.Process(target=_child, args=(list(args), str(log), dict(env or {}), fsize, uid))
     proc.start()
     return proc
 
 
 def cli(args: list[str], log: str | Path, env: dict[str, str] | None = None, fsize: int | None = None,
-        timeout: float = 300) -> tuple[int, str]:
+        timeout: float = 300, uid: int | None = None) -> tuple[int, str]:
     """Run ``cnnlab ARGS`` in a child process; return its exit code (-9 when killed) and its output."""
-    proc = start(args, log, env, fsize)
+    proc = start(args, log, env, fsize, uid)
     proc.join(timeout)
     if proc.exitcode is None:
         proc.kill()

@@ -26,16 +26,18 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 _BASE = preset_dict("tiny")
 _SECTION_KEYS = {section: sorted(value) for section, value in _BASE.items() if isinstance(value, dict)}
 _KEYS = sorted({f"{s}.{k}" for s, keys in _SECTION_KEYS.items() for k in keys if k != "layers"}
-               | {"train.early_stopping.patience", "train.early_stopping.min_delta", "train.early_stopping.restore_best",
-                  "optimizer.name", "optimizer.momentum", "optimizer.flavour", "schedule.name", "schedule.initial",
-                  "regularizer.kind", "regularizer.factor", "model.init", "extends"})
+               | {"train.early_stopping.patience", "train.early_stopping.min_delta",
+                  "train.early_stopping.restore_best", "optimizer.name", "optimizer.momentum", "optimizer.flavour",
+                  "schedule.name", "schedule.initial", "regularizer.kind", "regularizer.factor", "model.init",
+                  "extends"})
 _LAYER_KEYS = ["type", "name", "filters", "kernel", "stride", "padding", "activation", "units", "rate", "size",
                "momentum", "epsilon", "use_bias"]
 _LAYER_REFS = ["0", "1", "4", "6", "99", "Conv2D_1", "Dense_2", "Flatten_1", "nope", "-1"]
 
 numbers = st.one_of(
     st.integers(), st.integers(-3, 70), st.sampled_from([0, 1, -1, 2**63 - 1, -(2**63), 10**30]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -0.0, 5e-324]))
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e308, -0.0, 5e-324]))
 words = st.one_of(st.text(max_size=12), st.sampled_from(
     ["relu", "softmax", "conv", "dense", "maxpool", "flatten", "dropout", "batchnorm", "same", "valid", "adam",
      "rmsprop", "sgd", "constant", "cosine", "one_cycle", "l2", "none", "pixel", "reshuffle", "best", "bf16",

@@ -128,7 +128,7 @@ def test_second_writer_refused_readers_see_complete_checkpoints_stale_lock_taken
             assert f"pid {trainer.pid} is running 'cnnlab train --out {run}'" in lines[0], lines[0]
         # readers while the writer commits epoch after epoch: always one complete, verified checkpoint
         seen = set()
-        for _ in range(150):
+        for _ in range(60):
             ckpt = store.open_checkpoint(run)
             state = store.load_state(run, ckpt)
             assert state.epoch == ckpt.epoch == len(state.history) and state.history[-1]["step"] == ckpt.step
@@ -157,7 +157,8 @@ def test_two_trains_into_one_new_folder_make_one_run(real_mnist, tmp_path):
     logs = [(tmp_path / f"t{i}.log").read_text() for i in range(2)]
     codes = sorted(p.exitcode for p in procs)
     assert codes == [0, 2], logs
-    refused = next(log for p, log in zip(procs, logs) if p.exitcode == 2).strip().splitlines()
+    refused = [line for line in next(log for p, log in zip(procs, logs) if p.exitcode == 2).splitlines()
+               if line.startswith("cnnlab:")]
     assert len(refused) == 1 and ("is running 'cnnlab train" in refused[0] or "never overwritten" in refused[0])
     assert store.open_checkpoint(run).epoch == 1 and leftovers(run) == []
 
@@ -354,6 +355,40 @@ def test_a_folder_from_before_manifests_loads_resumes_and_moves_to_the_manifest(
     assert same_state(final_state(old), final_state(reference.path))
     assert (old / store.MANIFEST).exists() and migrated.history[-1]["epoch"] == 3
     assert not [n for n in store.CHECKPOINT_FILES if (old / n).exists()]  # the top-level files moved
+
+
+def test_inspection_of_a_folder_it_may_not_write_says_where_to_write(two_runs, tmp_path):
+    import shutil
+    import tempfile
+
+    from cnnlab.data import cache_dir
+
+    a, _ = two_runs
+    shared = Path(tempfile.mkdtemp(prefix="cnnlab-readonly-"))  # readable by another user, unlike tmp_path
+    try:
+        os.chmod(shared, 0o755)
+        run, home, out = shared / "run", shared / "home", shared / "out"
+        shutil.copytree(a, run)
+        shutil.copytree(cache_dir(), home / "mnist")
+        out.mkdir()
+        uid = None
+        if os.geteuid() == 0:
+            uid = 65534  # nobody: root may write anywhere
+            os.chown(out, uid, uid)
+        else:
+            os.chmod(run, 0o555)
+        env = {"CNNLAB_HOME": str(home)}
+        code, log = fh.cli(["evaluate", str(run)], tmp_path / "ro.log", env=env, uid=uid)
+        lines = log.strip().splitlines()
+        assert code == 2 and len(lines) == 1, log
+        assert lines[0].startswith(f"cnnlab: error: cannot write into {run / 'inspect'}: no permission; write "
+                                   "elsewhere with --out DIR, for example --out "), lines[0]
+        code, log = fh.cli(["evaluate", str(run), "--out", str(out)], tmp_path / "out.log", env=env, uid=uid)
+        assert code == 0 and (out / "evaluation.json").is_file(), log
+    finally:
+        if (shared / "run").exists():
+            os.chmod(shared / "run", 0o755)
+        shutil.rmtree(shared)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,6 +23,11 @@ def same_history(a, b):
     return strip(a) == strip(b)
 
 
+def weights(run_path):
+    """The weights file of the run's committed checkpoint."""
+    return store.checkpoint_path(run_path, store.WEIGHTS)
+
+
 def same_weights(path_a, path_b):
     a, b = load_file(str(path_a)), load_file(str(path_b))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -51,7 +56,7 @@ def test_run_folder_holds_everything(real_mnist, tmp_path):
     prov = json.loads((run.path / store.PROVENANCE).read_text())["sessions"][0]
     assert prov["data_md5"]["train-images-idx3-ubyte"] == "6bbc9ace898e44ae57da46a324031adb"
     assert prov["seed"] == 0 and prov["threads"] >= 1 and prov["torch"] == torch.__version__
-    assert not same_weights(run.path / store.INITIAL, store.checkpoint_path(run.path, store.WEIGHTS))
+    assert not same_weights(run.path / store.INITIAL, weights(run.path))
     assert 0.0 < run.history[-1]["val_accuracy"] <= 1.0
 
 
@@ -59,14 +64,14 @@ def test_initial_weights_are_the_weights_before_the_first_step(real_mnist, tmp_p
     a = train_tiny(tmp_path / "a", epochs=0)
     b = train_tiny(tmp_path / "b", epochs=1)
     assert same_weights(a.path / store.INITIAL, b.path / store.INITIAL)
-    assert same_weights(store.checkpoint_path(a.path, store.WEIGHTS), a.path / store.INITIAL)
+    assert same_weights(weights(a.path), a.path / store.INITIAL)
 
 
 def test_two_plus_two_epochs_equal_four_bit_for_bit(real_mnist, tmp_path):
     four = train_tiny(tmp_path / "four", epochs=4)
     two = train_tiny(tmp_path / "two", epochs=2)
     resumed = cnnlab.resume(two.path, 2, echo=None)
-    assert same_weights(store.checkpoint_path(four.path, store.WEIGHTS), store.checkpoint_path(resumed.path, store.WEIGHTS))
+    assert same_weights(weights(four.path), weights(resumed.path))
     assert same_history(four.history, resumed.history)
     assert resumed.history[-1]["step"] == 4 * TINY_STEPS_PER_EPOCH
 
@@ -77,10 +82,10 @@ def test_reset_then_training_equals_a_fresh_run(real_mnist, tmp_path):
     reset = cnnlab.reset(run.path)
     assert reset.history == [] and store.saved_step(run.path) == 0
     assert not (run.path / store.OPTIMIZER).exists()
-    assert same_weights(store.checkpoint_path(run.path, store.WEIGHTS), run.path / store.INITIAL)
+    assert same_weights(weights(run.path), run.path / store.INITIAL)
     again = cnnlab.resume(run.path, 2, echo=None)
     assert again.history[0]["step"] == TINY_STEPS_PER_EPOCH  # the step counter started again at 0
-    assert same_weights(store.checkpoint_path(fresh.path, store.WEIGHTS), store.checkpoint_path(again.path, store.WEIGHTS))
+    assert same_weights(weights(fresh.path), weights(again.path))
     assert same_history(fresh.history, again.history)
 
 
@@ -103,7 +108,7 @@ def test_early_stopping_stops_and_best_survives_resume(real_mnist, tmp_path):
 def test_restore_best_puts_the_best_weights_back(real_mnist, tmp_path):
     run = train_tiny(tmp_path / "rb", epochs=3, overrides=["train.early_stopping.restore_best=true",
                                                           "train.monitor=loss"])
-    assert same_weights(store.checkpoint_path(run.path, store.WEIGHTS), store.checkpoint_path(run.path, store.BEST))
+    assert same_weights(weights(run.path), store.checkpoint_path(run.path, store.BEST))
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(real_mnist, tmp_path):
@@ -158,7 +163,7 @@ def test_augmented_run_resumes_bit_for_bit(real_mnist, tmp_path):
     three = train_tiny(tmp_path / "three", epochs=3, overrides=overrides)
     one = train_tiny(tmp_path / "one", epochs=1, overrides=overrides)
     resumed = cnnlab.resume(one.path, 2, echo=None)
-    assert same_weights(store.checkpoint_path(three.path, store.WEIGHTS), store.checkpoint_path(resumed.path, store.WEIGHTS))
+    assert same_weights(weights(three.path), weights(resumed.path))
     assert same_history(three.history, resumed.history)
 
 
@@ -226,7 +231,7 @@ def test_bf16_run_resumes_bit_for_bit(real_mnist, tmp_path):
     three = train_tiny(tmp_path / "three", epochs=3, overrides=overrides)
     one = train_tiny(tmp_path / "one", epochs=1, overrides=overrides)
     resumed = cnnlab.resume(one.path, 2, echo=None)
-    assert same_weights(store.checkpoint_path(three.path, store.WEIGHTS), store.checkpoint_path(resumed.path, store.WEIGHTS))
+    assert same_weights(weights(three.path), weights(resumed.path))
     assert same_history(three.history, resumed.history)
 
 

@@ -28,8 +28,11 @@ The commit protocol (as a database journal or a git ref update):
    ``initial.safetensors``) to a temporary name, fsync it, rename it over the old one and fsync the folder.
    That rename is the commit: before it the old checkpoint is the run's state, after it the new one.
 3. Only then remove the checkpoint folders other than the new one and the one just replaced (readers that
-   read the old manifest a moment ago can still finish), unfinished folders of crashed writers and, in a folder
-   written before manifests existed, the old top-level checkpoint files.
+   read the old manifest a moment ago can still finish), unfinished folders and temporary files of killed
+   writers and, in a folder written before manifests existed, the old top-level checkpoint files.
+
+Only one process writes a run folder at a time (``runlock``). ``config.toml`` is not pinned by the manifest:
+it may be edited by hand (data limits, epochs); an edit that no longer fits the weights is a one-line error.
 
 Loaders read only what the manifest names and check every byte against its sha256; a reader that finds its
 files gone (the writer moved on twice while it read) reads the manifest again. A crash at any instant
