@@ -43,10 +43,13 @@ def same_state(a: dict, b: dict) -> bool:
 
 
 def leftovers(run_dir: Path) -> list[str]:
-    """Temporary files and checkpoint folders no manifest names any more (there must be none after a commit)."""
-    manifest = json.loads((run_dir / store.MANIFEST).read_text())
-    keep = {f"{manifest['generation']:06d}", f"{manifest['generation'] - 1:06d}"}
-    stale = [p.name for p in (run_dir / store.CHECKPOINTS).iterdir() if p.name not in keep]
+    """Temporary files and checkpoint folders no manifest names any more (none after a commit).
+
+    A commit keeps its own folder and the one of the checkpoint it replaced (readers may still be reading it).
+    """
+    current = f"{json.loads((run_dir / store.MANIFEST).read_text())['generation']:06d}"
+    older = sorted(p.name for p in (run_dir / store.CHECKPOINTS).iterdir() if p.name < current)
+    stale = older[:-1] + sorted(p.name for p in (run_dir / store.CHECKPOINTS).iterdir() if p.name > current)
     return stale + [str(p.relative_to(run_dir)) for p in run_dir.rglob("*.tmp")]
 
 
@@ -68,7 +71,8 @@ def _kill_then_resume(tmp_path: Path, k: int) -> dict:
         code, log = fh.cli(["resume", str(out), "--epochs", str(EPOCHS - result["epoch"])], tmp_path / f"r{k}.log")
         result.update(resume_code=code, resume_log=log)
     result["state"] = final_state(out)
-    result["leftovers"] = leftovers(out)
+    # garbage of the killed writer is removed by the next commit; a run killed after its last one keeps it
+    result["leftovers"] = leftovers(out) if "resume_code" in result else []
     return result
 
 

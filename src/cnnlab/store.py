@@ -126,7 +126,7 @@ def require_run(path: str | Path) -> Path:
                           "make one with: cnnlab train --out PATH")
     if (path / MANIFEST).is_file() or (path / WEIGHTS).is_file():
         return path
-    if (path / CHECKPOINTS).is_dir():
+    if (path / CHECKPOINTS).is_dir() and any(p.name != "000001" for p in (path / CHECKPOINTS).iterdir()):
         raise CnnlabError(f"{path / MANIFEST} is missing, so none of the files in {path / CHECKPOINTS} can be "
                           "trusted; restore it from a backup, or remove the folder and train again")
     raise CnnlabError(f"{path} holds no checkpoint: the process that made it stopped before its first one; "
