@@ -183,6 +183,8 @@ def load(run_dir: str | Path) -> Run:
     ckpt = store.open_checkpoint(run_dir, names=(store.WEIGHTS, store.BEST, store.HISTORY_JSON, store.MODEL))
     use_best = cfg.train.checkpoint == "best" and ckpt.has(store.BEST)
     store.load_checkpoint_weights(ckpt, model, store.BEST if use_best else store.WEIGHTS)
+    if cfg.train.channels_last:  # as in training: the layout the fast path (native kernels, oneDNN) wants
+        model.to(memory_format=torch.channels_last)
     model.eval()
     info = ckpt.json(store.MODEL) if ckpt.has(store.MODEL) else store.read_json(run_dir / store.MODEL)
     try:
