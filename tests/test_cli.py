@@ -79,10 +79,10 @@ def test_existing_run_is_never_overwritten_and_corrupt_weights_are_reported(caps
     code, _, err = run_cli(capsys, "train", "--preset", "tiny", "--out", "r")
     assert code == 2 and "never overwritten" in err
     assert snapshot(in_tmp / "r") == before
-    (in_tmp / "r" / store.WEIGHTS).write_bytes(b"garbage")
+    store.checkpoint_path(in_tmp / "r", store.WEIGHTS).write_bytes(b"garbage")
     before = snapshot(in_tmp / "r")
     code, _, err = run_cli(capsys, "resume", "r", "--epochs", "1")
-    assert code == 2 and "weights.safetensors is corrupt" in err
+    assert code == 2 and "weights.safetensors does not match its sha256 in checkpoint.json" in err
     assert snapshot(in_tmp / "r") == before
 
 
@@ -101,7 +101,7 @@ def test_ctrl_c_keeps_the_last_completed_epoch_and_exits_130(real_mnist, tmp_pat
     proc = subprocess.Popen([*CNNLAB, "train", "--preset", "tiny", "--epochs", "500", "--out", str(out),
                              "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 600  # generous: on a loaded machine the tiny epochs can take a minute each
-    while time.time() < deadline and len(store.read_history(out) if (out / store.HISTORY_JSON).exists() else []) < 2:
+    while time.time() < deadline and len(store.read_history(out) if (out / store.MANIFEST).exists() else []) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

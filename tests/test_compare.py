@@ -48,7 +48,7 @@ def test_rows_match_the_run_folders(runs):
     assert keys == ["optimizer.momentum", "train.epochs"]
     assert [r["optimizer.momentum"] for r in rows] == [0.5, 0.9]
     for row, name in zip(rows, "ab"):
-        history = json.loads((root / name / store.HISTORY_JSON).read_text())
+        history = store.read_history(root / name)
         model = json.loads((root / name / store.MODEL).read_text())
         assert row["epochs"] == len(history)
         assert row["best_val_accuracy"] == max(h["val_accuracy"] for h in history)

@@ -201,7 +201,7 @@ def test_run_folder_is_complete_and_records_its_source(saved, tmp_path):
     _, path = saved["conv_pool_dense", "h5"]
     report = import_keras(path, out=tmp_path / "run")
     folder = report.run_dir
-    for name in (store.CONFIG, store.MODEL, store.INITIAL, store.WEIGHTS, store.HISTORY_JSON, store.PROVENANCE):
+    for name in (store.CONFIG, store.MODEL, store.INITIAL, store.MANIFEST, store.PROVENANCE):
         assert (folder / name).is_file(), name
     prov = json.loads((folder / store.PROVENANCE).read_text())["imported"]
     assert prov["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -213,7 +213,7 @@ def test_run_folder_is_complete_and_records_its_source(saved, tmp_path):
     assert run.history == [] and run.config.data.split == "standard" and run.config.data.validation == 0
     assert run.config.optimizer["name"] == "adam" and run.config.schedule == {"name": "constant",
                                                                               "learning_rate": 0.002}
-    assert (folder / store.INITIAL).read_bytes() == (folder / store.WEIGHTS).read_bytes()
+    assert (folder / store.INITIAL).read_bytes() == store.checkpoint_path(folder, store.WEIGHTS).read_bytes()
 
 
 def test_batchnorm_statistics_and_folded_activation(saved, tmp_path):

@@ -51,7 +51,7 @@ def test_runs_and_a_sweep_trial_read_back(tmp_path, real_mnist, monkeypatch, cap
     assert "view them with: tensorboard --logdir tb" in capsys.readouterr().out
 
     plain = read(tmp_path / "tb" / "plain")
-    history = json.loads((tmp_path / "runs" / "plain" / store.HISTORY_JSON).read_text())
+    history = store.read_history(tmp_path / "runs" / "plain")
     assert set(plain.Tags()["scalars"]) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
     for key in ("loss", "val_accuracy", "lr"):
         events = plain.Scalars(key)

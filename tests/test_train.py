@@ -26,6 +26,11 @@ def same_history(a, b):
     return strip(a) == strip(b)
 
 
+def weights(run_path):
+    """The weights file of the run's committed checkpoint."""
+    return store.checkpoint_path(run_path, store.WEIGHTS)
+
+
 def same_weights(path_a, path_b):
     a, b = load_file(str(path_a)), load_file(str(path_b))
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -34,10 +39,19 @@ def same_weights(path_a, path_b):
 def test_run_folder_holds_everything(real_mnist, tmp_path):
     run = train_tiny(tmp_path / "r")
     names = {p.name for p in run.path.iterdir()}
-    assert {store.CONFIG, store.MODEL, store.INITIAL, store.WEIGHTS, store.OPTIMIZER, store.OPTIMIZER_JSON,
-            store.RNG, store.STATE, store.HISTORY_CSV, store.HISTORY_JSON, store.CURVES, store.PROVENANCE} <= names
-    assert not [n for n in names if n.endswith(".tmp")]
-    header = (run.path / store.HISTORY_CSV).read_text().splitlines()[0]
+    assert names == {store.CONFIG, store.MODEL, store.INITIAL, store.MANIFEST, store.CHECKPOINTS, store.CURVES,
+                     store.PROVENANCE}
+    manifest = json.loads((run.path / store.MANIFEST).read_text())
+    assert (manifest["epoch"], manifest["step"]) == (2, 2 * TINY_STEPS_PER_EPOCH)
+    assert set(manifest["files"]) == {store.MODEL, store.INITIAL, store.WEIGHTS, store.OPTIMIZER,
+                                      store.OPTIMIZER_JSON, store.RNG, store.STATE, store.HISTORY_CSV,
+                                      store.HISTORY_JSON}
+    current = run.path / store.CHECKPOINTS / f"{manifest['generation']:06d}"
+    assert {p.name for p in current.iterdir()} == set(manifest["files"]) - {store.MODEL, store.INITIAL}
+    # the checkpoint before it stays for readers that are still reading it; older ones are gone
+    assert sorted(p.name for p in (run.path / store.CHECKPOINTS).iterdir()) == [
+        f"{manifest['generation'] - 1:06d}", current.name]
+    header = store.checkpoint_path(run.path, store.HISTORY_CSV).read_text().splitlines()[0]
     assert header == "epoch,step,lr,loss,accuracy,val_loss,val_accuracy,seconds"
     assert [r["step"] for r in run.history] == [TINY_STEPS_PER_EPOCH, 2 * TINY_STEPS_PER_EPOCH]
     # lr is the schedule's value at the step count reached: inverse time 0.001 / (1 + 0.001 * step)
@@ -45,7 +59,7 @@ def test_run_folder_holds_everything(real_mnist, tmp_path):
     prov = json.loads((run.path / store.PROVENANCE).read_text())["sessions"][0]
     assert prov["data_md5"]["train-images-idx3-ubyte"] == "6bbc9ace898e44ae57da46a324031adb"
     assert prov["seed"] == 0 and prov["threads"] == usable_cores() and prov["torch"] == torch.__version__
-    assert not same_weights(run.path / store.INITIAL, run.path / store.WEIGHTS)
+    assert not same_weights(run.path / store.INITIAL, weights(run.path))
     # validation = 0: the last val figures are the saved model's own on the 256 test images
     test = run.evaluate()
     assert test["images"] == 256 and run.history[-1]["val_accuracy"] == test["accuracy"]
@@ -56,14 +70,14 @@ def test_initial_weights_are_the_weights_before_the_first_step(real_mnist, tmp_p
     a = train_tiny(tmp_path / "a", epochs=0)
     b = train_tiny(tmp_path / "b", epochs=1)
     assert same_weights(a.path / store.INITIAL, b.path / store.INITIAL)
-    assert same_weights(a.path / store.WEIGHTS, a.path / store.INITIAL)
+    assert same_weights(weights(a.path), a.path / store.INITIAL)
 
 
 def test_two_plus_two_epochs_equal_four_bit_for_bit(real_mnist, tmp_path):
     four = train_tiny(tmp_path / "four", epochs=4)
     two = train_tiny(tmp_path / "two", epochs=2)
     resumed = cnnlab.resume(two.path, 2, echo=None)
-    assert same_weights(four.path / store.WEIGHTS, resumed.path / store.WEIGHTS)
+    assert same_weights(weights(four.path), weights(resumed.path))
     assert same_history(four.history, resumed.history)
     assert resumed.history[-1]["step"] == 4 * TINY_STEPS_PER_EPOCH
 
@@ -74,10 +88,10 @@ def test_reset_then_training_equals_a_fresh_run(real_mnist, tmp_path):
     reset = cnnlab.reset(run.path)
     assert reset.history == [] and store.saved_step(run.path) == 0
     assert not (run.path / store.OPTIMIZER).exists()
-    assert same_weights(run.path / store.WEIGHTS, run.path / store.INITIAL)
+    assert same_weights(weights(run.path), run.path / store.INITIAL)
     again = cnnlab.resume(run.path, 2, echo=None)
     assert again.history[0]["step"] == TINY_STEPS_PER_EPOCH  # the step counter started again at 0
-    assert same_weights(fresh.path / store.WEIGHTS, again.path / store.WEIGHTS)
+    assert same_weights(weights(fresh.path), weights(again.path))
     assert same_history(fresh.history, again.history)
 
 
@@ -86,22 +100,22 @@ def test_early_stopping_stops_and_best_survives_resume(real_mnist, tmp_path):
                  "train.checkpoint=best"]
     run = train_tiny(tmp_path / "es", epochs=5, overrides=overrides)
     assert len(run.history) == 2  # nothing beats epoch 1 by 10.0, so patience 1 ends it after epoch 2
-    state = json.loads((run.path / store.STATE).read_text())
+    state = json.loads((store.checkpoint_path(run.path, store.STATE)).read_text())
     key = "EarlyStopping[monitor=val_loss, patience=1, min_delta=10.0]"
     assert state["callbacks"][key] == {"best": run.history[0]["val_loss"], "wait": 1}
     best = min(r["val_loss"] for r in run.history)
     assert state["callbacks"]["RunSaver"]["best"] == best
-    assert (run.path / store.BEST).exists()
+    assert (store.checkpoint_path(run.path, store.BEST)).exists()
     resumed = cnnlab.resume(run.path, 1, echo=None)  # wait was 1 of patience 1: stops again after one epoch
     assert len(resumed.history) == 3
-    state = json.loads((run.path / store.STATE).read_text())
+    state = json.loads((store.checkpoint_path(run.path, store.STATE)).read_text())
     assert state["callbacks"]["RunSaver"]["best"] == min(r["val_loss"] for r in resumed.history)
 
 
 def test_restore_best_puts_the_best_weights_back(real_mnist, tmp_path):
     run = train_tiny(tmp_path / "rb", epochs=3, overrides=["train.early_stopping.restore_best=true",
                                                           "train.monitor=loss"])
-    assert same_weights(run.path / store.WEIGHTS, run.path / store.BEST)
+    assert same_weights(weights(run.path), store.checkpoint_path(run.path, store.BEST))
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(real_mnist, tmp_path):
@@ -110,7 +124,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_state(real_mnist, 
     message = str(info.value)
     assert "in epoch 1" in message and "lower learning rate" in message and "\n" not in message
     assert store.read_history(tmp_path / "nan") == []
-    assert same_weights(tmp_path / "nan" / store.WEIGHTS, tmp_path / "nan" / store.INITIAL)
+    assert same_weights(store.checkpoint_path(tmp_path / "nan", store.WEIGHTS), tmp_path / "nan" / store.INITIAL)
 
 
 def test_predict_and_evaluate(real_mnist, tmp_path):
@@ -156,7 +170,7 @@ def test_augmented_run_resumes_bit_for_bit(real_mnist, tmp_path):
     three = train_tiny(tmp_path / "three", epochs=3, overrides=overrides)
     one = train_tiny(tmp_path / "one", epochs=1, overrides=overrides)
     resumed = cnnlab.resume(one.path, 2, echo=None)
-    assert same_weights(three.path / store.WEIGHTS, resumed.path / store.WEIGHTS)
+    assert same_weights(weights(three.path), weights(resumed.path))
     assert same_history(three.history, resumed.history)
 
 
@@ -247,7 +261,7 @@ def test_bf16_run_resumes_bit_for_bit(real_mnist, tmp_path):
     three = train_tiny(tmp_path / "three", epochs=3, overrides=overrides)
     one = train_tiny(tmp_path / "one", epochs=1, overrides=overrides)
     resumed = cnnlab.resume(one.path, 2, echo=None)
-    assert same_weights(three.path / store.WEIGHTS, resumed.path / store.WEIGHTS)
+    assert same_weights(weights(three.path), weights(resumed.path))
     assert same_history(three.history, resumed.history)
 
 

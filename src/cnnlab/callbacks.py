@@ -189,17 +189,18 @@ class RunSaver(Callback):
         self.best_epoch = 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
-        if improved(self.monitor, logs[self.monitor], self.best):
+        better = improved(self.monitor, logs[self.monitor], self.best)
+        if better:
             self.best, self.best_epoch = logs[self.monitor], epoch
-            if self.keep_best:
-                store.save_weights(self.run_dir / store.BEST, self.trainer.model)
-        store.save_checkpoint(self.run_dir, self.trainer)
+        store.save_checkpoint(self.run_dir, self.trainer, best=better and self.keep_best, keep_best=self.keep_best)
 
     def on_train_end(self) -> None:  # noqa: D102
-        best_file = self.run_dir / store.BEST
-        if self.restore_best and best_file.exists() and self.best_epoch != self.trainer.state.epoch:
-            store.load_weights(best_file, self.trainer.model)
-            store.save_weights(self.run_dir / store.WEIGHTS, self.trainer.model)
+        if not self.restore_best or self.best_epoch in (0, self.trainer.state.epoch):
+            return
+        ckpt = store.open_checkpoint(self.run_dir, names=(store.BEST,))
+        if ckpt.has(store.BEST):
+            store.load_checkpoint_weights(ckpt, self.trainer.model, store.BEST)
+            store.replace_weights(self.run_dir, self.trainer.model)
             if self.echo:
                 self.echo(f"restored the best weights: epoch {self.best_epoch}, {self.monitor} {self.best:.6g}")
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 
+EXIT_NO_SPACE = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEMO_PRESET = "fast"  # the main job: the speed recipe, a 99.4%+ model in about half a minute
@@ -87,19 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    from cnnlab.files import NO_SPACE_ERRNOS, NoSpaceError, no_space_message
+
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: the write fails (EFBIG) and is reported
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()
             return 0
         return _COMMANDS[args.command](args) or 0
+    except NoSpaceError as exc:
+        if debug:
+            raise
+        print(f"cnnlab: error: {exc}", file=sys.stderr)
+        return EXIT_NO_SPACE
     except CnnlabError as exc:
         if debug:
             raise
         print(f"cnnlab: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # a write outside files.atomic_write (a library's own file): the same one line
+        if debug or exc.errno not in NO_SPACE_ERRNOS:
+            raise
+        print(f"cnnlab: error: {no_space_message(exc.filename)}", file=sys.stderr)
+        return EXIT_NO_SPACE
     except KeyboardInterrupt:
         print("cnnlab: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -108,7 +108,8 @@ def _runs_in(path: Path) -> list[Path]:
 
 
 def is_run(path: Path) -> bool:
-    return (path / store.CONFIG).is_file() and (path / store.WEIGHTS).is_file()
+    has_checkpoint = (path / store.MANIFEST).is_file() or (path / store.WEIGHTS).is_file()  # or from before manifests
+    return (path / store.CONFIG).is_file() and has_checkpoint
 
 
 def read_run(path: Path) -> RunInfo:

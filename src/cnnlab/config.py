@@ -239,7 +239,8 @@ def run_steps(cfg: Config) -> int:
 
 
 def _fill_run_length(cfg: Config) -> None:
-    key = RUN_LENGTH_KEYS.get(cfg.schedule.get("name"))
+    name = cfg.schedule.get("name")
+    key = RUN_LENGTH_KEYS.get(name) if isinstance(name, str) else None  # a wrong name is refused just after
     if key and not cfg.schedule.get(key):
         cfg.schedule[key] = max(run_steps(cfg), 1)
 

@@ -12,6 +12,8 @@ import base64
 import datetime as _dt
 import html
 import io
+import os
+import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -64,6 +66,18 @@ def as_run(run: Run | str | Path) -> Run:
     return run if isinstance(run, Run) else load(run)
 
 
+def check_writable(folder: Path, option: str) -> None:
+    """Refuse, in one line, a default output folder this process may not write, naming one it may."""
+    existing = folder if folder.exists() else folder.parent
+    if os.access(existing, os.W_OK | os.X_OK):
+        return
+    instead = Path.cwd() / f"{folder.parent.name}-{folder.name}"
+    if not os.access(Path.cwd(), os.W_OK):
+        instead = Path(tempfile.gettempdir()) / f"{folder.parent.name}-{folder.name}"
+    raise CnnlabError(f"cannot write into {folder}: no permission; write elsewhere with {option}, "
+                      f"for example {option.split()[0]} {instead}")
+
+
 _TEST_PASSES: "weakref.WeakKeyDictionary[Run, SharedPass]" = weakref.WeakKeyDictionary()
 
 
@@ -78,7 +92,9 @@ def test_pass(run: Run) -> SharedPass:
 def output_paths(run: Run, names: list[str], out: str | Path | None) -> list[Path]:
     """Where the files ``names`` go: ``<run>/inspect/``, or as ``out`` says (a ``.png`` file or a folder)."""
     if out is None:
-        return [run.path / INSPECT_DIR / name for name in names]
+        folder = run.path / INSPECT_DIR
+        check_writable(folder, "--out DIR")
+        return [folder / name for name in names]
     out = Path(out)
     if out.suffix.lower() != ".png":
         return [out / name for name in names]

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from cnnlab import __version__, native, store
+from cnnlab import __version__, native, runlock, store
 from cnnlab import callbacks as cb
 from cnnlab.config import RUN_LENGTH_KEYS, Config, apply_override, from_dict, from_toml, load_config, run_steps
 from cnnlab.data import Normalizer, load_mnist, prepare
@@ -127,12 +127,17 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     if epochs is not None:
         cfg = _with_epochs(cfg, epochs)
     precision = resolve_precision(cfg.train.precision)  # refused before the run folder exists
-    run_dir = store.new_run_dir(out if out is not None else default_out(config))
-    _say(echo, f"run folder: {run_dir}")
-    data = _prepare_data(cfg, echo)
+    out = Path(out if out is not None else default_out(config))
+    store.check_out(out)
     model = _build(cfg, seed=cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
-    start_run(run_dir, cfg, model, data.normalizer)
-    _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress, extra=callbacks)
+    data = _prepare_data(cfg, echo, model)
+    run_dir = store.new_run_dir(out)
+    with runlock.writer_lock(run_dir, _action("train", run_dir), echo):
+        store.check_out(run_dir, locked=True)  # another process may have made a run here since the first look
+        _say(echo, f"run folder: {run_dir}")
+        start_run(run_dir, cfg, model, data.normalizer)
+        _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress,
+             extra=callbacks)
     return load(run_dir)
 
 
@@ -142,24 +147,27 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
     if epochs < 1:
         raise CnnlabError(f"--epochs {epochs}: give at least 1 more epoch")
     run_dir = store.require_run(run_dir)
-    cfg = _read_config(run_dir)
-    precision = resolve_precision(cfg.train.precision)
-    state = store.load_state(run_dir)
-    data = _prepare_data(cfg, echo)
-    model = _build(cfg)
-    store.load_weights(run_dir / store.WEIGHTS, model)
-    done = state.epoch if state else 0
-    _say(echo, f"resuming {run_dir} after epoch {done} (step {store.saved_step(run_dir)}) for {epochs} more")
-    _fit(run_dir, cfg, precision, model, data, state, epochs, live, echo, progress, total=done + epochs)
+    with runlock.writer_lock(run_dir, _action(f"resume --epochs {epochs}", run_dir), echo):
+        cfg = _read_config(run_dir)
+        precision = resolve_precision(cfg.train.precision)
+        ckpt = store.open_checkpoint(run_dir)
+        state = store.load_state(run_dir, ckpt)
+        model = _build(cfg)
+        store.load_checkpoint_weights(ckpt, model)
+        data = _prepare_data(cfg, echo, model)
+        done = state.epoch if state else 0
+        _say(echo, f"resuming {run_dir} after epoch {done} (step {ckpt.step}) for {epochs} more")
+        _fit(run_dir, cfg, precision, model, data, state, epochs, live, echo, progress, total=done + epochs,
+             checkpoint=ckpt)
     return load(run_dir)
 
 
 def reset(run_dir: str | Path) -> Run:
     """Reset a run to its initial weights, an empty optimizer state and step 0 (see ``store.reset_run``)."""
     run_dir = store.require_run(run_dir)
-    cfg = _read_config(run_dir)
-    store.load_weights(run_dir / store.INITIAL, _build(cfg))  # validates
-    store.reset_run(run_dir)
+    with runlock.writer_lock(run_dir, _action("reset", run_dir)):
+        cfg = _read_config(run_dir)
+        store.reset_run(run_dir, _build(cfg))
     return load(run_dir)
 
 
@@ -169,15 +177,20 @@ def load(run_dir: str | Path) -> Run:
     keep_freed_memory()  # inspection runs many large forward passes: class patterns 13.8 -> 10.3 s
     cfg = _read_config(run_dir)
     model = _build(cfg)
-    best = run_dir / store.BEST
-    use_best = cfg.train.checkpoint == "best" and best.exists()
-    store.load_weights(best if use_best else run_dir / store.WEIGHTS, model)
+    ckpt = store.open_checkpoint(run_dir, names=(store.WEIGHTS, store.BEST, store.HISTORY_JSON, store.MODEL))
+    use_best = cfg.train.checkpoint == "best" and ckpt.has(store.BEST)
+    store.load_checkpoint_weights(ckpt, model, store.BEST if use_best else store.WEIGHTS)
     if cfg.train.channels_last:  # as in training: the layout the fast path (native kernels, oneDNN) wants
         model.to(memory_format=torch.channels_last)
     model.eval()
-    info = store.read_json(run_dir / store.MODEL)
-    normalizer = Normalizer.from_dict(info["normalizer"])
-    return Run(run_dir, cfg, model, normalizer, store.read_history(run_dir))
+    info = ckpt.json(store.MODEL) if ckpt.has(store.MODEL) else store.read_json(run_dir / store.MODEL)
+    try:
+        normalizer = Normalizer.from_dict(info["normalizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CnnlabError(f"{run_dir / store.MODEL} has no usable normalizer ({type(exc).__name__}: {exc}); "
+                          "the run folder is damaged") from None
+    history = ckpt.json(store.HISTORY_JSON) if ckpt.has(store.HISTORY_JSON) else []
+    return Run(run_dir, cfg, model, normalizer, history)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,11 +198,11 @@ def load(run_dir: str | Path) -> Run:
 
 def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any, state: Any, epochs: int,
          live: bool, echo: Echo | None, progress: bool, total: int | None = None,
-         extra: list[Any] | None = None) -> None:
+         checkpoint: store.Checkpoint | None = None, extra: list[Any] | None = None) -> None:
     _prepare_kernels(echo)
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
-        store.load_optimizer(run_dir, optimizer)
+        store.load_optimizer(checkpoint, optimizer)
     regularizer = get_regularizer(cfg.regularizer)
     penalty = None
     if regularizer is not None:
@@ -255,10 +268,29 @@ def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _prepare_data(cfg: Config, echo: Echo | None):
+def _prepare_data(cfg: Config, echo: Echo | None, model: CnnModel | None = None):
     mnist = load_mnist(source=cfg.data.source or None, log=(lambda m: echo(f"  data: {m}")) if echo else None)
+    if model is not None:
+        check_classes(model, mnist)
     return prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
                    seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
+
+
+def check_classes(model: CnnModel, mnist: Any) -> None:
+    """Refuse a model whose output has another size than the data's number of classes (one line, exit 2)."""
+    names = getattr(mnist, "class_names", None)
+    classes = len(names) if names else int(max(mnist.train_labels.max(), mnist.test_labels.max())) + 1
+    if model.num_classes == classes:
+        return
+    dense = [name for name, layer in model.layers.items() if getattr(layer, "kind", "") == "dense"]
+    where = f"model.layers.{dense[-1]}.units" if dense else "the last layer's output size"
+    fix = f"; set --set {where}={classes}" if dense else ""
+    raise CnnlabError(f"{where} = {model.num_classes}, but the data has {classes} classes "
+                      f"(labels 0..{classes - 1}): the last layer needs one unit per class{fix}")
+
+
+def _action(what: str, run_dir: Path) -> str:
+    return f"cnnlab {what}" if what.startswith("resume") or what == "reset" else f"cnnlab {what} --out {run_dir}"
 
 
 def _resolve_config(config: str | Path | Config, overrides: list[str] | None) -> Config:
@@ -322,11 +354,11 @@ def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
 
 def start_run(run_dir: Path, cfg: Config, model: CnnModel, normalizer: Any) -> None:
     """Write what every new run folder starts with (``cnnlab train`` and the Keras import alike): the config,
-    ``model.json``, and the model's weights as both the initial and the current weights."""
+    ``model.json``, the initial weights, and the first checkpoint (epoch 0: the initial weights)."""
     cfg.save(run_dir / store.CONFIG)
     write_model_json(run_dir, model, normalizer)
     store.save_weights(run_dir / store.INITIAL, model)
-    store.save_weights(run_dir / store.WEIGHTS, model)
+    store.commit_initial(run_dir)
 
 
 def software() -> dict[str, str]:
@@ -338,7 +370,12 @@ def software() -> dict[str, str]:
 def record_provenance(run_dir: Path, session: dict[str, Any] | None = None, **fields: Any) -> None:
     """Add to ``provenance.json``: top-level ``fields`` (an import's record) and/or one training session."""
     path = run_dir / store.PROVENANCE
-    record = store.read_json(path) if path.exists() else {"sessions": []}
+    try:
+        record = store.read_json(path) if path.exists() else {"sessions": []}
+    except CnnlabError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("sessions"), list):
+        record = {"sessions": [], "note": "the previous provenance.json was unreadable and was replaced"}
     record.update(fields)
     if session is not None:
         record["sessions"].append(session)

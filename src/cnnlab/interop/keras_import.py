@@ -614,7 +614,6 @@ def _write_run(out: Path, cfg: Config, model: CnnModel, normalizer: Any, importe
     tmp.mkdir()
     try:
         start_run(tmp, cfg, model, normalizer)
-        store.save_history(tmp, [])
         record_provenance(tmp, imported=imported)
         if out.is_dir():
             out.rmdir()
