@@ -214,3 +214,16 @@ def test_cli_data_shows_the_class_names_of_an_idx_folder(tmp_path, capsys):
     assert "  classes: cat, dog, bird" in out
     assert main(["data", "--dataset", "fashion_mnist"]) == 2
     assert "did you mean 'fashion-mnist'?" in capsys.readouterr().err
+
+
+def test_fashion_preset_stays_within_the_seed_models_multiply_adds():
+    from cnnlab.config import load_config
+    from cnnlab.model import build_model, layer_table
+
+    def macs(preset: str) -> int:
+        cfg = load_config(preset=preset)
+        return sum(row.macs for row in layer_table(build_model(cfg.model.layers, init=cfg.model.init)))
+
+    fashion = load_config(preset="fashion")
+    assert fashion.data.dataset == "fashion-mnist" and fashion.data.validation == 0
+    assert macs("fashion") <= macs("seed") == 3_204_712

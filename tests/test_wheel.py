@@ -53,7 +53,7 @@ def test_wheel_builds_installs_into_a_fresh_venv_and_runs(tmp_path):
     wheels, sdists = sorted(dist.glob("cnnlab-*.whl")), sorted(dist.glob("cnnlab-*.tar.gz"))
     assert [w.name for w in wheels] == [f"cnnlab-{__version__}-py3-none-any.whl"] and len(sdists) == 1
     names = zipfile.ZipFile(wheels[0]).namelist()
-    for shipped in ("cnnlab/presets/fast.toml", "cnnlab/native/bindings.cpp",
+    for shipped in ("cnnlab/presets/fast.toml", "cnnlab/presets/fashion.toml", "cnnlab/native/bindings.cpp",
                     "cnnlab/data/acquisition.py"):
         assert shipped in names
 

@@ -50,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", help="a built-in preset: seed, tiny, fast (default: seed)")
+    src.add_argument("--preset", help="a built-in preset: seed, tiny, fast, fashion (default: seed)")
     src.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set optimizer.momentum=0.9 (repeatable)")
