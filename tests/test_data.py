@@ -5,6 +5,7 @@ Everything runs on small fake IDX files; nothing is downloaded (CNNLAB_OFFLINE=1
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -24,12 +25,18 @@ from idx_helpers import (NAMES, fake_arrays, fake_blobs, idx_bytes, pickle_gz, t
                          write_folder)
 
 
+def _mirrors(monkeypatch, mirrors: tuple[str, ...]) -> None:
+    """Give MNIST these mirrors for one test."""
+    entry = dataclasses.replace(acquisition.DATASETS["mnist"], mirrors=mirrors)
+    monkeypatch.setitem(acquisition.DATASETS, "mnist", entry)
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch, tmp_path):
     """Never touch the network or the real cache."""
     monkeypatch.setenv("CNNLAB_OFFLINE", "1")
     monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(acquisition, "MIRRORS", ())
+    _mirrors(monkeypatch, ())
 
     def no_pip(dest):
         raise AssertionError("pip must not run in tests")
@@ -225,7 +232,7 @@ def test_mirror_route_via_file_urls(tmp_path, monkeypatch):
     blobs = fake_blobs()
     good = write_folder(tmp_path / "mirror", blobs, gz=NAMES)
     dead = (tmp_path / "dead").as_uri() + "/"
-    monkeypatch.setattr(acquisition, "MIRRORS", (dead, good.as_uri() + "/"))
+    _mirrors(monkeypatch, (dead, good.as_uri() + "/"))
     monkeypatch.delenv("CNNLAB_OFFLINE")
     lines = []
     mnist = load_mnist(files=table_for(blobs), log=lines.append)
@@ -238,7 +245,7 @@ def test_mirror_route_via_file_urls(tmp_path, monkeypatch):
 def test_mirror_with_wrong_checksum_is_not_used(tmp_path, monkeypatch):
     blobs = fake_blobs()
     wrong = write_folder(tmp_path / "mirror", fake_blobs(seed=1), gz=NAMES)
-    monkeypatch.setattr(acquisition, "MIRRORS", (wrong.as_uri() + "/",))
+    _mirrors(monkeypatch, (wrong.as_uri() + "/",))
     monkeypatch.delenv("CNNLAB_OFFLINE")
     with pytest.raises(CnnlabError, match=r"checksum mismatch.*pip must not run"):
         load_mnist(files=table_for(blobs))

@@ -6,6 +6,7 @@ and compares cnnlab's probabilities and the activations of every named layer wit
 
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -513,3 +514,14 @@ def test_normalize_none_keeps_raw_pixels():
     assert torch.equal(norm.apply(images.astype(np.uint8)), torch.from_numpy(images.astype(np.float32))[:, None])
     assert from_dict({"data": {"normalize": "none"}, "model": {"layers": [
         {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]}}).data.normalize == "none"
+
+
+def test_export_without_the_onnx_extra_names_the_pip_command(saved, tmp_path, monkeypatch, capsys):
+    _, path = saved["flat_input", "keras"]
+    run_dir = import_keras(path, out=tmp_path / "run").run_dir
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
+    assert main(["export", str(run_dir), "--onnx", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: ONNX export needs the Python package 'onnxruntime'")
+    assert err.rstrip().endswith("install it with: pip install 'cnnlab[onnx]'") and err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,4 +1,4 @@
-"""cnnlab: build, train fast and look inside small CNNs on the real MNIST.
+"""cnnlab: build, train fast and look inside small CNNs on the real MNIST (and Fashion-MNIST, or your own IDX files).
 
 The public functions are imported on first use, so ``cnnlab --version`` does not pay for importing torch.
 """
@@ -15,7 +15,7 @@ _LAZY = {
     "get_schedule": "cnnlab.optim", "get_optimizer": "cnnlab.optim", "get_regularizer": "cnnlab.optim",
     "train": "cnnlab.run", "resume": "cnnlab.run", "reset": "cnnlab.run", "load": "cnnlab.run",
     "Run": "cnnlab.run", "load_config": "cnnlab.config", "Config": "cnnlab.config",
-    "build_model": "cnnlab.model", "load_mnist": "cnnlab.data",
+    "build_model": "cnnlab.model", "load_mnist": "cnnlab.data", "load_dataset": "cnnlab.data",
     "import_keras": "cnnlab.interop", "export_onnx": "cnnlab.interop",
     "compare": "cnnlab.compare",
 }

@@ -8,9 +8,8 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from cnnlab import __version__
 from cnnlab.errors import CnnlabError
 
 EXIT_NO_SPACE = 1
@@ -34,6 +33,17 @@ def command(name: str) -> Callable:
     return register
 
 
+class _Version(argparse.Action):
+    """``--version``: the version line, with the git commit when cnnlab runs from a checkout (asked only then)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from cnnlab.version import version_line
+
+        print(version_line())
+        parser.exit()
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit code 2, like every other user error."""
 
@@ -43,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", help="a built-in preset: seed, tiny, fast (default: seed)")
+    src.add_argument("--preset", help="a built-in preset: seed, tiny, fast, fashion (default: seed)")
     src.add_argument("--config", type=Path, help="a TOML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set optimizer.momentum=0.9 (repeatable)")
@@ -52,12 +62,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for all subcommands."""
     parser = _Parser(prog="cnnlab", description="Build, train fast and look inside small CNNs on the real MNIST.")
-    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the version (and the git commit of a "
+                        "checkout) and exit")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("data", help="get the real MNIST, verify it and show its checksums")
-    p.add_argument("--from", dest="source", type=Path, help="a folder with the four MNIST IDX files (gz or not)")
+    p = sub.add_parser("data", help="get a data set (MNIST by default), verify it and show its checksums")
+    p.add_argument("--dataset", default="mnist", help="mnist (default), fashion-mnist, or idx (your own files in --from)")
+    p.add_argument("--from", dest="source", type=Path, help="a folder with the four IDX files (gz or not)")
 
     p = sub.add_parser("config", help="print the fully resolved config as TOML")
     _add_config_args(p)
@@ -140,15 +152,18 @@ def warn(line: str) -> None:
 
 @command("data")
 def _data(args: argparse.Namespace) -> int:
-    from cnnlab.data import load_mnist
+    from cnnlab.data import DATASETS, load_dataset
 
-    mnist = load_mnist(source=args.source, log=lambda msg: echo(f"  {msg}"))
-    echo(f"MNIST verified ({mnist.origin}):")
-    counts = {"train-images-idx3-ubyte": len(mnist.train_images), "train-labels-idx1-ubyte": len(mnist.train_labels),
-              "t10k-images-idx3-ubyte": len(mnist.test_images), "t10k-labels-idx1-ubyte": len(mnist.test_labels)}
+    dataset = getattr(args, "dataset", "mnist")
+    data = load_dataset(dataset, source=args.source, log=lambda msg: echo(f"  {msg}"))
+    title = DATASETS[dataset].title if dataset in DATASETS else f"IDX folder {args.source}"
+    echo(f"{title} {'read' if dataset not in DATASETS else 'verified'} ({data.origin}):")
+    counts = {"train-images-idx3-ubyte": len(data.train_images), "train-labels-idx1-ubyte": len(data.train_labels),
+              "t10k-images-idx3-ubyte": len(data.test_images), "t10k-labels-idx1-ubyte": len(data.test_labels)}
     for name, count in counts.items():
         what = "images" if "images" in name else "labels"
-        echo(f"  {name:<26} {count:>6} {what}  md5 {mnist.md5[name]}")
+        echo(f"  {name:<26} {count:>6} {what}  md5 {data.md5[name]}")
+    echo(f"  classes: {', '.join(data.classes)}")
     return 0
 
 

@@ -179,7 +179,7 @@ def _saliency(args: argparse.Namespace) -> int:
     split = _split(args)
     written = saliency_pictures(args.run, parse_indices(args.image), split, layer=args.layer, out=args.out)
     s = written.summary
-    for i, label, pred, p in zip(s["indices"], s["labels"], s["predicted"], s["probability"]):
+    for i, label, pred, p in zip(s["indices"], s["label_names"], s["predicted_names"], s["probability"]):
         echo(f"{split} image {i}: label {label}, predicted {pred} (p = {p:.3f}); Grad-CAM on {s['layer']}")
     _print_paths(written)
     return 0

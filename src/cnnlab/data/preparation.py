@@ -174,6 +174,8 @@ class Prepared:
     test_indices: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
     origin: str = ""
     md5: dict[str, str] = field(default_factory=dict)
+    dataset: str = "mnist"
+    classes: tuple[str, ...] = tuple(str(d) for d in range(10))  # the name of each label 0, 1, ...
 
 
 def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", validation: int = 0, seed: int = 0,
@@ -220,7 +222,7 @@ def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", val
         val_x, val_y = normalizer.apply(images[val_idx]), _labels(labels, val_idx)
     return Prepared(train_x, train_y, val_x, val_y, test_x, test_y, val_is_test=validation == 0,
                     normalizer=normalizer, train_indices=train_idx, val_indices=val_idx, test_indices=test_idx,
-                    origin=mnist.origin, md5=dict(mnist.md5))
+                    origin=mnist.origin, md5=dict(mnist.md5), dataset=mnist.dataset, classes=tuple(mnist.classes))
 
 
 def split_indices(n_train: int, n_test: int, split: str = "standard", validation: int = 0, seed: int = 0,

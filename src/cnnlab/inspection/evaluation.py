@@ -35,12 +35,17 @@ class Evaluation:
     predictions: np.ndarray
     probabilities: np.ndarray
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe summary: the figures and the confusion matrix, not the per-image arrays."""
+    def to_dict(self, classes: tuple[str, ...] | list[str] | None = None) -> dict[str, Any]:
+        """A JSON-safe summary: the figures and the confusion matrix, not the per-image arrays.
+
+        ``classes`` names the classes (one per label); the per-class accuracies are keyed by these names
+        (default ``"0"``, ``"1"``, ...) and the confusion matrix's rows and columns follow their order.
+        """
+        names = _names(classes, len(self.per_class_accuracy))
         return {"images": int(len(self.labels)), "accuracy": self.accuracy, "loss": self.loss,
                 "correct": int(np.trace(self.confusion)),
-                "per_class_accuracy": {str(c): _number(a) for c, a in enumerate(self.per_class_accuracy)},
-                "confusion": {"rows": "true class", "columns": "predicted class",
+                "per_class_accuracy": {name: _number(a) for name, a in zip(names, self.per_class_accuracy)},
+                "confusion": {"rows": "true class", "columns": "predicted class", "classes": names,
                               "matrix": self.confusion.tolist()}}
 
 
@@ -78,6 +83,11 @@ def confident_mistakes(ev: Evaluation, count: int = 24) -> np.ndarray:
     wrong = np.flatnonzero(ev.predictions != ev.labels)
     confidence = ev.probabilities[wrong, ev.predictions[wrong]]
     return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def _names(classes: tuple[str, ...] | list[str] | None, k: int) -> list[str]:
+    names = list(classes or [])
+    return names + [str(c) for c in range(len(names), k)]  # a model with more outputs than names: numbered
 
 
 def _number(value: float) -> float | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnlab.config import Config
-from cnnlab.data import Mnist, load_mnist, split_indices
+from cnnlab.data import Mnist, load_data, split_indices
 from cnnlab.errors import CnnlabError
 
 SETS = ("test", "train")
@@ -24,7 +24,7 @@ class Picked:
     Attributes:
         image_set: ``"test"`` or ``"train"``.
         indices: the indices into that set.
-        images: uint8 (K, 28, 28), as stored in MNIST.
+        images: uint8 (K, 28, 28), as stored in the data set.
         labels: int64 (K,).
     """
 
@@ -37,12 +37,12 @@ class Picked:
 class ImageSets:
     """The raw images and labels of a run's test and training sets, in the run's order.
 
-    Loads MNIST from the cache and asks ``cnnlab.data.prepare`` for the split, without normalizing 70,000
+    Loads the data set from the cache and asks ``cnnlab.data.prepare`` for the split, without normalizing 70,000
     images: enough for commands that look at a few images.
     """
 
     def __init__(self, config: Config, mnist: Mnist | None = None):
-        self.mnist = mnist if mnist is not None else load_mnist(source=config.data.source or None)
+        self.mnist = mnist if mnist is not None else load_data(config.data)
         self._pool = np.concatenate([self.mnist.train_images, self.mnist.test_images])
         self._pool_labels = np.concatenate([self.mnist.train_labels, self.mnist.test_labels]).astype(np.int64)
         self.indices = _split_indices(config, self.mnist)

@@ -20,6 +20,7 @@ from torch import nn
 
 from cnnlab import __version__
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import require
 from cnnlab.files import atomic_write
 from cnnlab.run import load
 
@@ -69,6 +70,8 @@ def export_onnx(run_dir: str | Path, path: str | Path, check_images: int = CHECK
     Raises:
         CnnlabError: not a run folder, the target is a folder, or onnxruntime disagrees beyond ``tolerance``.
     """
+    for module in ("onnx", "onnxruntime", "onnxscript"):  # torch's exporter needs onnxscript
+        require(module, "onnx", "ONNX export")
     started = time.perf_counter()
     path = Path(path)
     if path.is_dir():
