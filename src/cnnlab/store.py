@@ -15,6 +15,7 @@ Layout of ``runs/NAME/``:
 | ``history.csv`` / ``history.json`` | one row per epoch |
 | ``curves.png`` | accuracy and loss curves |
 | ``provenance.json`` | versions, seed, threads, data checksums, start and end times |
+| ``progress.json`` | while training: status, epoch, batch, running loss and accuracy (at most once a second) |
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 PROVENANCE = "provenance.json"
 CURVES = "curves.png"
+PROGRESS = "progress.json"
 
 HISTORY_COLUMNS = ("epoch", "step", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
@@ -200,7 +202,7 @@ def reset_run(run_dir: Path) -> None:
     atomic_write(run_dir / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     write_json(run_dir / STATE, {"epoch": 0, "step": 0, "callbacks": {}})
     save_history(run_dir, [])
-    for name in (OPTIMIZER, OPTIMIZER_JSON, RNG, BEST, CURVES):
+    for name in (OPTIMIZER, OPTIMIZER_JSON, RNG, BEST, CURVES, PROGRESS):
         (run_dir / name).unlink(missing_ok=True)
 
 
