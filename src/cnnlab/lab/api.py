@@ -175,7 +175,10 @@ class _Lab:
             return error(400, "give the runs to compare: /api/compare?runs=NAME,NAME")
 
         def rows() -> dict[str, Any]:
-            from cnnlab.compare import compare, differing_keys
+            try:
+                from cnnlab.compare import compare, differing_keys
+            except ImportError:
+                raise CnnlabError("this cnnlab has no cnnlab.compare yet; the curves above still compare") from None
 
             folders = [runs.resolve(self.root, n) for n in names]
             configs = [_read_toml(f / store.CONFIG) for f in folders]
@@ -241,7 +244,7 @@ class _Lab:
         async def work() -> Any:
             q = request.query_params
             index, label = _query_int(q, "index"), _query_int(q, "label")
-            nth = _query_int(q, "nth") or 0
+            nth = _query_int(q, "nth", default=0)
             loaded = await self._loaded(request)
             return await self.worker.call(explore.test_image, loaded, index, label, nth)
 
@@ -249,7 +252,7 @@ class _Lab:
 
     async def mistakes(self, request: Request) -> Response:
         async def work() -> Any:
-            count = _query_int(request.query_params, "count") or 24
+            count = _query_int(request.query_params, "count", default=24)
             loaded = await self._loaded(request)
             return await self.worker.call(explore.mistakes, loaded, count)
 
@@ -364,10 +367,10 @@ def _optional_int(value: Any, name: str) -> int | None:
     return value
 
 
-def _query_int(params: Any, name: str) -> int | None:
+def _query_int(params: Any, name: str, default: int | None = None) -> int | None:
     raw = params.get(name)
     if raw is None or raw == "":
-        return None
+        return default
     if not raw.lstrip("-").isdigit() or len(raw) > 9:
         raise explore.BadInput(f"{name}={raw!r}: expected a whole number")
     return int(raw)

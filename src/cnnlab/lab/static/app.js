@@ -4,7 +4,7 @@
 const $ = (sel) => document.querySelector(sel);
 const state = { runs: [], run: null, detail: null, view: "runs", source: null, selected: new Set(),
                 pixels: null, inFlight: false, dirty: false, dirtySince: 0, camTimer: 0 };
-window.lab = { latencies: [], serverMs: [], lastPixels: null, lastPrediction: null };
+window.lab = { latencies: [], lastPixels: null, lastPrediction: null, busy: () => state.inFlight || state.dirty };
 
 const COLORS = ["#2b6cb0", "#d9480f", "#2f9e44", "#9c36b5", "#e8590c", "#1098ad", "#c2255c", "#5c940d",
                 "#364fc7", "#862e9c"];
