@@ -201,6 +201,9 @@ def _demo(args: argparse.Namespace) -> int:
     _echo("")
     _echo("Writing the pictures and the report:")
     write_report(out, echo=_echo)  # its last line names the page
+    out = Path(out)
+    _echo(f"Draw digits for it, look at every map, browse its pictures: "
+          f"cnnlab lab --root {out.parent} --run {out.name} --open")
     return 0
 
 
