@@ -429,3 +429,17 @@ def test_cli_lab_refuses_a_missing_root_and_a_bad_port(tmp_path, capsys):
     assert main(["lab", "--root", str(tmp_path), "--port", "70000"]) == 2
     err = capsys.readouterr().err
     assert "--port 70000" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_lab_says_in_one_line_when_the_port_is_taken(tmp_path, capsys):
+    import socket
+
+    from cnnlab.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["lab", "--root", str(tmp_path), "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot serve on 127.0.0.1:" in err and "choose another --port" in err
+    assert len(err.strip().splitlines()) == 1

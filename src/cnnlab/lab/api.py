@@ -25,6 +25,7 @@ import hmac
 import json
 import math
 import os
+import time
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -311,10 +312,15 @@ async def _answer(func: Callable[[], Any]) -> Response:
 
 
 async def _answer_async(func: Callable[[], Any]) -> Response:
+    """Await ``func()`` (which reads the body and asks the worker) and answer as JSON with a ``Server-Timing``
+    header: the milliseconds from here to the encoded answer."""
+    started = time.perf_counter()
     try:
-        return LabJSON(await func())
+        response = LabJSON(await func())
     except (CnnlabError, OSError) as exc:
         return _error_for(exc)
+    response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+    return response
 
 
 def _error_for(exc: Exception) -> Response:

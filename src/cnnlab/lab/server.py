@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 import webbrowser
 from pathlib import Path
 from typing import Callable
@@ -43,10 +44,13 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, o
 
     if not 0 < port < 65536:
         raise CnnlabError(f"--port {port}: give a TCP port 1..65535 (default {DEFAULT_PORT})")
+    _check_free(host, port)
     token = secrets.token_urlsafe(24) if needs_token(host) else None
     app = create_app(root, token=token)
     address = url(host, port, token, run)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    # an open event stream must not hold Ctrl-C up: open connections get 2 s to finish
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     echo(f"cnnlab lab: serving the runs under {Path(root).resolve()}")
     if token:
@@ -59,9 +63,17 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, o
         webbrowser.open(address)
     try:
         server.run()
+    except SystemExit:  # uvicorn's answer to a failed start, after logging why
+        raise CnnlabError(f"cannot serve on {host}:{port}; choose another --port or --host") from None
+
+
+def _check_free(host: str, port: int) -> None:
+    """Bind the address once, as uvicorn will, to say in one line why it cannot be served."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
     except OSError as exc:
         raise CnnlabError(f"cannot serve on {host}:{port} ({exc.strerror or exc}); "
-                          "choose another --port or --host") from None
-    if not server.started:
-        raise CnnlabError(f"cannot serve on {host}:{port} (the address is in use or not on this machine); "
-                          "choose another --port or --host")
+                          "choose another --port, or a --host of this machine") from None

@@ -3,7 +3,7 @@
 
 const $ = (sel) => document.querySelector(sel);
 const state = { runs: [], run: null, detail: null, view: "runs", source: null, selected: new Set(),
-                pixels: null, inFlight: false, dirty: false, dirtySince: 0, camTimer: 0 };
+                pixels: null, inFlight: false, dirty: false, dirtySince: 0, camTimer: 0, runsTimer: 0 };
 window.lab = { latencies: [], lastPixels: null, lastPrediction: null, busy: () => state.inFlight || state.dirty };
 
 const COLORS = ["#2b6cb0", "#d9480f", "#2f9e44", "#9c36b5", "#e8590c", "#1098ad", "#c2255c", "#5c940d",
@@ -84,7 +84,14 @@ async function loadRuns() {
 const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 
 async function showRuns() {
+  await renderRunsTable();
+  await showCompare();
+}
+
+async function renderRunsTable() {
+  clearTimeout(state.runsTimer);
   await loadRuns();
+  if (state.view === "runs") state.runsTimer = setTimeout(() => renderRunsTable().catch((e) => say(e.message)), 5000);
   const body = $("#runs-table tbody");
   body.innerHTML = "";
   let group = null;
@@ -128,7 +135,6 @@ async function showRuns() {
     }
   }
   if (!state.runs.length) say("No run folder under the lab's root yet: train one with cnnlab train --out ROOT/NAME");
-  await showCompare();
 }
 
 async function showCompare() {
@@ -600,7 +606,7 @@ async function showReport() {
     a.target = "_blank";
     a.textContent = "open report.html (every picture on one page)";
     links.append(a);
-  } else links.textContent = `No report.html yet: write it with  cnnlab report ${state.run}`;
+  } else links.textContent = `No report.html yet: write it with  cnnlab report ROOT/${state.run}`;
   const gallery = $("#gallery");
   gallery.innerHTML = "";
   for (const f of files.filter((f) => f.path.endsWith(".png"))) {
