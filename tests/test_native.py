@@ -13,6 +13,12 @@ from cnnlab import native
 needs_kernels = pytest.mark.skipif(native.kernels() is None, reason=f"native kernels: {native.status()}")
 
 
+@pytest.fixture(autouse=True)
+def _kernels_prepared():
+    """Every test here starts with the kernels prepared, as a training run or an inference pass has them."""
+    native.kernels()
+
+
 def _both(x: torch.Tensor, grad: torch.Tensor | None = None):
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = F.max_pool2d(a, 2), native.max_pool_2x2(b)
@@ -81,14 +87,15 @@ def test_a_failed_build_falls_back_with_the_reason(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ext, "load", broken)
     monkeypatch.setenv("CNNLAB_HOME", str(tmp_path))
-    native.kernels.cache_clear()
+    native.forget()
     try:
         assert native.kernels() is None
-        assert native.status() == "could not be built (RuntimeError: Ninja is required to load C++ extensions)"
+        assert native.status().startswith("could not be built (RuntimeError: Ninja is required to load C++ "
+                                          "extensions); torch's ops serve. Recorded in ")
         x = torch.randn(2, 4, 6, 6).contiguous(memory_format=torch.channels_last)
         assert torch.equal(native.max_pool_2x2(x), F.max_pool2d(x, 2))
     finally:
-        native.kernels.cache_clear()
+        native.forget()
 
 
 def test_seed_models_pools_are_the_native_module():
@@ -99,15 +106,32 @@ def test_seed_models_pools_are_the_native_module():
     assert isinstance(model.layers["Max_Pool_1"].op, native.MaxPool2x2)
 
 
-def test_training_tells_of_a_failed_build_in_one_line(real_mnist, tmp_path, monkeypatch):
+def test_training_says_it_compiles_and_tells_of_a_failed_build(real_mnist, tmp_path, monkeypatch):
     import cnnlab
+    from cnnlab.native import build
 
-    monkeypatch.setattr(native, "kernels", lambda: None)
-    monkeypatch.setitem(native._status, "why", "could not be built (RuntimeError: no compiler)")
-    lines = []
-    run = cnnlab.train("tiny", out=tmp_path / "t", overrides=["train.epochs=1"], echo=lines.append)
-    assert "  native kernels: could not be built (RuntimeError: no compiler)" in lines
-    assert run.history[-1]["val_accuracy"] > 0.1  # torch's max-pool served
+    def no_compiler(name, folder):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(build, "torch_compile", no_compiler)
+    monkeypatch.setenv("CNNLAB_HOME", str(tmp_path / "home"))
+    native.forget()
+    try:
+        lines = []
+        run = cnnlab.train("tiny", out=tmp_path / "t", overrides=["train.epochs=1"], echo=lines.append)
+        assert "  native kernels: compiling them for this CPU, once (about a minute; later runs load them at " \
+               "once)" in lines
+        failed = [line for line in lines if "could not be built" in line]
+        assert len(failed) == 1 and failed[0].startswith("  native kernels: could not be built (RuntimeError: "
+                                                         "no compiler); torch's ops serve. Recorded in ")
+        assert run.history[-1]["val_accuracy"] > 0.1  # torch's max-pool served
+        native.forget()  # a second process: no second try, and the epoch header still tells why
+        lines = []
+        cnnlab.resume(run.path, 1, echo=lines.append)
+        assert not any("compiling" in line for line in lines)
+        assert [line for line in lines if "could not be built" in line] == failed
+    finally:
+        native.forget()
 
 
 # ---------------------------------------------------------------------------------------------------------

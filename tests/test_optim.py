@@ -349,6 +349,24 @@ def test_optimizer_config_round_trips(name):
 
 
 @pytest.mark.parametrize("flavour", optim.FLAVOURS)
+def test_optimizer_config_carries_its_schedule_as_keras_does(flavour):
+    spec = {"name": "rmsprop", "momentum": 0.5, "flavour": flavour}
+    opt = get_optimizer(spec, [torch.nn.Parameter(torch.ones(2))], schedule=INVERSE_TIME)
+    config = opt.get_config()
+    assert config["learning_rate"] == {**INVERSE_TIME, "staircase": False}
+    clone = get_optimizer(json.loads(json.dumps(config)), [torch.nn.Parameter(torch.ones(2))])
+    assert clone.get_config() == config
+    assert clone.schedule(12194) == opt.schedule(12194) == pytest.approx(0.001 / (1 + 0.001 * 12194))
+    assert f"{clone.schedule(12194):.4e}" == "7.5792e-05"  # the articles' printout at that step
+    assert clone.current_lr() == pytest.approx(0.001)
+
+
+def test_learning_rate_as_a_schedule_table_is_checked_with_its_path():
+    with pytest.raises(CnnlabError, match=r"^optimizer\.learning_rate\.decay_rate: -1 is out of range; it must be >= 0$"):
+        get_optimizer({"name": "adam", "learning_rate": {**INVERSE_TIME, "decay_rate": -1}}, [])
+
+
+@pytest.mark.parametrize("flavour", optim.FLAVOURS)
 def test_copy_and_pickle_keep_schedule_and_counter(flavour):
     import pickle
 
@@ -509,19 +527,19 @@ def test_one_cycle_edge_cases_torch_cannot_compute():
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ({**INVERSE_TIME, "decay_steps": 0}, r"schedule\.decay_steps: 0 is out of range; must be > 0"),
-    ({**INVERSE_TIME, "decay_rate": -1}, r"schedule\.decay_rate: -1 is out of range; must be >= 0"),
-    ({**INVERSE_TIME, "initial": "big"}, r"schedule\.initial: 'big' is not a number"),
-    ({**INVERSE_TIME, "staircase": 1}, r"schedule\.staircase: 1 is not a boolean"),
-    ({"name": "inverse_time", "initial": 0.1}, r"schedule\.decay_steps: missing; 'inverse_time' requires"),
+    ({**INVERSE_TIME, "decay_steps": 0}, r"schedule\.decay_steps: 0 is out of range; it must be > 0"),
+    ({**INVERSE_TIME, "decay_rate": -1}, r"schedule\.decay_rate: -1 is out of range; it must be >= 0"),
+    ({**INVERSE_TIME, "initial": "big"}, r"schedule\.initial: expected a number, got str 'big'"),
+    ({**INVERSE_TIME, "staircase": 1}, r"schedule\.staircase: expected true or false, got int 1"),
+    ({"name": "inverse_time", "initial": 0.1}, r"schedule\.decay_steps: missing; schedule 'inverse_time' needs 'decay_steps'"),
     ({"name": "one_cycle", "max_lr": 0.1, "total_steps": 0}, r"schedule\.total_steps: 0 is out of range"),
-    ({"name": "one_cycle", "max_lr": 0.1, "total_steps": 2.5}, r"total_steps: 2\.5 is not a whole number"),
-    ({"name": "one_cycle", "max_lr": 0.1, "total_steps": 9, "pct_start": 1.5}, r"must be in \[0, 1\]"),
+    ({"name": "one_cycle", "max_lr": 0.1, "total_steps": 2.5}, r"total_steps: expected an integer, got float 2\.5"),
+    ({"name": "one_cycle", "max_lr": 0.1, "total_steps": 9, "pct_start": 1.5}, r"it must be >= 0 and <= 1"),
     ({"name": "cosine", "initial": 0.1, "decay_steps": 9, "alpha": 2}, r"schedule\.alpha: 2 is out of"),
     ({"name": "cosine", "initial": 0.1, "decay_steps": 9, "warmup_steps": -1}, r"warmup_steps: -1 is out"),
     ({"name": "cosine", "initial": 0.1}, r"schedule\.decay_steps: missing"),
-    ({**INVERSE_TIME, "decay": 1}, r"schedule\.decay: not a parameter of 'inverse_time'; valid keys are "
-                                   r"name, initial, decay_steps, decay_rate, staircase"),
+    ({**INVERSE_TIME, "decay": 1}, r"schedule\.decay: not a parameter of inverse_time; valid keys: "
+                                   r"initial, decay_steps, decay_rate, staircase"),
     ({"name": "inverse_tim"}, r"schedule\.name: 'inverse_tim' is not one of .* \(did you mean "
                               r"'inverse_time'\?\)"),
     ("polynomial", r"schedule\.name: 'polynomial' is not one of constant, inverse_time"),
@@ -582,10 +600,10 @@ def test_regularizer_defaults_and_applies_to():
 @pytest.mark.parametrize(("spec", "message"), [
     ({"kind": "l22"}, r"regularizer\.kind: 'l22' is not one of none, l1, l2, l1_l2 \(did you mean 'l2'\?\)"),
     ({"kind": "l3"}, r"regularizer\.kind: 'l3' is not one of none, l1, l2, l1_l2$"),
-    ({"kind": "l2", "factor": -0.1}, r"regularizer\.factor: -0\.1 is out of range; must be >= 0"),
+    ({"kind": "l2", "factor": -0.1}, r"regularizer\.factor: -0\.1 is out of range; it must be >= 0"),
     ({"kind": "l2", "applies_to": "dens"}, r"regularizer\.applies_to: 'dens' is not one of dense, conv, "
                                            r"all \(did you mean 'dense'\?\)"),
-    ({"kind": "l2", "l2": 0.1}, r"regularizer\.l2: not a parameter of 'l2'; valid keys are kind, factor, "
+    ({"kind": "l2", "l2": 0.1}, r"regularizer\.l2: not a parameter of l2; valid keys: factor, "
                                 r"applies_to"),
     (3, r"regularizer: expected a name or a table"),
 ])
@@ -602,20 +620,20 @@ def test_regularizer_errors(spec, message):
     ("rmsporp", r"^optimizer\.name: 'rmsporp' is not one of rmsprop, nadam, adamax, sgd, adam, adamw "
                 r"\(did you mean 'rmsprop'\?\)$"),
     ("lion", r"^optimizer\.name: 'lion' is not one of rmsprop, nadam, adamax, sgd, adam, adamw$"),
-    ({"name": "adam", "momentum": 0.5}, r"^optimizer\.momentum: not a parameter of 'adam'; valid keys are "
-                                        r"name, learning_rate, beta_1, beta_2, epsilon, amsgrad, flavour$"),
+    ({"name": "adam", "momentum": 0.5}, r"^optimizer\.momentum: not a parameter of adam; valid keys: "
+                                        r"learning_rate, beta_1, beta_2, epsilon, amsgrad, flavour$"),
     ({"name": "rmsprop", "momentun": 0.5}, r"\(did you mean 'momentum'\?\)"),
-    ({"name": "rmsprop", "learning_rate": 0}, r"optimizer\.learning_rate: 0 is out of range; must be > 0"),
-    ({"name": "rmsprop", "learning_rate": True}, r"optimizer\.learning_rate: True is not a number"),
-    ({"name": "rmsprop", "momentum": 1.0}, r"optimizer\.momentum: 1\.0 is out of range; must be in \[0, 1\)"),
+    ({"name": "rmsprop", "learning_rate": 0}, r"optimizer\.learning_rate: 0 is out of range; it must be > 0"),
+    ({"name": "rmsprop", "learning_rate": True}, r"optimizer\.learning_rate: expected a number, got bool True"),
+    ({"name": "rmsprop", "momentum": 1.0}, r"optimizer\.momentum: 1\.0 is out of range; it must be >= 0 and < 1"),
     ({"name": "sgd", "momentum": -0.1}, r"optimizer\.momentum: -0\.1 is out of range"),
-    ({"name": "rmsprop", "rho": 1.5}, r"optimizer\.rho: 1\.5 is out of range; must be in \[0, 1\)"),
-    ({"name": "rmsprop", "epsilon": 0}, r"optimizer\.epsilon: 0 is out of range; must be > 0"),
-    ({"name": "rmsprop", "centered": "yes"}, r"optimizer\.centered: 'yes' is not a boolean"),
+    ({"name": "rmsprop", "rho": 1.5}, r"optimizer\.rho: 1\.5 is out of range; it must be >= 0 and < 1"),
+    ({"name": "rmsprop", "epsilon": 0}, r"optimizer\.epsilon: 0 is out of range; it must be > 0"),
+    ({"name": "rmsprop", "centered": "yes"}, r"optimizer\.centered: expected true or false, got str 'yes'"),
     ({"name": "adam", "beta_2": 1}, r"optimizer\.beta_2: 1 is out of range"),
-    ({"name": "adamw", "weight_decay": -1}, r"optimizer\.weight_decay: -1 is out of range; must be >= 0"),
+    ({"name": "adamw", "weight_decay": -1}, r"optimizer\.weight_decay: -1 is out of range; it must be >= 0"),
     ({"name": "adam", "flavour": "jax"}, r"optimizer\.flavour: 'jax' is not one of keras, torch"),
-    ({"learning_rate": 0.1}, r"optimizer\.name: missing; choose one of rmsprop"),
+    ({"learning_rate": 0.1}, r"optimizer\.name: missing; valid values: rmsprop"),
     (None, r"optimizer: expected a name or a table"),
 ])
 def test_optimizer_errors(spec, message):
@@ -625,7 +643,7 @@ def test_optimizer_errors(spec, message):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"name": "adam", "momentum": 0.9}, "optimizer.momentum: not a parameter of 'adam'"),
+    ({"name": "adam", "momentum": 0.9}, "optimizer.momentum: not a parameter of adam"),
     ({"name": "rmsprop", "rho": 1.5}, "optimizer.rho"),
     ({"name": "sgd", "nesterov": True, "flavour": "torch"}, "optimizer.nesterov"),
 ])

@@ -17,6 +17,7 @@ _LAZY = {
     "Run": "cnnlab.run", "load_config": "cnnlab.config", "Config": "cnnlab.config",
     "build_model": "cnnlab.model", "load_mnist": "cnnlab.data",
     "import_keras": "cnnlab.interop", "export_onnx": "cnnlab.interop",
+    "compare": "cnnlab.compare",
 }
 
 __all__ = ["__version__", "CnnlabError", *_LAZY]

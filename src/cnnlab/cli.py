@@ -18,7 +18,8 @@ DEMO_PRESET = "fast"  # the main job: the speed recipe, a 99.4%+ model in about 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
 # Modules that add subcommands: each has add_parsers(sub) and registers its handlers with @command.
-_COMMAND_MODULES: list[str] = ["cnnlab.cli_interop", "cnnlab.cli_inspect", "cnnlab.cli_lab"]
+_COMMAND_MODULES: list[str] = ["cnnlab.cli_interop", "cnnlab.cli_inspect", "cnnlab.cli_experiments",
+                              "cnnlab.cli_lab"]
 
 
 def command(name: str) -> Callable:

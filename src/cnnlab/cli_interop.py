@@ -17,7 +17,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-keras", help="turn a Keras .keras or .h5 model file into a run folder (no TensorFlow)")
     p.add_argument("model", type=Path, help="the Keras file saved with model.save(...): MODEL.keras or MODEL.h5")
     p.add_argument("--out", type=Path, help="the run folder to create (default: runs/<file name>, never overwritten)")
-    p.add_argument("--normalize", choices=("unit", "none", "pixel"), default="unit",
+    p.add_argument("--normalize", default="unit",
                    help="what the Keras model expects as input: unit = pixels/255 (default), none = raw 0..255, "
                         "pixel = per-pixel standardization (fitted on the MNIST training images)")
 

@@ -2,7 +2,8 @@
 
 A config has six sections. ``data``, ``model`` and ``train`` are dataclasses; ``optimizer``, ``schedule`` and
 ``regularizer`` are plain spec dicts (the same dicts ``cnnlab.get_optimizer`` and friends accept), checked
-against the registries in ``cnnlab.optim``. Every mistake raises ``CnnlabError`` with the dotted path of the
+against the registries in ``cnnlab.optim``; layers against ``cnnlab.layers``. The rules and the wording of
+errors are ``cnnlab.schema``'s. Every mistake raises ``CnnlabError`` with the dotted path of the
 key and what would be valid.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -19,62 +19,74 @@ from typing import Any
 
 import tomli_w
 
+from cnnlab import layers as layer_kinds
+from cnnlab.data import NORMALIZE_MODES, SPLITS
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text
+from cnnlab.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES
+from cnnlab.schema import Key, Rule, SpecSchema, boolean, choice, expected_table, integer, join, number, \
+    resolve_table, show, suggest, text
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "linear", "softmax")
+
+
+def _key(default: Any, rule: Rule) -> Any:
+    return field(default=default, metadata={"rule": rule})
 
 
 def _choice(*values: str, default: str) -> Any:
-    return field(default=default, metadata={"choices": values})
+    return _key(default, choice(*values))
 
 
-def _num(default: Any, lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> Any:
-    return field(default=default, metadata={"min": lo, "max": hi, "max_open": hi_open})
+def _int(default: int, lo: int | None = None, hi: int | None = None) -> Any:
+    return _key(default, integer(lo, hi))
+
+
+def _float(default: float, lo: float | None = None, hi: float | None = None, hi_open: bool = False) -> Any:
+    return _key(default, number(lo, hi, high_open=hi_open))
 
 
 @dataclass
 class DataConfig:
     """Where MNIST comes from and how it is prepared."""
 
-    normalize: str = _choice("pixel", "global", "unit", "none", default="pixel")
-    split: str = _choice("standard", "reshuffle", default="standard")
-    validation: int = _num(0, 0, 59_999)  # training images held out; 0 = validate on the test set
-    source: str = ""  # a folder with the four IDX files; "" = cache, mirrors, then PyPI
-    limit_train: int = _num(0, 0)  # keep only the first N training images (0 = all)
-    limit_test: int = _num(0, 0)
+    normalize: str = _choice(*NORMALIZE_MODES, default="pixel")
+    split: str = _choice(*SPLITS, default="standard")
+    validation: int = _int(0, 0, 59_999)  # training images held out; 0 = validate on the test set
+    source: str = _key("", text())  # a folder with the four IDX files; "" = cache, mirrors, then PyPI
+    limit_train: int = _int(0, 0)  # keep only the first N training images (0 = all)
+    limit_test: int = _int(0, 0)
 
 
 @dataclass
 class EarlyStoppingConfig:
     """Stop when ``train.monitor`` has not improved for ``patience`` epochs (0 = off)."""
 
-    patience: int = _num(0, 0)
-    min_delta: float = _num(0.0, 0.0)
-    restore_best: bool = False
+    patience: int = _int(0, 0)
+    min_delta: float = _float(0.0, 0.0)
+    restore_best: bool = _key(False, boolean())
 
 
 @dataclass
 class TrainConfig:
     """The training loop."""
 
-    epochs: int = _num(2, 0)
-    batch_size: int = _num(64, 1)
-    seed: int = _num(0, 0)
-    threads: int = _num(0, 0)  # 0 = one per core
-    label_smoothing: float = _num(0.0, 0.0, 1.0, hi_open=True)
+    epochs: int = _int(2, 0)
+    batch_size: int = _int(64, 1)
+    seed: int = _int(0, 0)
+    threads: int = _int(0, 0)  # 0 = one per core
+    label_smoothing: float = _float(0.0, 0.0, 1.0, hi_open=True)
     checkpoint: str = _choice("last", "best", default="last")
     monitor: str = _choice("val_accuracy", "val_loss", "loss", "accuracy", default="val_accuracy")
-    channels_last: bool = True
+    channels_last: bool = _key(True, boolean())
     precision: str = _choice("fp32", "bf16", "auto", default="fp32")  # auto = bf16 where the CPU has it natively
-    shift: int = _num(0, 0, 4)  # random shifts of training images by up to this many pixels (0 = off)
-    log_loss: bool = False  # draw the loss curves on a log scale
+    shift: int = _int(0, 0, 4)  # random shifts of training images by up to this many pixels (0 = off)
+    log_loss: bool = _key(False, boolean())  # draw the loss curves on a log scale
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
 
 @dataclass
 class ModelConfig:
-    """The network: an initialization scheme and a list of named layers (see ``LAYER_SCHEMAS``)."""
+    """The network: an initialization scheme and a list of named layers (see ``cnnlab.layers``)."""
 
     init: str = _choice("keras", "torch", default="keras")
     layers: list[dict[str, Any]] = field(default_factory=list)
@@ -102,36 +114,6 @@ class Config:
     def save(self, path: str | Path) -> Path:
         """Write the config as TOML to ``path`` atomically."""
         return write_text(path, self.to_toml())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Layer schemas: per type, each allowed key with its default (REQUIRED = must be given).
-
-REQUIRED = object()
-
-LAYER_SCHEMAS: dict[str, dict[str, Any]] = {
-    "conv": {"filters": REQUIRED, "kernel": 3, "stride": 1, "padding": "valid", "activation": "relu",
-             "use_bias": True},
-    "maxpool": {"size": 2, "stride": 0, "padding": "valid"},
-    "avgpool": {"size": 2, "stride": 0, "padding": "valid"},
-    "flatten": {},
-    "dense": {"units": REQUIRED, "activation": "relu", "use_bias": True},
-    "dropout": {"rate": REQUIRED},
-    "batchnorm": {"momentum": 0.99, "epsilon": 0.001},
-    "activation": {"activation": REQUIRED},  # a standalone activation, as Keras' Activation layer
-}
-
-# Keras-style names for layers the user did not name: conv2d_1, max_pooling2d_1, ...
-KERAS_NAMES = {"conv": "conv2d", "maxpool": "max_pooling2d", "avgpool": "average_pooling2d",
-               "flatten": "flatten", "dense": "dense", "dropout": "dropout", "batchnorm": "batch_normalization",
-               "activation": "activation"}
-
-_LAYER_CHECKS: dict[str, tuple[Any, ...]] = {
-    "filters": ("int", 1, None), "kernel": ("int", 1, None), "stride": ("int", 0, None), "size": ("int", 1, None),
-    "units": ("int", 1, None), "rate": ("float", 0.0, 1.0), "momentum": ("float", 0.0, 1.0),
-    "epsilon": ("float", 0.0, None), "use_bias": ("bool",), "name": ("str",),
-    "padding": ("choice", ("valid", "same")), "activation": ("choice", ACTIVATIONS),
-}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -173,7 +155,7 @@ def preset_dict(name: str) -> dict[str, Any]:
     names = preset_names()
     if name not in names:
         raise CnnlabError(f"preset {name!r} does not exist; valid presets: {', '.join(names)}"
-                          + _suggest(name, names))
+                          + suggest(name, names))
     text = (resources.files("cnnlab") / "presets" / f"{name}.toml").read_text()
     return tomllib.loads(text)
 
@@ -191,7 +173,7 @@ def _apply_extends(raw: dict[str, Any]) -> dict[str, Any]:
         return raw
     base_name = raw.pop("extends")
     if not isinstance(base_name, str):
-        raise CnnlabError(f"extends: expected a preset name, got {_show(base_name)}")
+        raise CnnlabError(f"extends: expected a preset name, got {show(base_name)}")
     base = _apply_extends(preset_dict(base_name))
     for section, value in raw.items():
         key = _SPEC_KEYS.get(section)
@@ -235,9 +217,9 @@ def from_dict(raw: dict[str, Any]) -> Config:
     cfg = _build_dataclass(Config, raw, "")
     cfg.model.layers = resolve_layers(cfg.model.layers)
     _fill_run_length(cfg)
-    cfg.optimizer = _resolve_spec("optimizer", cfg.optimizer, "name", _optim().OPTIMIZER_DEFAULTS)
-    cfg.schedule = _resolve_spec("schedule", cfg.schedule, "name", _optim().SCHEDULE_DEFAULTS)
-    cfg.regularizer = _resolve_spec("regularizer", cfg.regularizer, "kind", _optim().REGULARIZER_DEFAULTS)
+    cfg.optimizer = _resolve_spec(OPTIMIZERS, cfg.optimizer)
+    cfg.schedule = _resolve_spec(SCHEDULES, cfg.schedule)
+    cfg.regularizer = _resolve_spec(REGULARIZERS, cfg.regularizer)
     if "learning_rate" in cfg.optimizer:
         # The rate lives in [schedule]; a second value here could only disagree with it.
         del cfg.optimizer["learning_rate"]
@@ -262,124 +244,31 @@ def _fill_run_length(cfg: Config) -> None:
         cfg.schedule[key] = max(run_steps(cfg), 1)
 
 
-def _optim():
-    from cnnlab import optim
-
-    return optim
-
-
 def _build_dataclass(cls: type, raw: Any, path: str) -> Any:
-    if not isinstance(raw, dict):
-        raise CnnlabError(f"{path or 'config'}: expected a table, got {_show(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            raise CnnlabError(f"{_join(path, key)}: unknown key; valid keys: {', '.join(fields)}"
-                              + _suggest(key, list(fields)))
-    values = {}
-    for name, f in fields.items():
-        if name not in raw:
-            continue
-        values[name] = _check_field(f, raw[name], _join(path, name))
+    keys = {name: Key(f.default, f.metadata["rule"]) for name, f in fields.items() if "rule" in f.metadata}
+    nested = [name for name in fields if name not in keys]
+    values = resolve_table(path, raw, keys, skip=tuple(nested))
+    for name in nested:
+        if name in raw:
+            values[name] = _check_nested(fields[name], raw[name], join(path, name))
     return cls(**values)
 
 
-def _check_field(f: dataclasses.Field, value: Any, path: str) -> Any:
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+def _check_nested(f: dataclasses.Field, value: Any, path: str) -> Any:
+    default = f.default_factory()
     if dataclasses.is_dataclass(default):
         return _build_dataclass(type(default), value, path)
-    if isinstance(default, list):
-        if not isinstance(value, list):
-            raise CnnlabError(f"{path}: expected a list, got {_show(value)}")
-        return value
-    if isinstance(default, dict):
-        if not isinstance(value, dict):
-            raise CnnlabError(f"{path}: expected a table, got {_show(value)}")
-        return value
-    value = _check_type(value, default, path)
-    meta = f.metadata
-    if "choices" in meta and value not in meta["choices"]:
-        raise CnnlabError(f"{path}: {value!r} is not one of {', '.join(meta['choices'])}"
-                          + _suggest(str(value), list(meta["choices"])))
-    _check_range(value, meta.get("min"), meta.get("max"), path, meta.get("max_open", False))
+    if not isinstance(value, type(default)):
+        raise expected_table(path, value, "a list" if isinstance(default, list) else "a table")
     return value
 
 
-def _check_type(value: Any, default: Any, path: str) -> Any:
-    """Check ``value`` against the type of ``default``; an int is accepted where a float is expected."""
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise CnnlabError(f"{path}: expected true or false, got {_show(value)}")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise CnnlabError(f"{path}: expected an integer, got {_show(value)}")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CnnlabError(f"{path}: expected a number, got {_show(value)}")
-        value = float(value)
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise CnnlabError(f"{path}: expected a string, got {_show(value)}")
-    return value
-
-
-def _check_range(value: Any, lo: float | None, hi: float | None, path: str, hi_open: bool = False) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    if lo is not None and value < lo:
-        raise CnnlabError(f"{path}: {value} is out of range; it must be >= {lo}")
-    if hi is not None and (value >= hi if hi_open else value > hi):
-        raise CnnlabError(f"{path}: {value} is out of range; it must be {'<' if hi_open else '<='} {hi}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Spec sections (optimizer, schedule, regularizer)
-
-
-def _resolve_spec(section: str, spec: dict[str, Any], key: str, registry: dict[str, dict[str, Any]]
-                  ) -> dict[str, Any]:
-    """Check a spec dict against its registry and fill in every default."""
-    names = list(registry)
-    if key not in spec:
-        raise CnnlabError(f"{section}.{key}: missing; valid values: {', '.join(names)}")
-    name = spec[key]
-    if name not in registry:
-        raise CnnlabError(f"{section}.{key}: {name!r} is not one of {', '.join(names)}"
-                          + _suggest(str(name), names))
-    defaults = registry[name]
-    allowed = [k for k in defaults if k != key]
-    resolved: dict[str, Any] = {key: name}
-    for k, v in spec.items():
-        if k == key:
-            continue
-        if k not in defaults:
-            raise CnnlabError(f"{section}.{k}: not a parameter of {name}; valid keys: {', '.join(allowed)}"
-                              + _suggest(k, allowed)
-                              + f" (to switch {key}, replace the section: --set '{section}={{{key}=\"...\"}}')")
-    for k, default in defaults.items():
-        if k == key:
-            continue
-        if k in spec:
-            resolved[k] = _check_type(spec[k], default, f"{section}.{k}") if default is not None else spec[k]
-        elif default is not None:
-            resolved[k] = default
-    # The registry owner checks ranges and required values; report its message with the section path.
-    _validate_spec(section, resolved)
-    return resolved
-
-
-def _validate_spec(section: str, spec: dict[str, Any]) -> None:
-    optim = _optim()
-    try:
-        if section == "optimizer":
-            optim.check_optimizer(spec)
-        elif section == "schedule":
-            optim.get_schedule(spec)
-        else:
-            optim.get_regularizer(spec)
-    except CnnlabError as exc:
-        msg = str(exc)
-        raise CnnlabError(msg if msg.startswith(section) else f"{section}: {msg}") from None
+def _resolve_spec(schema: SpecSchema, spec: Any) -> dict[str, Any]:
+    """Check a spec table against its registry; fill in every default (TOML has no None: those are left out)."""
+    hint = f" (to switch {schema.name_key}, replace the section: --set '{schema.section}={{{schema.name_key}=\"...\"}}')"
+    resolved = schema.resolve(spec, hint=hint)
+    return {k: v for k, v in resolved.items() if v is not None}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -393,7 +282,7 @@ def resolve_layers(layers: list[Any]) -> list[dict[str, Any]]:
     """
     if not layers:
         raise CnnlabError("model.layers: the model has no layers; add [[model.layers]] tables")
-    resolved = [_resolve_layer(layer, f"model.layers[{i}]") for i, layer in enumerate(layers)]
+    resolved = [layer_kinds.resolve(layer, f"model.layers[{i}]") for i, layer in enumerate(layers)]
     given = [layer["name"] for layer in resolved if layer.get("name")]
     dupes = sorted({n for n in given if given.count(n) > 1})
     if dupes:
@@ -403,7 +292,7 @@ def resolve_layers(layers: list[Any]) -> list[dict[str, Any]]:
     for layer in resolved:
         if layer.get("name"):
             continue
-        base = KERAS_NAMES[layer["type"]]
+        base = layer_kinds.get(layer["type"]).keras_name
         while True:
             counters[base] = counters.get(base, 0) + 1
             candidate = f"{base}_{counters[base]}"
@@ -412,47 +301,7 @@ def resolve_layers(layers: list[Any]) -> list[dict[str, Any]]:
         layer["name"] = candidate
         taken.add(candidate)
     _check_activations(resolved)
-    return [{"type": lay["type"], "name": lay["name"], **{k: v for k, v in lay.items() if k not in ("type", "name")}}
-            for lay in resolved]
-
-
-def _resolve_layer(layer: Any, path: str) -> dict[str, Any]:
-    if not isinstance(layer, dict):
-        raise CnnlabError(f"{path}: expected a table with a 'type' key, got {_show(layer)}")
-    kind = layer.get("type")
-    types = list(LAYER_SCHEMAS)
-    if kind not in LAYER_SCHEMAS:
-        raise CnnlabError(f"{path}.type: {kind!r} is not one of {', '.join(types)}" + _suggest(str(kind), types))
-    schema = LAYER_SCHEMAS[kind]
-    allowed = ["type", "name", *schema]
-    out: dict[str, Any] = {"type": kind, "name": ""}
-    for key, value in layer.items():
-        if key not in allowed:
-            raise CnnlabError(f"{path}.{key}: not a key of a {kind} layer; valid keys: {', '.join(allowed)}"
-                              + _suggest(key, allowed))
-        if key != "type":
-            out[key] = _check_layer_value(key, value, f"{path}.{key}")
-    for key, default in schema.items():
-        if key not in out:
-            if default is REQUIRED:
-                raise CnnlabError(f"{path}.{key}: a {kind} layer needs {key!r}")
-            out[key] = default
-    return out
-
-
-def _check_layer_value(key: str, value: Any, path: str) -> Any:
-    check = _LAYER_CHECKS[key]
-    kind = check[0]
-    if kind == "choice":
-        if value not in check[1]:
-            raise CnnlabError(f"{path}: {value!r} is not one of {', '.join(check[1])}"
-                              + _suggest(str(value), list(check[1])))
-        return value
-    default = {"int": 0, "float": 0.0, "bool": False, "str": ""}[kind]
-    value = _check_type(value, default, path)
-    if len(check) == 3:
-        _check_range(value, check[1], check[2], path, hi_open=(key in ("rate", "momentum")))
-    return value
+    return resolved
 
 
 def _check_activations(layers: list[dict[str, Any]]) -> None:
@@ -522,7 +371,7 @@ def _layer_index(layers: list[Any], part: str, path: str) -> int:
     if part not in names:
         valid = [n for n in names if n]
         raise CnnlabError(f"--set {path}: no layer named {part!r}; named layers: {', '.join(valid)} "
-                          "(or use an index)" + _suggest(part, valid))
+                          "(or use an index)" + suggest(part, valid))
     return names.index(part)
 
 
@@ -535,19 +384,6 @@ def _parse_value(text: str) -> Any:
 
 # ---------------------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _show(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
 
 
 def _drop_none(obj: Any) -> Any:

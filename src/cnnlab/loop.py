@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from cnnlab import native
 from cnnlab.augment import pad_images, random_shift
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import evaluate
@@ -105,6 +106,7 @@ class Trainer:
                  callbacks: list[Callback] | None = None, state: TrainState | None = None,
                  channels_last: bool = False, precision: str = "fp32", shift: int = 0):
         keep_freed_memory()
+        native.prepare()  # training starts: load the kernels (compiling them, once, says so on stderr)
         self.model = model
         self.optimizer = optimizer
         self.data = data

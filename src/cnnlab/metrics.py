@@ -9,10 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cnnlab import native
+
 
 def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256,
                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Return the model's logits (N, classes) for images ``x`` (N, 1, 28, 28), leaving its train/eval mode as it was."""
+    native.prepare()  # inference on the fast path starts: load the kernels (compiling them, once, says so)
     was_training = model.training
     model.eval()
     try:

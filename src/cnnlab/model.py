@@ -2,53 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cnnlab.errors import CnnlabError
+from cnnlab import layers as kinds
 from cnnlab import native
+from cnnlab.errors import CnnlabError
+from cnnlab.layers import activation_module
 from cnnlab.native import MaxPool2x2
 
 INPUT_SHAPE = (1, 28, 28)  # (C, H, W) of one MNIST image
-
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "gelu": nn.GELU,
-                "linear": nn.Identity, "softmax": lambda: nn.Softmax(dim=1)}
-
-TYPE_LABELS = {"conv": "Conv2D", "maxpool": "MaxPool2D", "avgpool": "AvgPool2D", "flatten": "Flatten",
-               "dense": "Dense", "dropout": "Dropout", "batchnorm": "BatchNorm", "activation": "Activation"}
-
-
-class SamePad(nn.Module):
-    """Keras/TensorFlow ``same`` padding: the extra pixel, if any, goes to the bottom and the right."""
-
-    def __init__(self, kernel: int, stride: int, value: float = 0.0):
-        super().__init__()
-        self.kernel, self.stride, self.value = kernel, stride, value
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        pads = []
-        for size in (x.shape[-1], x.shape[-2]):  # F.pad wants (left, right, top, bottom)
-            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel - size, 0)
-            pads += [total // 2, total - total // 2]
-        return F.pad(x, pads, value=self.value) if any(pads) else x
-
-
-class AvgPoolSame(nn.Module):
-    """Average pooling with Keras ``same`` padding: padded cells do not count in the average."""
-
-    def __init__(self, size: int, stride: int):
-        super().__init__()
-        self.pad = SamePad(size, stride)
-        self.pool = nn.AvgPool2d(size, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        ones = torch.ones_like(x[:1, :1])
-        return self.pool(self.pad(x)) / self.pool(self.pad(ones))
 
 
 class NamedLayer(nn.Module):
@@ -61,7 +27,7 @@ class NamedLayer(nn.Module):
         super().__init__()
         self.spec = dict(spec)
         self.op = op
-        self.act = _ACTIVATIONS[activation]()
+        self.act = activation_module(activation)
 
     @property
     def kind(self) -> str:
@@ -150,8 +116,8 @@ class CnnModel(nn.Module):
 
     def kernels(self, applies_to: str = "all") -> list[torch.Tensor]:
         """Return the kernel weights (no biases) of the dense layers, the conv layers or both."""
-        kinds = {"dense": ("dense",), "conv": ("conv",), "all": ("dense", "conv")}[applies_to]
-        return [layer.op.weight for layer in self.layers.values() if layer.kind in kinds]
+        return [layer.op.weight for layer in self.layers.values()
+                if kinds.get(layer.kind).has_kernel and applies_to in ("all", layer.kind)]
 
 
 def _forward_plan(layers: nn.ModuleDict) -> list[tuple[str, str | None]]:
@@ -185,80 +151,15 @@ def build_model(layers: list[dict[str, Any]], init: str = "keras") -> CnnModel:
 
 
 def _build_layer(spec: dict[str, Any], shape: tuple[int, ...], index: int) -> NamedLayer:
-    kind = spec["type"]
-    where = f"model.layers[{index}] ({spec['name']})"
-    if kind in ("conv", "maxpool", "avgpool") and len(shape) != 3:
-        raise CnnlabError(f"{where}: a {kind} layer needs image maps (C, H, W) as input, but gets {shape}; "
-                          "put it before the flatten layer")
-    if kind == "dense" and len(shape) != 1:
-        raise CnnlabError(f"{where}: a dense layer needs a flat input but gets maps of shape {shape}; "
-                          "add a flatten layer before it")
-    if kind == "conv":
-        return NamedLayer(spec, _conv(spec, shape[0]), spec["activation"])
-    if kind in ("maxpool", "avgpool"):
-        return NamedLayer(spec, _pool(spec))
-    if kind == "flatten":
-        return NamedLayer(spec, nn.Flatten())
-    if kind == "dense":
-        return NamedLayer(spec, nn.Linear(shape[0], spec["units"], bias=spec["use_bias"]), spec["activation"])
-    if kind == "dropout":
-        return NamedLayer(spec, nn.Dropout(spec["rate"]))
-    if kind == "activation":
-        return NamedLayer(spec, nn.Identity(), spec["activation"])
-    if kind == "batchnorm":
-        # Keras' momentum weighs the old running value; torch's weighs the new batch.
-        norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
-        return NamedLayer(spec, norm(shape[0], eps=spec["epsilon"], momentum=1.0 - spec["momentum"]))
-    raise CnnlabError(f"{where}: unknown layer type {kind!r}")
-
-
-def _conv(spec: dict[str, Any], in_channels: int) -> nn.Module:
-    k, s = spec["kernel"], max(spec["stride"], 1)
-    conv = nn.Conv2d(in_channels, spec["filters"], k, stride=s, bias=spec["use_bias"])
-    if spec["padding"] == "same":
-        if s == 1 and k % 2 == 1:
-            conv.padding = (k // 2, k // 2)  # symmetric: same result, no extra pad op
-            return conv
-        return _Padded(SamePad(k, s), conv)
-    return conv
-
-
-def _pool(spec: dict[str, Any]) -> nn.Module:
-    size = spec["size"]
-    stride = spec["stride"] or size
-    if spec["type"] == "maxpool":
-        if size == 2 and stride == 2 and spec["padding"] == "valid":
-            return MaxPool2x2()  # the common case, with a native kernel for channels-last float32
-        pool = nn.MaxPool2d(size, stride)
-        return _Padded(SamePad(size, stride, value=-math.inf), pool) if spec["padding"] == "same" else pool
-    if spec["padding"] == "same":
-        return AvgPoolSame(size, stride)
-    return nn.AvgPool2d(size, stride)
-
-
-class _Padded(nn.Sequential):
-    """A padding op then the layer op; ``weight``/``bias`` point at the inner layer's."""
-
-    @property
-    def weight(self) -> torch.Tensor:  # noqa: D102
-        return self[1].weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:  # noqa: D102
-        return self[1].bias
+    kind = kinds.get(spec["type"])
+    kind.check_input(shape, f"model.layers[{index}] ({spec['name']})")
+    return NamedLayer(spec, kind.build(spec, shape), kind.activation(spec))
 
 
 def keras_init_(model: CnnModel) -> None:
     """Initialize as Keras does: glorot-uniform kernels, zero biases, BatchNorm gamma 1 and beta 0."""
     for layer in model.layers.values():
-        op = layer.op
-        if layer.kind in ("conv", "dense"):
-            nn.init.xavier_uniform_(op.weight)  # fan_in = in*kh*kw, fan_out = out*kh*kw: Keras' glorot_uniform
-            if op.bias is not None:
-                nn.init.zeros_(op.bias)
-        elif layer.kind == "batchnorm":
-            nn.init.ones_(op.weight)
-            nn.init.zeros_(op.bias)
+        kinds.get(layer.kind).keras_init(layer.op)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,12 +187,12 @@ def layer_table(model: CnnModel) -> list[LayerRow]:
     for name, layer in model.layers.items():
         out_shape = model.output_shapes[name]
         params = list(layer.parameters())
-        weight = getattr(layer.op, "weight", None) if layer.kind in ("conv", "dense") else None
-        torch_shape = tuple(weight.shape) if weight is not None else None
+        kind = kinds.get(layer.kind)
+        torch_shape = tuple(layer.op.weight.shape) if kind.has_kernel else None
         rows.append(LayerRow(
-            name=name, type=TYPE_LABELS[layer.kind], output_shape=out_shape,
+            name=name, type=kind.label, output_shape=out_shape,
             torch_weight_shape=torch_shape, keras_weight_shape=_keras_shape(torch_shape),
-            params=sum(p.numel() for p in params), macs=_macs(layer, prev_shape, out_shape),
+            params=sum(p.numel() for p in params), macs=kind.macs(layer.op, prev_shape, out_shape),
             trainable=any(p.requires_grad for p in params)))
         prev_shape = out_shape
     return rows
@@ -311,15 +212,6 @@ def _keras_shape(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
     if len(shape) == 4:  # torch (out, in, kh, kw) -> Keras (kh, kw, in, out)
         return (shape[2], shape[3], shape[1], shape[0])
     return (shape[1], shape[0])  # torch Linear (out, in) -> Keras Dense kernel (in, out)
-
-
-def _macs(layer: NamedLayer, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
-    if layer.kind == "conv":
-        w = layer.op.weight
-        return math.prod(out_shape) * w.shape[1] * w.shape[2] * w.shape[3]
-    if layer.kind == "dense":
-        return in_shape[0] * out_shape[0]
-    return 0
 
 
 def format_table(model: CnnModel) -> str:

@@ -12,17 +12,19 @@ Everything is built from plain data (a name or a dict) and turns back into plain
 
 from __future__ import annotations
 
-import difflib
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.schema import REQUIRED, Key, Rule, SpecSchema, boolean, choice, custom, integer, number, optional
 
 __all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "REGULARIZERS",
     "OPTIMIZER_DEFAULTS",
     "SCHEDULE_DEFAULTS",
     "SCHEDULE_REQUIRED",
@@ -40,9 +42,44 @@ __all__ = [
 FLAVOURS = ("keras", "torch")
 APPLIES_TO = ("dense", "conv", "all")
 
+_POSITIVE = number(0.0, low_open=True)
+_NON_NEGATIVE = number(0.0)
+_FRACTION = number(0.0, 1.0, high_open=True)
+
+
+def _learning_rate(path: str, value: Any) -> float | dict[str, Any]:
+    """A positive number, or (as Keras' ``learning_rate``) a schedule table."""
+    if isinstance(value, Mapping):
+        return SCHEDULES.resolve(value, path)
+    return _POSITIVE.check(path, value, as_float=True)
+
+
+# One rule per hyper-parameter name, whichever optimizer, schedule or regularizer has it.
+_RULES: dict[str, Rule] = {
+    "learning_rate": custom(_learning_rate), "rho": _FRACTION, "momentum": _FRACTION, "epsilon": _POSITIVE,
+    "centered": boolean(), "beta_1": _FRACTION, "beta_2": _FRACTION, "nesterov": boolean(),
+    "amsgrad": boolean(), "weight_decay": _NON_NEGATIVE, "flavour": choice(*FLAVOURS, fold_case=True),
+    "initial": _POSITIVE, "decay_steps": _POSITIVE, "decay_rate": _NON_NEGATIVE, "staircase": boolean(),
+    "alpha": number(0.0, 1.0), "warmup_steps": integer(0), "warmup_target": optional(_POSITIVE),
+    "max_lr": _POSITIVE, "total_steps": integer(1), "pct_start": number(0.0, 1.0),
+    "div_factor": _POSITIVE, "final_div_factor": _POSITIVE,
+    "factor": _NON_NEGATIVE, "l1": _NON_NEGATIVE, "l2": _NON_NEGATIVE, "applies_to": choice(*APPLIES_TO, fold_case=True),
+}
+
+
+def _members(defaults: dict[str, dict[str, Any]]) -> dict[str, dict[str, Key]]:
+    return {name: {k: Key(d, _RULES[k]) for k, d in keys.items()} for name, keys in defaults.items()}
+
+
 _BETAS = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
 
-OPTIMIZER_DEFAULTS: dict[str, dict[str, object]] = {
+
+def _check_torch_flavour(path: str, name: str, hyper: dict[str, Any]) -> None:
+    if hyper["flavour"] == "torch":
+        _torch_kwargs(name, {k: v for k, v in hyper.items() if k not in ("flavour", "learning_rate")})
+
+
+OPTIMIZERS = SpecSchema("optimizer", "name", _members({
     "rmsprop": {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "centered": False,
                 "flavour": "keras"},
     "nadam": {"learning_rate": 0.001, **_BETAS, "flavour": "keras"},
@@ -50,145 +87,31 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, object]] = {
     "sgd": {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False, "flavour": "keras"},
     "adam": {"learning_rate": 0.001, **_BETAS, "amsgrad": False, "flavour": "keras"},
     "adamw": {"learning_rate": 0.001, "weight_decay": 0.004, **_BETAS, "amsgrad": False, "flavour": "keras"},
-}
+}), check=_check_torch_flavour)
 
-SCHEDULE_DEFAULTS: dict[str, dict[str, object]] = {
+SCHEDULES = SpecSchema("schedule", "name", _members({
     "constant": {"learning_rate": 0.001},
-    "inverse_time": {"initial": None, "decay_steps": None, "decay_rate": None, "staircase": False},
-    "exponential": {"initial": None, "decay_steps": None, "decay_rate": None, "staircase": False},
-    "cosine": {"initial": None, "decay_steps": None, "alpha": 0.0, "warmup_steps": 0, "warmup_target": None},
-    "one_cycle": {"max_lr": None, "total_steps": None, "pct_start": 0.3, "div_factor": 25.0,
+    "inverse_time": {"initial": REQUIRED, "decay_steps": REQUIRED, "decay_rate": REQUIRED, "staircase": False},
+    "exponential": {"initial": REQUIRED, "decay_steps": REQUIRED, "decay_rate": REQUIRED, "staircase": False},
+    "cosine": {"initial": REQUIRED, "decay_steps": REQUIRED, "alpha": 0.0, "warmup_steps": 0,
+               "warmup_target": None},  # Keras' default: no warmup
+    "one_cycle": {"max_lr": REQUIRED, "total_steps": REQUIRED, "pct_start": 0.3, "div_factor": 25.0,
                   "final_div_factor": 1e4},
-}
+}))
 
-# A default of None means "required" except for cosine's warmup_target, whose Keras default *is* None
-# (no warmup), so the required keys are listed explicitly.
-SCHEDULE_REQUIRED: dict[str, tuple[str, ...]] = {
-    "constant": (),
-    "inverse_time": ("initial", "decay_steps", "decay_rate"),
-    "exponential": ("initial", "decay_steps", "decay_rate"),
-    "cosine": ("initial", "decay_steps"),
-    "one_cycle": ("max_lr", "total_steps"),
-}
-
-REGULARIZER_DEFAULTS: dict[str, dict[str, object]] = {
+REGULARIZERS = SpecSchema("regularizer", "kind", _members({
     "none": {"applies_to": "dense"},
     "l1": {"factor": 0.01, "applies_to": "dense"},
     "l2": {"factor": 0.01, "applies_to": "dense"},
     "l1_l2": {"l1": 0.0, "l2": 0.0, "applies_to": "dense"},
-}
+}))
 
-
-# ---------------------------------------------------------------------------------------------------
-# Validation helpers
-# ---------------------------------------------------------------------------------------------------
-
-Rule = Callable[[str, Any], Any]
-
-
-def _fail(where: str, message: str) -> CnnlabError:
-    return CnnlabError(f"{where}: {message}")
-
-
-def _one_of(where: str, value: object, options: Iterable[str]) -> str:
-    """Return ``value`` (lower-cased) if it is in ``options``, else raise with a suggestion."""
-    options = list(options)
-    if isinstance(value, str) and value.lower() in options:
-        return value.lower()
-    hint = ""
-    if isinstance(value, str):
-        close = difflib.get_close_matches(value.lower(), options, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise _fail(where, f"{value!r} is not one of {', '.join(options)}{hint}")
-
-
-def _bound_text(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
-    if high is None:
-        return f"must be {'>' if low_open else '>='} {low:g}"
-    return f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-
-def _real(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-          high_open: bool = False) -> Rule:
-    """A rule accepting a real number inside the given bounds (ints stay ints for the config)."""
-    def check(where: str, value: Any) -> float | int:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-            raise _fail(where, f"{value!r} is not a number")
-        value = int(value) if isinstance(value, numbers.Integral) else float(value)
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high or math.isinf(value):
-            raise _fail(where, f"{value!r} is out of range; {_bound_text(low, high, low_open, high_open)}")
-        return value
-    return check
-
-
-def _integer(low: int) -> Rule:
-    """A rule accepting a whole number >= ``low`` (a float such as 1000.0 is accepted as 1000)."""
-    def check(where: str, value: Any) -> int:
-        whole = isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer()
-        if not whole:
-            raise _fail(where, f"{value!r} is not a whole number")
-        if int(value) < low:
-            raise _fail(where, f"{value!r} is out of range; must be >= {low}")
-        return int(value)
-    return check
-
-
-def _boolean(where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(where, f"{value!r} is not a boolean; use true or false")
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Rule:
-    return lambda where, value: _one_of(where, value, options)
-
-
-def _optional(rule: Rule) -> Rule:
-    return lambda where, value: None if value is None else rule(where, value)
-
-
-_POSITIVE = _real(0.0, low_open=True)
-_NON_NEGATIVE = _real(0.0)
-_FRACTION = _real(0.0, 1.0, high_open=True)
-
-_RULES: dict[str, Rule] = {
-    "learning_rate": _POSITIVE, "rho": _FRACTION, "momentum": _FRACTION, "epsilon": _POSITIVE,
-    "centered": _boolean, "beta_1": _FRACTION, "beta_2": _FRACTION, "nesterov": _boolean,
-    "amsgrad": _boolean, "weight_decay": _NON_NEGATIVE, "flavour": _choice(FLAVOURS),
-    "initial": _POSITIVE, "decay_steps": _POSITIVE, "decay_rate": _NON_NEGATIVE, "staircase": _boolean,
-    "alpha": _real(0.0, 1.0), "warmup_steps": _integer(0), "warmup_target": _optional(_POSITIVE),
-    "max_lr": _POSITIVE, "total_steps": _integer(1), "pct_start": _real(0.0, 1.0),
-    "div_factor": _POSITIVE, "final_div_factor": _POSITIVE,
-    "factor": _NON_NEGATIVE, "l1": _NON_NEGATIVE, "l2": _NON_NEGATIVE, "applies_to": _choice(APPLIES_TO),
-}
-
-
-def _resolve(section: str, spec: str | Mapping[str, Any], name_key: str,
-             registry: Mapping[str, Mapping[str, object]],
-             required: Mapping[str, tuple[str, ...]] | None = None) -> tuple[str, dict[str, Any]]:
-    """Turn a name or dict spec into ``(name, validated params with defaults filled in)``."""
-    if isinstance(spec, str):
-        spec = {name_key: spec}
-    if not isinstance(spec, Mapping):
-        raise _fail(section, f"expected a name or a table with {name_key!r}, got {spec!r}")
-    if name_key not in spec:
-        raise _fail(f"{section}.{name_key}", f"missing; choose one of {', '.join(registry)}")
-    name = _one_of(f"{section}.{name_key}", spec[name_key], registry)
-    defaults = registry[name]
-    for key in spec:
-        if key != name_key and key not in defaults:
-            valid = ", ".join([name_key, *defaults])
-            close = difflib.get_close_matches(str(key), list(defaults), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise _fail(f"{section}.{key}", f"not a parameter of {name!r}; valid keys are {valid}{hint}")
-    needed = (required or {}).get(name, ())
-    for key in needed:
-        if spec.get(key) is None:
-            raise _fail(f"{section}.{key}", f"missing; {name!r} requires {', '.join(needed)}")
-    params = {key: spec.get(key, default) for key, default in defaults.items()}
-    return name, {key: _RULES[key](f"{section}.{key}", value) for key, value in params.items()}
+# Plain views of the registries: every key with its default (None = required, or cosine's no-warmup None).
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {n: OPTIMIZERS.defaults(n) for n in OPTIMIZERS.names}
+SCHEDULE_DEFAULTS: dict[str, dict[str, Any]] = {n: SCHEDULES.defaults(n) for n in SCHEDULES.names}
+REGULARIZER_DEFAULTS: dict[str, dict[str, Any]] = {n: REGULARIZERS.defaults(n) for n in REGULARIZERS.names}
+SCHEDULE_REQUIRED: dict[str, tuple[str, ...]] = {
+    n: tuple(k for k, key in keys.items() if key.default is REQUIRED) for n, keys in SCHEDULES.members.items()}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,8 +248,8 @@ def get_schedule(spec: str | Mapping[str, Any] | Callable[[int], float]) -> Call
     """
     if callable(spec):
         return spec
-    name, params = _resolve("schedule", spec, "name", SCHEDULE_DEFAULTS, SCHEDULE_REQUIRED)
-    return _SCHEDULES[name](**params)
+    params = SCHEDULES.resolve(spec)
+    return _SCHEDULES[params.pop("name")](**params)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -393,8 +316,19 @@ class _Scheduled:
         return float(self._schedule(self.iterations))
 
     def get_config(self) -> dict[str, Any]:
-        """Return the plain dict spec (name, flavour and every hyper-parameter) of this optimizer."""
-        return dict(self._config)
+        """Return the plain dict spec (name, flavour and every hyper-parameter) of this optimizer.
+
+        As in Keras, ``learning_rate`` is the schedule's own config when a schedule drives the optimizer (a
+        constant one gives its number), so ``get_optimizer(opt.get_config(), params)`` rebuilds the same
+        schedule. A plain callable schedule has no config; the spec's ``learning_rate`` is kept then.
+        """
+        config = dict(self._config)
+        schedule = self._schedule
+        if isinstance(schedule, Constant):
+            config["learning_rate"] = float(schedule.learning_rate)
+        elif isinstance(schedule, Schedule):
+            config["learning_rate"] = schedule.get_config()
+        return config
 
 
 class _KerasOptimizer(_Scheduled, torch.optim.Optimizer):
@@ -616,14 +550,14 @@ def _torch_kwargs(name: str, hyper: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for key, value in hyper.items():
         if key not in mapping:
-            raise _fail(f"optimizer.{key}", f"has no meaning for torch's {name!r}; remove it or use "
-                                            f"flavour 'keras' (torch keys: {', '.join(mapping)})")
+            raise CnnlabError(f"optimizer.{key}: has no meaning for torch's {name!r}; remove it or use "
+                              f"flavour 'keras' (torch keys: {', '.join(mapping)})")
         kwargs[mapping[key]] = value
     if "betas" in kwargs:
         kwargs["betas"] = (hyper["beta_1"], hyper["beta_2"])
     if name == "sgd" and hyper["nesterov"] and hyper["momentum"] == 0:
-        raise _fail("optimizer.nesterov", "torch's SGD needs momentum > 0 for nesterov; set momentum "
-                                          "or nesterov = false")
+        raise CnnlabError("optimizer.nesterov: torch's SGD needs momentum > 0 for nesterov; set momentum "
+                          "or nesterov = false")
     return kwargs
 
 
@@ -633,10 +567,7 @@ def check_optimizer(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     Raises:
         CnnlabError: unknown name or key, or a value out of range (the same messages as ``get_optimizer``).
     """
-    name, hyper = _resolve("optimizer", spec, "name", OPTIMIZER_DEFAULTS)
-    if hyper["flavour"] == "torch":
-        _torch_kwargs(name, {k: v for k, v in hyper.items() if k not in ("flavour", "learning_rate")})
-    return {"name": name, **hyper}
+    return OPTIMIZERS.resolve(spec)
 
 
 def get_optimizer(spec: str | Mapping[str, Any] | torch.optim.Optimizer, params: Any,
@@ -649,8 +580,8 @@ def get_optimizer(spec: str | Mapping[str, Any] | torch.optim.Optimizer, params:
             keys of ``OPTIMIZER_DEFAULTS[name]`` (``flavour`` picks Keras 3's rule or torch's optimizer),
             or an already built optimizer, returned as is.
         params: the parameters (or torch param-group dicts) to optimize.
-        schedule: anything :func:`get_schedule` accepts; None means the spec's constant ``learning_rate``.
-            A schedule takes precedence over ``learning_rate``.
+        schedule: anything :func:`get_schedule` accepts; None means the spec's ``learning_rate``: a
+            constant, or (as in Keras) a schedule table. A schedule takes precedence over ``learning_rate``.
 
     Returns:
         A ``torch.optim.Optimizer`` with ``iterations`` (steps done), ``current_lr()`` and
@@ -661,11 +592,12 @@ def get_optimizer(spec: str | Mapping[str, Any] | torch.optim.Optimizer, params:
     """
     if isinstance(spec, torch.optim.Optimizer):
         return spec
-    name, hyper = _resolve("optimizer", spec, "name", OPTIMIZER_DEFAULTS)
-    config = {"name": name, **hyper}
-    schedule = Constant(learning_rate=hyper["learning_rate"]) if schedule is None else get_schedule(schedule)
-    flavour = hyper.pop("flavour")
-    hyper.pop("learning_rate")
+    hyper = OPTIMIZERS.resolve(spec)
+    config = dict(hyper)
+    name, flavour, rate = hyper.pop("name"), hyper.pop("flavour"), hyper.pop("learning_rate")
+    if schedule is None:
+        schedule = rate if isinstance(rate, dict) else Constant(learning_rate=rate)
+    schedule = get_schedule(schedule)
     if flavour == "keras":
         opt = _KERAS_CLASSES[name](params, hyper)
     else:
@@ -758,7 +690,8 @@ def get_regularizer(spec: str | Mapping[str, Any] | Regularizer | None) -> Regul
     """
     if spec is None or isinstance(spec, Regularizer):
         return spec
-    kind, params = _resolve("regularizer", spec, "kind", REGULARIZER_DEFAULTS)
+    params = REGULARIZERS.resolve(spec)
+    kind = params.pop("kind")
     if kind == "none":
         return None
     return _REGULARIZERS[kind](**params)

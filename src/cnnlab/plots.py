@@ -291,3 +291,34 @@ def saliency_figure(image: Any, gradient: Any, grad_cam: Any, title: str = "", c
     fig.suptitle(title, fontsize=10)
     return fig
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiments: several runs on one picture, a sweep's history. Drawn on Figure objects, outside pyplot's state.
+
+
+def _figure(width: float, height: float, cols: int = 1) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, cols, squeeze=False)[0]
+
+
+def compare_figure(series: list[dict[str, list[float]]], names: list[str], x: str) -> Any:
+    """Overlay runs' accuracy (left) and loss (right): one colour per run, validation solid, training dashed."""
+    fig, (ax_acc, ax_loss) = _figure(11, 4.2 + 0.18 * len(names), cols=2)
+    colours = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    for i, (s, name) in enumerate(zip(series, names)):
+        colour = colours(i % colours.N)
+        for ax, key in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+            ax.plot(s["x"], s[f"val_{key}"], "o-", color=colour, lw=1.5, ms=3, label=name)
+            ax.plot(s["x"], s[key], "--", color=colour, lw=1.0, alpha=0.7)
+    for ax, title in ((ax_acc, "accuracy (solid: validation, dashed: training)"), (ax_loss, "loss")):
+        ax.set_xlabel({"seconds": "seconds of training"}.get(x, x))
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside lower center", ncols=1 if len(names) > 4 else 2,
+               fontsize=8, frameon=False)
+    return fig

@@ -29,7 +29,8 @@ from cnnlab.inspection import filters as flt
 from cnnlab.inspection import patterns as pat
 from cnnlab.inspection import saliency as sal
 from cnnlab.inspection.images import ImageSets
-from cnnlab.model import TYPE_LABELS, format_table
+from cnnlab import layers as kinds
+from cnnlab.model import format_table
 from cnnlab.run import Run, load
 
 INSPECT_DIR = "inspect"
@@ -138,7 +139,7 @@ def _layers(run: Run, layer: str) -> list[str]:
 def _activation_figure(run: Run, layer: str, values: np.ndarray, picked: Any, i: int, cols: int, cmap: str,
                        scale: bool) -> tuple[Any, dict[str, Any]]:
     index, label, image = picked.indices[i], int(picked.labels[i]), picked.images[i]
-    kind = TYPE_LABELS.get(run.model.layers[layer].kind, run.model.layers[layer].kind)
+    kind = kinds.get(run.model.layers[layer].kind).label
     shape = tuple(values.shape)
     title = f"{layer} ({kind}) output {shape}  |  {picked.image_set} image {index}, label {label}"
     arrays = {"activations": values, "image": image, "label": label, "index": index, "set": picked.image_set,

@@ -104,7 +104,7 @@ class Run:
 
 def train(config: str | Path | Config = "seed", out: str | Path | None = None, epochs: int | None = None,
           overrides: list[str] | None = None, live: bool = False, echo: Echo | None = print,
-          progress: bool = True) -> Run:
+          progress: bool = True, callbacks: list[Any] | None = None) -> Run:
     """Train a new run and return it.
 
     Args:
@@ -115,6 +115,8 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
         live: also show the curves in a Jupyter notebook, updated in place after each epoch.
         echo: where progress lines go (None = silent).
         progress: show a progress bar per epoch.
+        callbacks: more ``cnnlab.loop.Callback`` listeners (e.g. a sweep's pruning); they see each epoch before
+            it is saved.
     """
     cfg = _resolve_config(config, overrides)
     if epochs is not None:
@@ -130,7 +132,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     write_model_json(run_dir, model, data.normalizer)
     store.save_weights(run_dir / store.INITIAL, model)
     store.save_weights(run_dir / store.WEIGHTS, model)
-    _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress)
+    _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress, extra=callbacks)
     return load(run_dir)
 
 
@@ -183,14 +185,13 @@ def load(run_dir: str | Path) -> Run:
 
 
 def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any, state: Any, epochs: int,
-         live: bool, echo: Echo | None, progress: bool, total: int | None = None) -> None:
+         live: bool, echo: Echo | None, progress: bool, total: int | None = None,
+         extra: list[Any] | None = None) -> None:
     from cnnlab import callbacks as cb
     from cnnlab.loop import Trainer
     from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 
-    note = native.news()  # builds the kernels here, on first use, rather than inside the first batch
-    if note and echo:
-        echo(f"  native kernels: {note}")
+    _prepare_kernels(echo)
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
         store.load_optimizer(run_dir, optimizer)
@@ -210,6 +211,7 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
         listeners.append(cb.EpochLine(echo, total or epochs, data.val_is_test))
     listeners.append(cb.CurvesPNG(run_dir / store.CURVES, log_loss=cfg.train.log_loss, live=live))
     listeners.append(cb.ProgressFile(run_dir / store.PROGRESS, total or epochs))
+    listeners.extend(extra or [])
     listeners.append(cb.RunSaver(run_dir, cfg.train.monitor, keep_best=cfg.train.checkpoint == "best",
                                  restore_best=cfg.train.early_stopping.restore_best, echo=echo))
     trainer = Trainer(model, optimizer, data, cfg.train.batch_size, seed=cfg.train.seed, penalty=penalty,
@@ -225,6 +227,18 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
     if stopper.message:
         raise CnnlabError(stopper.message)
     _say(echo, f"done: {run_dir} (curves: {run_dir / store.CURVES})")
+
+
+def _prepare_kernels(echo: Echo | None) -> None:
+    """Load (or compile, saying so) the native kernels before the first batch; tell of a failed build."""
+    told: list[str] = []
+
+    def tell(line: str) -> None:
+        told.append(line)
+        _say(echo, f"  {line}")
+
+    if native.prepare(tell) is None and not told and native.status().startswith("could not"):
+        _say(echo, f"  native kernels: {native.status()}")
 
 
 @contextmanager

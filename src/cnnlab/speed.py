@@ -23,26 +23,45 @@ _TRIM_THRESHOLD = 1 << 30
 
 
 @functools.lru_cache(maxsize=None)
-def _cpuinfo(field: str) -> str:
-    """Return the first value of ``field`` in /proc/cpuinfo ("" where it or the file is missing)."""
+def _cpuinfo_text() -> str:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
-    for line in text.splitlines():
+
+
+def cpuinfo_field(field: str, text: str | None = None) -> str:
+    """Return the first value of ``field`` in /proc/cpuinfo, or in ``text`` ("" where it is missing)."""
+    for line in (_cpuinfo_text() if text is None else text).splitlines():
         if line.split(":", 1)[0].strip() == field:
             return line.split(":", 1)[1].strip()
     return ""
 
 
-def cpu_flags() -> frozenset[str]:
-    """Return the CPU feature flags Linux reports (empty where /proc/cpuinfo is not available)."""
-    return frozenset(_cpuinfo("flags").split())
+def cpu_flags(text: str | None = None) -> frozenset[str]:
+    """Return the CPU's feature flags: Linux's ``flags`` (x86) or ``Features`` (ARM) line of /proc/cpuinfo
+    (or of ``text``); on macOS what ``sysctl`` lists; empty where none of them is available."""
+    line = cpuinfo_field("flags", text) or cpuinfo_field("Features", text)
+    if not line and text is None and platform.system() == "Darwin":
+        line = _sysctl("-n", "machdep.cpu.features", "machdep.cpu.leaf7_features") + " " + " ".join(
+            key.removeprefix("hw.optional.").rstrip(":") for key, _, value in
+            (row.partition(" ") for row in _sysctl("hw.optional").splitlines()) if value.strip() == "1")
+    return frozenset(line.split())
+
+
+def _sysctl(*keys: str) -> str:
+    """The output of ``sysctl`` for ``keys`` ("" where it fails)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["sysctl", *keys], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def cpu_name() -> str:
     """Return the CPU's model name, for provenance records and benchmark headers."""
-    return _cpuinfo("model name") or platform.processor() or "unknown"
+    return cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def usable_cores() -> int:

@@ -13,11 +13,11 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from cnnlab import layers as kinds
 from cnnlab.errors import CnnlabError
 from cnnlab.model import CnnModel
 
 CHUNK = 256  # images per forward pass: bounds memory to one chunk's activations (Conv2D_1 of seed: 22 MB)
-MAP_KINDS = ("conv", "maxpool", "avgpool", "activation")  # layers that make maps (not just pass them on)
 
 Prepare = Callable[[torch.Tensor | np.ndarray], torch.Tensor]
 
@@ -32,7 +32,7 @@ def check_layer(model: CnnModel, layer: str) -> str:
 def map_layers(model: CnnModel) -> list[str]:
     """The names of the conv, pooling and activation layers whose output is a stack of maps, in forward order."""
     return [name for name, layer in model.layers.items()
-            if layer.kind in MAP_KINDS and len(model.output_shapes[name]) == 3]
+            if kinds.get(layer.kind).has_maps and len(model.output_shapes[name]) == 3]
 
 
 def last_conv_layer(model: CnnModel) -> str:

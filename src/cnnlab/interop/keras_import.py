@@ -35,21 +35,26 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 
 from cnnlab import __version__, store
-from cnnlab.config import ACTIVATIONS, Config, from_dict
+from cnnlab import layers as kinds
+from cnnlab.config import Config, from_dict
+from cnnlab.data import NORMALIZE_MODES, fit_normalizer, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
+from cnnlab.layers import KerasLayer
 from cnnlab.model import CnnModel, build_model
+from cnnlab.optim import OPTIMIZER_DEFAULTS
+from cnnlab.schema import check_choice
 
-IMPORT_NORMALIZE = ("unit", "none", "pixel")  # what the Keras model expects: x/255, raw 0..255, per-pixel z-score
-SUPPORTED_LAYERS = ("InputLayer", "Conv2D", "MaxPooling2D", "AveragePooling2D", "Flatten", "Dense", "Dropout",
-                    "Activation", "BatchNormalization")
+# What the Keras model may expect as input: x/255, raw 0..255 or a per-pixel z-score ("global" has no fit to record).
+IMPORT_NORMALIZE = tuple(mode for mode in NORMALIZE_MODES if mode != "global")
+SUPPORTED_LAYERS = ("InputLayer", *kinds.keras_classes())
 FORMAT_LABELS = {"keras": "Keras 3 .keras archive", "h5": "legacy HDF5 .h5"}
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -60,16 +65,6 @@ _OPTIMIZERS = {"rmsprop": "rmsprop", "adam": "adam", "sgd": "sgd", "nadam": "nad
                "adamw": "adamw"}
 _SCHEDULES = {"InverseTimeDecay": "inverse_time", "ExponentialDecay": "exponential"}
 _DEFAULT_TRAINING = {"optimizer": {"name": "rmsprop"}, "schedule": {"name": "constant", "learning_rate": 0.001}}
-
-
-@dataclass
-class KerasLayer:
-    """One layer as the file stores it: class, name, config and weights by Keras name (``kernel``, ``gamma``)."""
-
-    class_name: str
-    name: str
-    config: dict[str, Any]
-    weights: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,8 +133,7 @@ def import_keras(path: str | Path, out: str | Path | None = None, normalize: str
     from cnnlab.run import default_out
 
     started = time.perf_counter()
-    if normalize not in IMPORT_NORMALIZE:
-        raise CnnlabError(f"--normalize {normalize!r} is not one of {', '.join(IMPORT_NORMALIZE)}")
+    check_choice("--normalize", normalize, IMPORT_NORMALIZE)
     path = Path(path)
     out = Path(out) if out is not None else default_out(path)
     _check_out(out)
@@ -202,10 +196,10 @@ def convert_layers(kfile: KerasFile, notes: list[str] | None = None
         _check_leading_reshape(layers.pop(0), kfile)
     converted: list[tuple[dict[str, Any], KerasLayer | None]] = []
     for layer in layers:
-        converter = _CONVERTERS.get(layer.class_name)
-        if converter is None:
+        kind = kinds.by_keras_class(layer.class_name)
+        if kind is None:
             raise _unsupported(layer, where)
-        converted.append((converter(layer, where), layer))
+        converted.append((kind.from_keras(layer, where), layer))
     return _fold_final_activation(converted, notes)
 
 
@@ -218,19 +212,12 @@ def load_keras_weights(model: CnnModel, converted: list[tuple[dict[str, Any], Ke
     perm: np.ndarray | None = None  # (C*H*W,): for each torch feature, the Keras feature it comes from
     prev = model.input_shape
     for spec, layer in converted:
-        name, kind = spec["name"], spec["type"]
-        op = model.layers[name].op
-        if kind == "flatten" and len(prev) == 3:
+        name, kind = spec["name"], kinds.get(spec["type"])
+        if kind.flattens and len(prev) == 3:
             perm = _flatten_permutation(prev)
-        elif kind == "conv":
-            _assign(op.weight, layer.weights, "kernel", name, lambda k: k.transpose(3, 2, 0, 1))
-            _assign_bias(op, layer, name)
-        elif kind == "dense":
-            _assign(op.weight, layer.weights, "kernel", name, lambda k: (k if perm is None else k[perm]).T)
-            _assign_bias(op, layer, name)
-            perm = None
-        elif kind == "batchnorm":
-            _load_batchnorm(op, layer, name, perm if len(prev) == 1 else None)
+        else:
+            kind.load_keras(model.layers[name].op, layer.weights, name, perm if len(prev) == 1 else None)
+            perm = perm if kind.elementwise else None
         prev = model.output_shapes[name]
 
 
@@ -452,13 +439,8 @@ def _entry_name(entry: dict[str, Any]) -> str:
 
 def _weight_names(layer: KerasLayer) -> list[str]:
     """The layer's variables in the order Keras creates (and numbers) them."""
-    cfg = layer.config
-    if layer.class_name in ("Conv2D", "Dense"):
-        return ["kernel", "bias"] if cfg.get("use_bias", True) else ["kernel"]
-    if layer.class_name == "BatchNormalization":
-        return (["gamma"] if cfg.get("scale", True) else []) + (["beta"] if cfg.get("center", True) else []) \
-            + ["moving_mean", "moving_variance"]
-    return []
+    kind = kinds.by_keras_class(layer.class_name)
+    return kind.keras_weight_names(layer.config) if kind is not None else []
 
 
 def _compile(optimizer: Any, compile_config: Any) -> dict[str, Any] | None:
@@ -472,66 +454,7 @@ def _compile(optimizer: Any, compile_config: Any) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Layers
-
-
-def _conv(layer: KerasLayer, where: str) -> dict[str, Any]:
-    cfg = layer.config
-    _check_data_format(layer, where)
-    if _square(cfg.get("dilation_rate", 1), "dilation_rate", layer, where) != 1 or cfg.get("groups", 1) != 1:
-        raise CnnlabError(f"{where}: layer {layer.name!r} uses dilation or groups, which cnnlab does not support")
-    return {"type": "conv", "name": layer.name, "filters": int(cfg["filters"]),
-            "kernel": _square(cfg["kernel_size"], "kernel_size", layer, where),
-            "stride": _square(cfg.get("strides", 1), "strides", layer, where),
-            "padding": _padding(layer, where), "activation": _activation(cfg.get("activation"), layer, where),
-            "use_bias": bool(cfg.get("use_bias", True))}
-
-
-def _pool(layer: KerasLayer, where: str) -> dict[str, Any]:
-    cfg = layer.config
-    _check_data_format(layer, where)
-    size = _square(cfg.get("pool_size", 2), "pool_size", layer, where)
-    strides = cfg.get("strides")
-    return {"type": "maxpool" if layer.class_name == "MaxPooling2D" else "avgpool", "name": layer.name,
-            "size": size, "stride": size if strides is None else _square(strides, "strides", layer, where),
-            "padding": _padding(layer, where)}
-
-
-def _flatten(layer: KerasLayer, where: str) -> dict[str, Any]:
-    _check_data_format(layer, where)
-    return {"type": "flatten", "name": layer.name}
-
-
-def _dense(layer: KerasLayer, where: str) -> dict[str, Any]:
-    cfg = layer.config
-    return {"type": "dense", "name": layer.name, "units": int(cfg["units"]),
-            "activation": _activation(cfg.get("activation"), layer, where), "use_bias": bool(cfg.get("use_bias", True))}
-
-
-def _dropout(layer: KerasLayer, where: str) -> dict[str, Any]:
-    return {"type": "dropout", "name": layer.name, "rate": float(layer.config.get("rate", 0.0))}
-
-
-def _activation_layer(layer: KerasLayer, where: str) -> dict[str, Any]:
-    return {"type": "activation", "name": layer.name,
-            "activation": _activation(layer.config.get("activation"), layer, where)}
-
-
-def _batchnorm(layer: KerasLayer, where: str) -> dict[str, Any]:
-    cfg = layer.config
-    axis = cfg.get("axis", -1)
-    axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-    if axis not in (-1, 3):  # the channels axis of (N, H, W, C); -1 is also the features axis of (N, F)
-        raise CnnlabError(f"{where}: layer {layer.name!r} normalizes axis {axis}; cnnlab supports the channels "
-                          "axis (-1) only")
-    return {"type": "batchnorm", "name": layer.name, "momentum": float(cfg.get("momentum", 0.99)),
-            "epsilon": float(cfg.get("epsilon", 0.001))}
-
-
-_CONVERTERS: dict[str, Callable[[KerasLayer, str], dict[str, Any]]] = {
-    "Conv2D": _conv, "MaxPooling2D": _pool, "AveragePooling2D": _pool, "Flatten": _flatten, "Dense": _dense,
-    "Dropout": _dropout, "Activation": _activation_layer, "BatchNormalization": _batchnorm,
-}
+# Layers (each kind converts itself: ``cnnlab.layers``)
 
 
 def _unsupported(layer: KerasLayer, where: str) -> CnnlabError:
@@ -563,75 +486,8 @@ def _fold_final_activation(converted: list[tuple[dict[str, Any], KerasLayer | No
     return converted
 
 
-def _check_data_format(layer: KerasLayer, where: str) -> None:
-    fmt = layer.config.get("data_format") or "channels_last"
-    if fmt != "channels_last":
-        raise CnnlabError(f"{where}: layer {layer.name!r} uses data_format {fmt!r}; cnnlab reads channels_last models")
-
-
-def _square(value: Any, key: str, layer: KerasLayer, where: str) -> int:
-    values = value if isinstance(value, list) else [value]
-    if not values or any(not isinstance(v, int) for v in values) or len(set(values)) != 1:
-        raise CnnlabError(f"{where}: layer {layer.name!r} has {key} {value}; cnnlab supports equal sizes in both "
-                          "directions only, e.g. [3, 3]")
-    return int(values[0])
-
-
-def _padding(layer: KerasLayer, where: str) -> str:
-    padding = str(layer.config.get("padding", "valid")).lower()
-    if padding not in ("valid", "same"):
-        raise CnnlabError(f"{where}: layer {layer.name!r} has padding {padding!r}; supported: valid, same")
-    return padding
-
-
-def _activation(value: Any, layer: KerasLayer, where: str) -> str:
-    if isinstance(value, dict):
-        module = str(value.get("module") or "")
-        if not module.startswith("keras") or not isinstance(value.get("config"), str):
-            raise CnnlabError(f"{where}: layer {layer.name!r} has a custom activation "
-                              f"({value.get('registered_name') or value.get('class_name')}); cnnlab never runs code "
-                              f"from a model file; supported: {', '.join(ACTIVATIONS)}")
-        value = value["config"]
-    name = "linear" if value is None else str(value)
-    if name not in ACTIVATIONS:
-        raise CnnlabError(f"{where}: layer {layer.name!r} has activation {name!r}, which cnnlab does not support; "
-                          f"supported: {', '.join(ACTIVATIONS)}")
-    return name
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Weights
-
-
-def _assign(target: torch.Tensor, weights: dict[str, np.ndarray], key: str, layer: str,
-            to_torch: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> None:
-    if key not in weights:
-        raise CnnlabError(f"layer {layer!r}: the file holds no {key}")
-    value = weights[key]
-    try:
-        converted = to_torch(value)
-    except (IndexError, ValueError):
-        converted = None
-    if converted is None or tuple(converted.shape) != tuple(target.shape):
-        raise CnnlabError(f"layer {layer!r}: {key} has shape {tuple(value.shape)} in the file, which does not fit "
-                          f"the layer ({tuple(target.shape)} in torch order)")
-    with torch.no_grad():
-        target.copy_(torch.from_numpy(np.ascontiguousarray(converted, dtype=np.float32)))
-
-
-def _assign_bias(op: torch.nn.Module, layer: KerasLayer, name: str) -> None:
-    if op.bias is not None:
-        _assign(op.bias, layer.weights, "bias", name)
-
-
-def _load_batchnorm(op: torch.nn.Module, layer: KerasLayer, name: str, perm: np.ndarray | None) -> None:
-    n = op.num_features
-    defaults = {"gamma": np.ones(n, np.float32), "beta": np.zeros(n, np.float32)}  # scale / center off
-    weights = {**defaults, **layer.weights}
-    reorder = (lambda a: a[perm]) if perm is not None else (lambda a: a)
-    for key, target in (("gamma", op.weight), ("beta", op.bias), ("moving_mean", op.running_mean),
-                        ("moving_variance", op.running_var)):
-        _assign(target, weights, key, name, reorder)
 
 
 def _flatten_permutation(shape: tuple[int, ...]) -> np.ndarray:
@@ -663,8 +519,6 @@ def _make_config(kfile: KerasFile, layers: list[dict[str, Any]], normalize: str,
 
 def _training_sections(compile_config: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
     """Map the Keras optimizer and its learning-rate schedule to cnnlab's ``optimizer`` and ``schedule``."""
-    from cnnlab.optim import OPTIMIZER_DEFAULTS
-
     if not compile_config:
         notes.append("the file has no compile config; the config uses rmsprop at a constant 0.001")
         return dict(_DEFAULT_TRAINING)
@@ -734,8 +588,6 @@ def _round(value: Any) -> Any:
 
 
 def _normalizer(mode: str, mnist: Any) -> tuple[Any, dict[str, Any] | None]:
-    from cnnlab.data import fit_normalizer, load_mnist
-
     if mode != "pixel":
         return fit_normalizer(mode, np.zeros((1, 28, 28), np.uint8)), None
     mnist = mnist if mnist is not None else load_mnist()

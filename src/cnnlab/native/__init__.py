@@ -14,91 +14,75 @@ Three kernels, forward and backward each:
 ``conv_max_pool`` picks the one that serves a conv layer and its input; the model's forward pass asks it for
 every conv layer a max-pool follows.
 
-They are built on first use, or by ``python -m cnnlab.native`` (which ``make`` runs at set-up), into the cnnlab
-cache folder, under a name that changes with the sources, torch, Python and the CPU's flags (they are compiled
-for this CPU). Where they cannot be built (no C++ compiler, say) or ``CNNLAB_NATIVE=0`` is set, torch's ops
-serve.
+Nothing is compiled or loaded when a model is built or summarized: ``prepare`` does it when training or
+inference on the fast path starts (``python -m cnnlab.native``, which ``make`` runs at set-up, does it ahead),
+and says so on the terminal when it compiles. Until then, and where they cannot be built (no C++ compiler, say)
+or ``CNNLAB_NATIVE=0`` is set, torch's ops serve. ``cnnlab.native.build`` keeps the per-CPU cache, the build
+lock and the record of a failed build.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
-import platform
 import sys
-import time
-from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-SOURCES = [Path(__file__).with_name(name) for name in ("bindings.cpp", "maxpool2x2.cpp", "conv_pool.cpp",
-                                                           "winograd_pool.cpp")]
-HEADERS = [Path(__file__).with_name("simd.h")]
-# For this CPU (the build is cached per CPU). -fopenmp makes at::parallel_for parallel (its OpenMP pragmas are
-# compiled here) and vectorizes the channel loops; libgomp resolves to the copy torch has already loaded, so
-# the kernels share torch's threads and follow torch.set_num_threads.
-CFLAGS = ["-O3", "-march=native", "-fopenmp"]
-if os.environ.get("ATEN_CPU_CAPABILITY") == "avx2":  # torch told to use AVX2 code only: so are the kernels
-    CFLAGS.append("-mno-avx512f")
-_status: dict[str, str] = {}
+from cnnlab.native import build
+
+_state: dict[str, object] = {}  # "module" once prepared (None where unavailable), "why": the status line
 
 
-def _build_name() -> str:
-    from cnnlab.speed import cpu_flags
-
-    key = "|".join([*(f.read_text() for f in [*SOURCES, *HEADERS]), " ".join(CFLAGS), torch.__version__,
-                    sys.version, platform.machine(), " ".join(sorted(cpu_flags()))])
-    return "cnnlab_native_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+def _stderr(line: str) -> None:
+    print(f"cnnlab: {line}", file=sys.stderr, flush=True)
 
 
-@functools.lru_cache(maxsize=None)
-def kernels() -> ModuleType | None:
-    """Return the compiled kernels (building them the first time, about 30 s), or None where unavailable."""
+def prepare(echo: Callable[[str], None] | None = _stderr, retry: bool = False) -> ModuleType | None:
+    """Load the kernels (compiling them for this CPU the first time, about a minute) and return them, or None.
+
+    Once per process. ``echo`` gets a line when something a user should know happens: a compile starting and
+    ending, a wait for another process's build, a stale build lock removed, a build failing (default: standard
+    error; None: silent). ``retry`` forgets a recorded failed build first.
+    """
+    if "module" in _state:
+        return _state["module"]  # type: ignore[return-value]
     if os.environ.get("CNNLAB_NATIVE", "1") == "0":
-        _status["why"] = "switched off by CNNLAB_NATIVE=0"
-        return None
-    from cnnlab.files import home_dir
+        module, why = None, "switched off by CNNLAB_NATIVE=0"
+    else:
+        from cnnlab.files import home_dir
 
-    name = _build_name()
-    folder = home_dir() / "native" / name
-    start = time.perf_counter()
-    try:
-        from torch.utils.cpp_extension import load
-
-        folder.mkdir(parents=True, exist_ok=True)
-        module = load(name=name, sources=[str(source) for source in SOURCES], build_directory=str(folder),
-                      extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], verbose=False)
-    except Exception as exc:  # noqa: BLE001 - a missing compiler or ninja shows up in many forms
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        _status["why"] = f"could not be built ({type(exc).__name__}: {first_line})"
-        return None
-    seconds = time.perf_counter() - start
-    _status["why"] = f"ready in {folder} ({seconds:.1f} s to load or build)"
-    _status["news"] = f"built for this CPU in {seconds:.0f} s (once)" if seconds > 3 else ""
+        builder = build.Builder(home_dir() / "native", build.build_name())
+        if retry:
+            builder.forget_failure()
+        module, why = builder.load(echo or (lambda _line: None), build.torch_compile)
+    _state.update(module=module, why=why)
     return module
+
+
+def kernels() -> ModuleType | None:
+    """Return the kernels, preparing them (silently) if this process has not yet; None where unavailable."""
+    return prepare(echo=None)
+
+
+def forget() -> None:
+    """Forget what ``prepare`` found in this process (for tests that build in another cache)."""
+    _state.clear()
 
 
 def status() -> str:
     """Return one line on the kernels: where they are, or why torch's ops serve instead."""
     kernels()
-    return _status.get("why", "")
-
-
-def news() -> str:
-    """Return what a training run should tell its user: a build just done or a build that failed, else ""."""
-    kernels()
-    why = _status.get("why", "")
-    return why if why.startswith("could not") else _status.get("news", "")
+    return str(_state.get("why", ""))
 
 
 def _native_input(x: torch.Tensor) -> bool:
-    """Whether x is a 4-d float32 CPU tensor, outside tracing and compiling, with the kernels built."""
-    return (x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling() and kernels() is not None)
+    """Whether x is a 4-d float32 CPU tensor, outside tracing and compiling, with the kernels prepared."""
+    return (_state.get("module") is not None and x.dim() == 4 and x.dtype == torch.float32
+            and x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
 class _MaxPool2x2(torch.autograd.Function):

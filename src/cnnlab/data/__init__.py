@@ -1,0 +1,17 @@
+"""Data: the real MNIST, verified, and its preparation for training.
+
+Two halves that read apart:
+
+- ``acquisition``: find, fetch, verify and cache the four IDX files (``load_mnist``), with the IDX format in
+  ``idx`` and the safe reading of the PyPI pickle route in ``mnist_pickle``;
+- ``preparation``: splits, the validation hold-out and normalizers (``prepare``), from arrays to tensors.
+"""
+
+from cnnlab.data.acquisition import (FILES, HOW_TO_SUPPLY, MANIFEST, MIRRORS, Mnist, cache_dir, load_mnist)
+from cnnlab.data.idx import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, idx_bytes, read_idx
+from cnnlab.data.preparation import (NORMALIZE_MODES, SPLITS, Normalizer, Prepared, fit_normalizer, prepare,
+                                     split_indices)
+
+__all__ = ["FILES", "HOW_TO_SUPPLY", "MANIFEST", "MIRRORS", "Mnist", "cache_dir", "load_mnist", "TEST_IMAGES",
+           "TEST_LABELS", "TRAIN_IMAGES", "TRAIN_LABELS", "idx_bytes", "read_idx", "NORMALIZE_MODES", "SPLITS",
+           "Normalizer", "Prepared", "fit_normalizer", "prepare", "split_indices"]

@@ -1,0 +1,145 @@
+"""Every registered layer kind: builds, round-trips its config, counts MACs, converts from Keras.
+
+A new kind needs one entry in EXAMPLES (and in KERAS where it imports a Keras class); the first test fails until
+it has one.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab import layers as kinds
+from cnnlab.config import from_dict, from_toml
+from cnnlab.errors import CnnlabError
+from cnnlab.model import build_model, layer_table
+
+# kind: (layer table, input shape of one image, output shape, MACs, parameters), all computed by hand
+EXAMPLES = {
+    "conv": ({"type": "conv", "filters": 4, "kernel": 3}, (2, 8, 8), (4, 6, 6), 4 * 6 * 6 * 2 * 9, 4 * 2 * 9 + 4),
+    "maxpool": ({"type": "maxpool", "size": 3, "stride": 2}, (2, 9, 9), (2, 4, 4), 0, 0),
+    "avgpool": ({"type": "avgpool", "size": 2, "padding": "same"}, (2, 7, 7), (2, 4, 4), 0, 0),
+    "flatten": ({"type": "flatten"}, (2, 3, 4), (24,), 0, 0),
+    "dense": ({"type": "dense", "units": 5, "use_bias": False}, (12,), (5,), 12 * 5, 12 * 5),
+    "dropout": ({"type": "dropout", "rate": 0.25}, (12,), (12,), 0, 0),
+    "batchnorm": ({"type": "batchnorm"}, (3, 5, 5), (3, 5, 5), 0, 2 * 3),
+    "activation": ({"type": "activation", "activation": "tanh"}, (2, 5, 5), (2, 5, 5), 0, 0),
+    "globalavgpool": ({"type": "globalavgpool"}, (3, 5, 4), (3,), 0, 0),
+}
+
+
+def test_every_registered_kind_has_an_example():
+    assert set(EXAMPLES) == set(kinds.names())
+
+
+@pytest.mark.parametrize("name", kinds.names())
+def test_kind_builds_with_the_hand_computed_shape_macs_and_params(name):
+    spec, in_shape, out_shape, macs, params = EXAMPLES[name]
+    kind = kinds.get(name)
+    resolved = kinds.resolve(spec, "layer")
+    op = kind.build(resolved, in_shape).eval()
+    with torch.no_grad():
+        out = op(torch.randn(2, *in_shape))
+    assert tuple(out.shape[1:]) == out_shape
+    assert kind.macs(op, in_shape, out_shape) == macs
+    assert sum(p.numel() for p in op.parameters()) == params
+    if kind.has_kernel:  # a kernel maps inputs to outputs: (out, in, ...) in torch order
+        assert op.weight.dim() >= 2 and op.weight.shape[0] == out_shape[0]
+
+
+def _model_layers(name):
+    """The example inside a whole model for MNIST: a flatten before a kind that needs one, a dense head after."""
+    spec, in_shape, out_shape = EXAMPLES[name][:3]
+    before = [{"type": "flatten"}] if len(in_shape) == 1 else []
+    after = [{"type": "flatten"}] if len(EXAMPLES[name][2]) == 3 else []
+    return [*before, {**spec, "name": "probe"}, *after, {"type": "dense", "units": 10, "activation": "softmax"}]
+
+
+@pytest.mark.parametrize("name", kinds.names())
+def test_kind_round_trips_its_config_and_shows_in_the_table(name):
+    cfg = from_dict({"model": {"layers": _model_layers(name)}})
+    probe = next(layer for layer in cfg.model.layers if layer["name"] == "probe")
+    assert set(probe) == {"type", "name", *kinds.get(name).keys}
+    assert from_toml(cfg.to_toml()) == cfg
+    rows = {r.name: r for r in layer_table(build_model(cfg.model.layers))}
+    assert rows["probe"].type == kinds.get(name).label
+    unnamed = from_dict({"model": {"layers": [{k: v for k, v in lay.items() if k != "name"}
+                                              for lay in _model_layers(name)]}})
+    assert f"{kinds.get(name).keras_name}_1" in [lay["name"] for lay in unnamed.model.layers]
+
+
+@pytest.mark.parametrize("name", kinds.names())
+def test_kind_rejects_unknown_keys_and_wrong_input_rank(name):
+    spec, in_shape = EXAMPLES[name][:2]
+    with pytest.raises(CnnlabError, match=rf"^model\.layers\[0\]\.colour: not a key of a {name} layer; valid keys: "
+                                          "name"):
+        from_dict({"model": {"layers": [{**spec, "colour": 1}]}})
+    kind = kinds.get(name)
+    wrong = {"maps": (12,), "flat": (2, 3, 3)}.get(kind.needs)
+    if wrong is not None:
+        with pytest.raises(CnnlabError, match=f"a {name} layer needs"):
+            kind.check_input(wrong, "here")
+    kind.check_input(in_shape, "here")
+
+
+def test_required_keys_are_named():
+    with pytest.raises(CnnlabError, match=r"^model\.layers\[0\]\.filters: missing; a conv layer needs 'filters'$"):
+        from_dict({"model": {"layers": [{"type": "conv"}]}})
+    with pytest.raises(CnnlabError, match=r"model\.layers\[0\]\.type: 'conv2d' is not one of conv, .* "
+                                          r"\(did you mean 'conv'\?\)"):
+        from_dict({"model": {"layers": [{"type": "conv2d"}]}})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Keras: each kind that names Keras classes converts a Keras layer to the same outputs
+
+KERAS = {
+    "conv": lambda L: L.Conv2D(3, 3, strides=2, padding="same", activation="relu"),
+    "maxpool": lambda L: L.MaxPooling2D(3, strides=2, padding="same"),
+    "avgpool": lambda L: L.AveragePooling2D(2),
+    "flatten": lambda L: L.Flatten(),
+    "dense": lambda L: L.Dense(7, activation="tanh"),
+    "dropout": lambda L: L.Dropout(0.4),
+    "batchnorm": lambda L: L.BatchNormalization(),
+    "activation": lambda L: L.Activation("elu"),
+    "globalavgpool": lambda L: L.GlobalAveragePooling2D(),
+}
+
+
+def test_every_keras_class_has_a_keras_example():
+    assert {name for name in kinds.names() if kinds.get(name).keras_classes} == set(KERAS)
+
+
+@pytest.mark.parametrize("name", sorted(KERAS))
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_kind_converts_from_keras_to_the_same_probabilities(name, tmp_path):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    import cnnlab
+
+    L = keras.layers
+    kind = kinds.get(name)
+    before = [L.Flatten()] if len(EXAMPLES[name][1]) == 1 else []
+    after = [L.Flatten()] if len(EXAMPLES[name][2]) == 3 else []
+    model = keras.Sequential([keras.Input((28, 28, 1)), *before, KERAS[name](L), *after,
+                              L.Dense(10, activation="softmax")])
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, L.BatchNormalization):  # statistics away from Keras' 0 and 1 starts
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in layer.get_weights()])
+        elif layer.get_weights():
+            layer.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in layer.get_weights()])
+    path = tmp_path / "model.keras"
+    model.save(path)
+    run = cnnlab.load(cnnlab.import_keras(path, out=tmp_path / "run").run_dir)
+    assert kinds.get(run.config.model.layers[len(before)]["type"]) is kind
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    expected = keras.ops.convert_to_numpy(model(images[..., None].astype(np.float32) / 255, training=False))
+    np.testing.assert_allclose(run.predict(images), expected, atol=1e-5)
+
+
+def test_global_average_pooling_is_the_mean_of_each_map():
+    op = kinds.get("globalavgpool").build(kinds.resolve({"type": "globalavgpool"}, "layer"), (2, 2, 3))
+    x = torch.arange(12.0).reshape(1, 2, 2, 3)  # map 0: 0..5, map 1: 6..11
+    torch.testing.assert_close(op(x), torch.tensor([[2.5, 8.5]]))
