@@ -175,7 +175,7 @@ def test_every_view_loads_without_errors(server, browser, tmp_path):
 def test_live_view_follows_a_run_training_in_another_process(server, browser, root, tmp_path):
     out = root / "live"
     child = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--preset", "tiny", "--out", str(out),
-                              "--epochs", "6", "--set", "data.limit_train=2048", "--no-progress"],
+                              "--epochs", "4", "--set", "data.limit_train=1536", "--no-progress"],
                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 300
@@ -191,7 +191,7 @@ def test_live_view_follows_a_run_training_in_another_process(server, browser, ro
             seen.append(int(page.text_content("#live-epoch") or 0))
             page.wait_for_timeout(250)
         assert child.wait(timeout=60) == 0
-        page.wait_for_function("document.querySelector('#live-epoch').textContent === '6'")
+        page.wait_for_function("document.querySelector('#live-epoch').textContent === '4'")
         page.wait_for_function("document.querySelector('#live-status').textContent === 'done'")
         assert len(set(seen)) >= 3 and seen == sorted(seen), seen  # it advanced while the run trained
         assert w.problems == []
