@@ -311,3 +311,25 @@ def test_same_padded_convs_run_padded_through_the_fused_kernels(channels):
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-4)
     if channels > 1:
         torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+def test_winograd_filters_are_kept_until_the_weights_change():
+    conv = torch.nn.Conv2d(8, 16, 3)
+    x = torch.randn(4, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        first = native._winograd_filters(conv.weight)
+        assert native._winograd_filters(conv.weight) is first  # kept across inference passes
+        y = native.conv_max_pool(x, conv)
+    with torch.no_grad():
+        conv.weight.mul_(2.0)  # an optimizer step: a new version
+    with torch.inference_mode():
+        again = native._winograd_filters(conv.weight)
+        assert again is not first
+        torch.testing.assert_close(again, 2 * first)
+        torch.testing.assert_close(native.conv_max_pool(x, conv), F.max_pool2d(conv(x), 2))
+    assert not y.requires_grad
+    # a training step after an inference pass on the same weights: never an inference tensor saved for backward
+    out = native.conv_max_pool(x.clone().requires_grad_(), conv)
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.shape == (16, 8, 3, 3)

@@ -162,6 +162,9 @@ def test_bf16_is_refused_without_native_support(monkeypatch):
         speed.resolve_precision("bf16")
     monkeypatch.setattr(speed, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
     assert speed.resolve_precision("auto") == "bf16"
+    # AVX512-BF16 without AMX (AMD Zen 4/5): bf16 is allowed but slower there, so auto stays in fp32
+    monkeypatch.setattr(speed, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert speed.resolve_precision("auto") == "fp32" and speed.resolve_precision("bf16") == "bf16"
 
 
 def test_seed_preset_one_epoch_reaches_97_5_percent(real_mnist, tmp_path):

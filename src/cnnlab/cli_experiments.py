@@ -1,4 +1,4 @@
-"""``cnnlab compare | sweep | export``: parse, call ``cnnlab.compare`` / ``cnnlab.sweep`` / ``cnnlab.tboard``, print."""
+"""``cnnlab compare | sweep`` and ``export --tensorboard``: parse, call ``cnnlab.compare`` / ``sweep`` / ``tboard``, print."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ def add_parsers(sub: Any) -> None:
                         "DIR/compare.png for one folder of runs)")
     p.add_argument("--csv", help="also write the table as CSV to this file ('-' for stdout)")
     p.add_argument("--json", help="also write the table as JSON to this file ('-' for stdout)")
+
+    p = sub.add_parser("sweep", help="search hyper-parameters with Optuna; each trial is a run folder DIR/trial-NNNN")
+    p.add_argument("file", type=Path, help="a sweep file: a config (it may extend a preset) with a [sweep] table")
+    p.add_argument("--trials", type=int, help="total trials of the study, earlier ones included (default: sweep.trials)")
+    p.add_argument("--jobs", type=int, default=1, help="trials at once on this machine, one process each (default 1)")
+    p.add_argument("--storage", help="an Optuna storage URL shared by several machines, e.g. "
+                                     "postgresql://user:pass@host/db (default: DIR/study.journal)")
+    p.add_argument("--out", type=Path, help="the sweep folder DIR (default: sweeps/<file name>)")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the sweep for its worker processes
 
 
 def _echo(line: str) -> None:
@@ -49,9 +58,43 @@ def _compare(args: argparse.Namespace) -> int:
     _write_or_print(args.csv, cmp.to_csv(result.rows))
     _write_or_print(args.json, cmp.to_json(result.rows))
     single = Path(args.runs[0])
-    default = single / "compare.png" if len(args.runs) == 1 and single.is_dir() and not cmp._is_run(single) \
+    default = single / "compare.png" if len(args.runs) == 1 and single.is_dir() and not cmp.is_run(single) \
         else Path("compare.png")
     for path in cmp.write_curves(result, args.out or default, x=args.x):
         if not quiet:
             _echo(f"wrote {path}")
+    return 0
+
+
+@command("sweep")
+def _sweep(args: argparse.Namespace) -> int:
+    from cnnlab import sweep
+
+    if args.worker is None:
+        try:
+            sweep.run_sweep(args.file, trials=args.trials, jobs=args.jobs, storage=args.storage, out=args.out,
+                            echo=_echo)
+        except KeyboardInterrupt:
+            print("cnnlab: interrupted; the trial that was running is marked failed. Run the same command again "
+                  "to continue the sweep", file=sys.stderr)
+            return 130
+        return 0
+    from cnnlab.speed import usable_cores
+
+    spec = sweep.load_sweep(args.file)
+    out = args.out or Path("sweeps") / args.file.stem
+    shared = bool(args.storage and "://" in args.storage)
+    sweep.work(spec, out, args.trials or spec.trials, args.storage, max(1, usable_cores() // args.jobs),
+               sweep.seed_offset(args.worker, shared), echo=_echo)
+    return 0
+
+
+def export_tensorboard(runs: list[Path], out: Path) -> int:
+    """``cnnlab export RUN... --tensorboard DIR``: write the event files and name each folder written."""
+    from cnnlab.tboard import export_tensorboard as export
+
+    folders = export(runs, out)
+    for folder in folders:
+        _echo(f"wrote {folder}")
+    _echo(f"view them with: tensorboard --logdir {out}")
     return 0

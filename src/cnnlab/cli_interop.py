@@ -21,9 +21,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="what the Keras model expects as input: unit = pixels/255 (default), none = raw 0..255, "
                         "pixel = per-pixel standardization (fitted on the MNIST training images)")
 
-    p = sub.add_parser("export", help="write a run's model as ONNX, checked with onnxruntime")
-    p.add_argument("run", type=Path, help="the run folder")
-    p.add_argument("--onnx", type=Path, required=True, metavar="FILE.onnx", help="the ONNX file to write")
+    p = sub.add_parser("export", help="write a run's model as ONNX (checked with onnxruntime), or runs as "
+                                      "TensorBoard event files")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN",
+                   help="the run folder (--tensorboard: several, globs, or a folder of runs such as a sweep)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--onnx", type=Path, metavar="FILE.onnx", help="the ONNX file to write (one run)")
+    what.add_argument("--tensorboard", type=Path, metavar="DIR",
+                      help="a TensorBoard log folder: one sub-folder of event files per run")
 
 
 def _echo(line: str) -> None:
@@ -56,9 +61,16 @@ def _import_keras(args: argparse.Namespace) -> int:
 
 @command("export")
 def _export(args: argparse.Namespace) -> int:
+    from cnnlab.errors import CnnlabError
     from cnnlab.interop import export_onnx
 
-    report = export_onnx(args.run, args.onnx)
+    if args.tensorboard is not None:
+        from cnnlab.cli_experiments import export_tensorboard
+
+        return export_tensorboard(args.runs, args.tensorboard)
+    if len(args.runs) != 1:
+        raise CnnlabError(f"export --onnx writes one run's model; got {len(args.runs)} runs")
+    report = export_onnx(args.runs[0], args.onnx)
     _echo(f"wrote {report.path} in {report.seconds:.2f} s: ONNX opset {report.opset}; input 'images' "
           f"(N, 1, 28, 28) float32, already normalized ({NORMALIZE_TEXT.get(report.normalizer, report.normalizer)}; "
           "mean and std in the metadata 'cnnlab.normalizer'); output 'probabilities' (N, classes)")

@@ -97,17 +97,17 @@ def find_runs(args: Iterable[str | Path] | str | Path) -> list[Path]:
 
 
 def _runs_in(path: Path) -> list[Path]:
-    if _is_run(path):
+    if is_run(path):
         return [path]
     if path.is_dir():
-        inner = sorted(p for p in path.iterdir() if _is_run(p))
+        inner = sorted(p for p in path.iterdir() if is_run(p))
         if inner:
             return inner
     store.require_run(path)  # raises the usual one-line error naming what a run folder needs
     return []
 
 
-def _is_run(path: Path) -> bool:
+def is_run(path: Path) -> bool:
     return (path / store.CONFIG).is_file() and (path / store.WEIGHTS).is_file()
 
 

@@ -78,23 +78,7 @@ class CnnModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits, shape (N, classes), for images (N, 1, 28, 28)."""
-        for name, pool_name in self._plan:
-            layer = self.layers[name]
-            if pool_name is not None:
-                # relu(maxpool(z)) == maxpool(relu(z)), values and gradients alike, and the relu then
-                # touches a quarter of the elements: the seed model trains about 1.5x faster.
-                pool = self.layers[pool_name].op
-                # the conv and its pool in one native pass where a kernel serves (first layer; 3x3 layers)
-                fused = native.conv_max_pool(x, layer.op) if isinstance(pool, MaxPool2x2) else None
-                if fused is not None:
-                    x = layer.act(fused)
-                else:
-                    x = layer.act(pool(layer.op(x)))
-            elif name == self._last:
-                x = layer.op(x)  # the last activation is softmax or linear: both are handled outside
-            else:
-                x = layer(x)
-        return x
+        return self._run(x)[0]
 
     @property
     def _last(self) -> str:
@@ -106,13 +90,63 @@ class CnnModel(nn.Module):
 
     def activation(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """Run the layers up to and including ``name`` and return that layer's activation output."""
+        self._check(name)
+        return self._run(x, stop=name)[0]
+
+    def outputs(self, x: torch.Tensor, names: list[str], logits: bool = False) -> tuple[torch.Tensor | None,
+                                                                                      dict[str, torch.Tensor]]:
+        """One forward pass for several views: (the logits if ``logits``, else None; each named layer's
+        activation output). The pass stops after the last layer needed."""
+        for name in names:
+            self._check(name)
+        if logits:
+            out, got = self._run(x, wanted=names)
+            return out, got
+        last = max(names, key=self.layer_names.index)
+        return None, self._run(x, wanted=names, stop=last)[1]
+
+    def _check(self, name: str) -> None:
         if name not in self.layers:
             raise CnnlabError(f"no layer named {name!r}; valid names: {', '.join(self.layer_names)}")
-        for layer_name, layer in self.layers.items():
-            x = layer(x)
-            if layer_name == name:
-                return x
-        raise AssertionError("unreachable")
+
+    def _run(self, x: torch.Tensor, wanted: list[str] | tuple[str, ...] = (),
+             stop: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run the layers in order: return (the logits, or the output of ``stop``; the ``wanted`` layers' outputs).
+
+        A relu layer that feeds a max-pool runs with it as one step, pool first, unless its own output is
+        wanted or is ``stop``: relu(maxpool(z)) == maxpool(relu(z)), values and gradients alike, and the relu
+        then touches a quarter of the elements (the seed model trains about 1.5x faster); where a native kernel
+        serves, the conv and its pool are one pass (first layer; 3x3 layers).
+        """
+        out: dict[str, torch.Tensor] = {}
+        last = self._last
+        for name, pool_name in self._plan:
+            layer = self.layers[name]
+            if pool_name is not None and name not in wanted and name != stop:
+                pool = self.layers[pool_name].op
+                fused = native.conv_max_pool(x, layer.op) if isinstance(pool, MaxPool2x2) else None
+                x = layer.act(fused if fused is not None else pool(layer.op(x)))
+                finished = pool_name
+            elif name == last:
+                logits = layer.op(x)  # the last activation is softmax or linear: both are handled outside
+                if name in wanted or name == stop:
+                    out[name] = layer.act(logits)
+                return (out[name] if name == stop else logits), out
+            else:
+                x = layer(x)
+                finished = name
+                if pool_name is not None:  # the relu layer's own output is needed: its pool runs after it
+                    if name in wanted:
+                        out[name] = x
+                    if name == stop:
+                        return x, out
+                    x = self.layers[pool_name](x)
+                    finished = pool_name
+            if finished in wanted:
+                out[finished] = x
+            if finished == stop:
+                return x, out
+        return x, out
 
     def kernels(self, applies_to: str = "all") -> list[torch.Tensor]:
         """Return the kernel weights (no biases) of the dense layers, the conv layers or both."""

@@ -322,3 +322,48 @@ def compare_figure(series: list[dict[str, list[float]]], names: list[str], x: st
     fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside lower center", ncols=1 if len(names) > 4 else 2,
                fontsize=8, frameon=False)
     return fig
+
+
+def sweep_history_figure(rows: list[dict[str, Any]], metric: str, direction: str) -> Any:
+    """A sweep's optimization history: each trial's metric by trial number (pruned hollow) and the best so far."""
+    fig, (ax,) = _figure(8, 4)
+    done = [r for r in rows if r["value"] is not None]
+    for state, style in (("complete", dict(color="tab:blue", label="complete")),
+                         ("pruned", dict(facecolors="none", edgecolors="tab:gray", label="pruned (last report)"))):
+        pts = [r for r in done if r["state"] == state]
+        if pts:
+            ax.scatter([r["trial"] for r in pts], [r["value"] for r in pts], s=22, **style)
+    best, xs, ys = None, [], []
+    pick = max if direction == "maximize" else min
+    for r in sorted((r for r in done if r["state"] == "complete"), key=lambda r: r["trial"]):
+        best = r["value"] if best is None else pick(best, r["value"])
+        xs.append(r["trial"])
+        ys.append(best)
+    if xs:
+        ax.step(xs, ys, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title("optimization history", fontsize=10)
+    ax.grid(alpha=0.3)
+    if done:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def sweep_params_figure(rows: list[dict[str, Any]], space: list[Any], metric: str) -> Any:
+    """Each swept parameter (one panel each) against the trials' metric; complete filled, pruned hollow."""
+    fig, axes = _figure(4 * len(space), 3.6, cols=len(space))
+    for ax, param in zip(axes, space):
+        for state, style in (("complete", dict(color="tab:blue")),
+                             ("pruned", dict(facecolors="none", edgecolors="tab:gray"))):
+            pts = [r for r in rows if r["state"] == state and r["value"] is not None and r[param.key] is not None]
+            xs = [r[param.key] if param.kind != "choice" else str(r[param.key]) for r in pts]
+            ax.scatter(xs, [r["value"] for r in pts], s=22, label=state, **style)
+        if param.log and any(r["value"] is not None for r in rows):
+            ax.set_xscale("log")
+        ax.set_xlabel(param.key)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    if rows:
+        axes[0].legend(fontsize=8)
+    return fig

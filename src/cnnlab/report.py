@@ -13,6 +13,7 @@ import datetime as _dt
 import html
 import io
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +31,7 @@ from cnnlab.inspection import patterns as pat
 from cnnlab.inspection import saliency as sal
 from cnnlab.inspection.images import ImageSets
 from cnnlab import layers as kinds
+from cnnlab.inspection.shared import SharedPass
 from cnnlab.model import format_table
 from cnnlab.run import Run, load
 
@@ -60,6 +62,17 @@ class Written:
 def as_run(run: Run | str | Path) -> Run:
     """Return ``run`` if it is loaded, else load the run folder."""
     return run if isinstance(run, Run) else load(run)
+
+
+_TEST_PASSES: "weakref.WeakKeyDictionary[Run, SharedPass]" = weakref.WeakKeyDictionary()
+
+
+def test_pass(run: Run) -> SharedPass:
+    """The run's test images as its model sees them, shared by every picture of that run (one forward pass)."""
+    if run not in _TEST_PASSES:
+        data = run.data()
+        _TEST_PASSES[run] = SharedPass(run.model, data.test_x, data.test_y)
+    return _TEST_PASSES[run]
 
 
 def output_paths(run: Run, names: list[str], out: str | Path | None) -> list[Path]:
@@ -174,12 +187,11 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
     chosen = flt.check_maps(run.model, layer, maps)
     data = run.data()
     started = time.perf_counter()
-    result = flt.filter_patterns(run.model, layer, flt.pixel_bounds(data.train_x), maps=chosen.tolist(),
-                                 steps=steps, seed=seed,
-                                 pixel_scale=(run.normalizer.mean, run.normalizer.std))
+    result = flt.cached_filter_patterns(run.path, run.model, layer, flt.pixel_bounds(data.train_x),
+                                        maps=chosen.tolist(), steps=steps, seed=seed,
+                                        pixel_scale=(run.normalizer.mean, run.normalizer.std))
     seconds = time.perf_counter() - started
-    ratios = flt.pattern_ratios(result.activation, result.maps,
-                                act.map_means(run.model, data.test_x, layer))
+    ratios = flt.pattern_ratios(result.activation, result.maps, test_pass(run).means(layer))
     every = len(chosen) == run.model.output_shapes[layer][0]
     name = f"filters_{layer}.png" if every else f"filters_{layer}_maps{_span(chosen)}.png"
     (png,) = output_paths(run, [name], out)
@@ -218,10 +230,12 @@ def pattern_pictures(run: Run | str | Path, layer: str, cols: int = 8, cmap: str
     act.check_layer(run.model, layer)
     plots.check_cmap(cmap)
     data = run.data()
-    classes = pat.class_patterns(run.model, data.test_x, data.test_y, layer)
+    shared = test_pass(run)
+    shared.want(means=[layer], class_sums=[layer], logits=True)
+    classes = pat.patterns_from_sums(layer, shared.class_sums(layer), data.test_y, shared.means(layer))
     nearest = pat.nearest_pattern(run.model, data.train_x, data.train_y, None, data.test_y, layer,
                                   test_features=classes.features)
-    network = ev.evaluate(run.model, data.test_x, data.test_y).accuracy
+    network = ev.from_logits(shared.logits(), data.test_y, run.model.num_classes).accuracy
     summary = {"layer": layer, "nearest_accuracy": nearest.accuracy, "network_accuracy": network,
                "test_images": int(len(data.test_y)), "train_images": int(len(data.train_y))}
     has_maps = classes.map_images.ndim == 4
@@ -269,8 +283,7 @@ def evaluation_pictures(run: Run | str | Path, mistakes: int = 24, out: str | Pa
     if mistakes < 1:
         raise CnnlabError(f"--mistakes {mistakes}: give at least 1 image for the gallery of mistakes")
     run = as_run(run)
-    data = run.data()
-    result = ev.evaluate(run.model, data.test_x, data.test_y)
+    result = ev.from_logits(test_pass(run).logits(), run.data().test_y, run.model.num_classes)
     json_path, confusion_png, gallery_png = output_paths(
         run, ["evaluation.json", "evaluation_confusion.png", "evaluation_mistakes.png"], out)
     record = result.to_dict()
@@ -340,6 +353,9 @@ def write_report(run_dir: str | Path, echo: Echo | None = print) -> Path:
     say = echo or (lambda _line: None)
     run = load(run_dir)
     image = REPORT_IMAGE if ImageSets(run.config).size("test") > REPORT_IMAGE else 0
+    convs = [name for name, layer in run.model.layers.items() if layer.kind == "conv"]
+    if convs:  # one pass over the test set for every section below
+        test_pass(run).want(means=convs, class_sums=[convs[-1]], logits=True)
     sections = [_section_run(run)]
     steps = [("evaluation", lambda: _section_evaluation(run)),
              (f"activations of test image {image}", lambda: _section_activations(run, image)),

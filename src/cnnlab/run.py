@@ -175,6 +175,8 @@ def load(run_dir: str | Path) -> Run:
     best = run_dir / store.BEST
     use_best = cfg.train.checkpoint == "best" and best.exists()
     store.load_weights(best if use_best else run_dir / store.WEIGHTS, model)
+    if cfg.train.channels_last:  # as in training: the layout the fast path (native kernels, oneDNN) wants
+        model.to(memory_format=torch.channels_last)
     model.eval()
     info = store.read_json(run_dir / store.MODEL)
     normalizer = Normalizer.from_dict(info["normalizer"])

@@ -2,7 +2,9 @@
 
 No forward hooks: ``CnnModel.activation`` runs the layers up to the named one and returns its output, so nothing
 stays attached to the model, and a later in-place op cannot change a value already returned. Every function
-here leaves the model's train/eval mode as it found it and works through big inputs in chunks.
+here leaves the model's train/eval mode as it found it and works through big inputs in chunks, on the fast
+path (channels-last batches, the native kernels) where it applies; ``chunked_outputs`` serves several views
+(several layers, the logits) from one pass.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from cnnlab import layers as kinds
+from cnnlab import native
 from cnnlab.errors import CnnlabError
 from cnnlab.model import CnnModel
 
@@ -122,10 +125,21 @@ def chunked_activations(model: CnnModel, images: torch.Tensor | np.ndarray, laye
 
     The model's train/eval mode is restored when the loop ends (or is abandoned).
     """
+    for start, _, outputs in chunked_outputs(model, images, [layer], False, prepare, chunk):
+        yield start, outputs[layer]
+
+
+def chunked_outputs(model: CnnModel, images: torch.Tensor | np.ndarray, layers: list[str], logits: bool = False,
+                    prepare: Prepare | None = None,
+                    chunk: int = CHUNK) -> Iterator[tuple[int, torch.Tensor | None, dict[str, torch.Tensor]]]:
+    """Yield ``(start, logits or None, {layer: activations})`` for each chunk of images, from one forward pass
+    per chunk, in eval and inference mode (the model's mode is restored after)."""
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    native.prepare()  # inference on the fast path starts: load the kernels (compiling them, once, says so)
     with eval_mode(model), torch.inference_mode():
         for start in range(0, len(images), chunk):
             part = images[start:start + chunk]
             x = prepare(part) if prepare is not None else torch.as_tensor(part)
-            yield start, model.activation(x, layer)
+            scores, outputs = model.outputs(x, layers, logits)
+            yield start, scores, outputs

@@ -45,14 +45,20 @@ class Evaluation:
 
 
 def evaluate(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, num_classes: int | None = None,
-             chunk: int = 2000) -> Evaluation:
+             chunk: int = 256) -> Evaluation:
     """Evaluate ``model`` on normalized images ``x`` (N, 1, 28, 28) with labels ``y`` (N,).
 
-    The forward passes run in inference mode in chunks; the model's train/eval mode is restored.
+    The forward passes run in inference mode in chunks (256: larger ones outgrow the caches); the model's
+    train/eval mode is restored.
     """
+    return from_logits(predict_logits(model, x, batch_size=chunk), y, num_classes or model.num_classes)
+
+
+def from_logits(logits: torch.Tensor, y: torch.Tensor | np.ndarray, num_classes: int) -> Evaluation:
+    """The ``Evaluation`` of a model whose logits (N, classes) for the images with labels ``y`` are at hand."""
     labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-    k = num_classes or model.num_classes
-    logits = predict_logits(model, x, batch_size=chunk).float()
+    k = num_classes
+    logits = logits.float()
     if len(labels) == 0:
         empty = np.zeros((k, k), dtype=np.int64)
         return Evaluation(float("nan"), float("nan"), np.full(k, np.nan), empty, np.zeros(0, np.int64),

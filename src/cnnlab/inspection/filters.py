@@ -12,13 +12,19 @@ All maps of a layer are optimized together: image ``i`` of one batch serves map 
 
 from __future__ import annotations
 
+import hashlib
+import io
+import math
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import write_bytes
 from cnnlab.inspection.activations import check_layer, eval_mode
 from cnnlab.model import CnnModel
 
@@ -115,7 +121,7 @@ def _ascend(model: CnnModel, layer: str, bounds: tuple[torch.Tensor, torch.Tenso
     unit = START[0] + (START[1] - START[0]) * torch.rand((len(chosen), 1, 28, 28), generator=gen)
     unit.requires_grad_(True)
     target = torch.as_tensor(chosen)
-    optimizer = torch.optim.Adam([unit], lr=lr)
+    optimizer = _Adam(unit, lr)
     best, best_unit = torch.full((len(chosen),), -torch.inf), unit.detach().clone()
     with eval_mode(model), torch.enable_grad():
         for step in range(steps):
@@ -141,6 +147,29 @@ def _ascend(model: CnnModel, layer: str, bounds: tuple[torch.Tensor, torch.Tenso
             activation = _mean_activation(model.activation(inputs, layer), target)
     return FilterPatterns(layer, chosen, inputs.numpy(), _to_pixels(inputs.numpy(), pixel_scale),
                           activation.numpy(), steps)
+
+
+class _Adam:
+    """Adam on one tensor, step for step what ``torch.optim.Adam`` (defaults, single-tensor path) computes,
+    without importing torch's optimizer machinery (its first step imports torch._dynamo: 1-2 s)."""
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        self.param, self.lr, self.betas, self.eps, self.steps = param, lr, betas, eps, 0
+        self.avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of ``param`` from ``param.grad``."""
+        beta1, beta2 = self.betas
+        grad = self.param.grad
+        self.steps += 1
+        self.avg.lerp_(grad, 1 - beta1)
+        self.avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        step_size = self.lr / (1 - beta1 ** self.steps)
+        denom = (self.avg_sq.sqrt() / math.sqrt(1 - beta2 ** self.steps)).add_(self.eps)
+        self.param.addcdiv_(self.avg, denom, value=-step_size)
 
 
 def pattern_ratios(activation: np.ndarray, maps: np.ndarray, data_means: np.ndarray) -> dict[str, np.ndarray]:
@@ -205,3 +234,59 @@ def _to_pixels(inputs: np.ndarray, pixel_scale: tuple[np.ndarray, np.ndarray] | 
         return inputs[:, 0].astype(np.float32)
     mean, std = pixel_scale
     return np.clip(inputs[:, 0] * std + mean, 0, 255).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cache in the run folder
+
+
+CACHE_DIR = Path("cache") / "filters"  # inside the run folder
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """A SHA-256 of the model's parameters and buffers (names, shapes, values; memory layout aside)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_filter_patterns(run_dir: str | Path, model: CnnModel, layer: str,
+                           bounds: tuple[torch.Tensor, torch.Tensor], maps: list[int] | None = None,
+                           steps: int = STEPS, seed: int = 0,
+                           pixel_scale: tuple[np.ndarray, np.ndarray] | None = None) -> FilterPatterns:
+    """``filter_patterns`` computed once per weights and settings, kept in ``<run_dir>/cache/filters/``.
+
+    The file's name holds a hash of the model's weights, the layer, the maps, the steps, the seed, the
+    recipe's constants and the pixel bounds: new weights (a resumed run) or other settings miss the cache
+    and compute afresh; a damaged file is computed again and replaced.
+    """
+    chosen = check_maps(model, layer, maps)
+    low, high = (b.detach().float().contiguous() for b in bounds)
+    key = hashlib.sha256("|".join([
+        weights_hash(model), layer, ",".join(str(m) for m in chosen), str(steps), str(seed),
+        repr((LR, L2, BLUR_EVERY, JITTER, START)), hashlib.sha256(low.numpy().tobytes() + high.numpy().tobytes())
+        .hexdigest(), repr(None if pixel_scale is None else [np.asarray(p).tolist() for p in pixel_scale])]).encode())
+    path = Path(run_dir) / CACHE_DIR / f"{layer}-{key.hexdigest()[:20]}.npz"
+    cached = _read_cached(path, layer, steps)
+    if cached is not None:
+        return cached
+    result = filter_patterns(model, layer, (low, high), maps=chosen.tolist(), steps=steps, seed=seed,
+                             pixel_scale=pixel_scale)
+    buf = io.BytesIO()
+    np.savez(buf, maps=result.maps, inputs=result.inputs, pixels=result.pixels, activation=result.activation)
+    try:
+        write_bytes(path, buf.getvalue())
+    except CnnlabError:  # a read-only run folder: the patterns are still right, only not kept
+        pass
+    return result
+
+
+def _read_cached(path: Path, layer: str, steps: int) -> FilterPatterns | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return FilterPatterns(layer, f["maps"], f["inputs"], f["pixels"], f["activation"], steps)
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None

@@ -78,7 +78,15 @@ def class_patterns(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarra
     for start, acts in chunked_activations(model, x, layer, None, chunk):
         sums.index_add_(0, labels[start:start + len(acts)], acts.double())
         features[start:start + len(acts)] = (acts.mean(dim=(2, 3)) if acts.ndim == 4 else acts).numpy()
-    counts = torch.bincount(labels, minlength=k)[:k]
+    return patterns_from_sums(layer, sums, labels, features)
+
+
+def patterns_from_sums(layer: str, sums: torch.Tensor, labels: torch.Tensor | np.ndarray,
+                       features: np.ndarray) -> ClassPatterns:
+    """The ``ClassPatterns`` of ``layer`` from the per-class sums of its activations (classes, *shape), the
+    labels (N,) and the per-image map means (N, maps) (as ``cnnlab.inspection.shared.SharedPass`` keeps them)."""
+    k = sums.shape[0]
+    counts = torch.bincount(torch.as_tensor(np.asarray(labels), dtype=torch.int64), minlength=k)[:k]
     images = (sums / counts.clamp_min(1).view(-1, *[1] * (sums.ndim - 1))).float().numpy()
     means = images.mean(axis=(2, 3)) if images.ndim == 4 else images
     return ClassPatterns(layer, counts.numpy(), images, means, features)

@@ -176,13 +176,29 @@ def first_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
 _G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
+def _winograd_filters(weight: torch.Tensor) -> torch.Tensor:
+    """U = G g G^T of a (K, C, 3, 3) filter bank as (16, C, K), kept until the weights change (inference
+    passes over many batches transform them once; a training step's in-place update makes a new version)."""
+    try:  # (an inference tensor has no version counter: nothing is kept for it)
+        version = (weight._version, torch.is_inference_mode_enabled())  # (an inference-mode result must not
+    except RuntimeError:                                                 # be saved for a backward pass)
+        version = None
+    kept = getattr(weight, "_cnnlab_winograd", None)  # kept on the tensor: it goes when the weights go
+    if kept is not None and version is not None and kept[0] == version:
+        return kept[1]
+    k, c = weight.shape[:2]
+    with torch.autocast("cpu", enabled=False), torch.no_grad():  # in float32 whatever the context
+        u = (_G @ weight.detach() @ _G.t()).permute(2, 3, 1, 0).reshape(16, c, k).contiguous()
+    if version is not None:
+        weight._cnnlab_winograd = (version, u)
+    return u
+
+
 class _WinogradMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
-        k, c = weight.shape[:2]
-        with torch.autocast("cpu", enabled=False):  # the filter transform in float32 whatever the context
-            u = torch.einsum("ai,kcij,bj->abck", _G, weight.detach(), _G).reshape(16, c, k).contiguous()
-        b = bias.detach().contiguous() if bias is not None else weight.new_zeros(k)
+        u = _winograd_filters(weight)
+        b = bias.detach().contiguous() if bias is not None else weight.new_zeros(weight.shape[0])
         out, where = kernels().winograd_pool_forward(x, u, b)
         ctx.save_for_backward(x, u, where)
         ctx.has_bias = bias is not None
@@ -195,7 +211,7 @@ class _WinogradMaxPool(torch.autograd.Function):
         c, k = u.shape[1:]
         grad_x, grad_u, grad_b = kernels().winograd_pool_backward(
             grad.float(), where, x, u, u.transpose(1, 2).contiguous(), ctx.needs_input_grad[0])
-        grad_w = torch.einsum("ai,abck,bj->kcij", _G, grad_u.view(4, 4, c, k), _G)
+        grad_w = _G.t() @ grad_u.view(4, 4, c, k).permute(3, 2, 0, 1) @ _G  # G^T dU G, (K, C, 3, 3)
         return grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if ctx.has_bias else None
 
 

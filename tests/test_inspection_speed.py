@@ -1,0 +1,145 @@
+"""Inspection on the fast path: one forward pass for several views, filter patterns cached by the weights'
+hash, and no optimizer machinery (torch._dynamo) in commands that do not train."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import cnnlab
+from cnnlab import native
+from cnnlab.config import load_config
+from cnnlab.inspection import activations as act
+from cnnlab.inspection import filters as flt
+from cnnlab.inspection import patterns as pat
+from cnnlab.inspection.shared import SharedPass
+from cnnlab.model import build_model
+from tests.conftest import cli_env
+
+
+@pytest.fixture(scope="module")
+def run(real_mnist, tmp_path_factory):
+    """The tiny preset trained 1 epoch (512 training, 256 test images)."""
+    return cnnlab.train("tiny", out=tmp_path_factory.mktemp("speed") / "tiny", epochs=1, echo=None)
+
+
+def layer_by_layer(model, x, upto):
+    for name, layer in model.layers.items():
+        x = layer(x)
+        if name == upto:
+            return x
+    raise AssertionError(upto)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_outputs_serve_several_layers_and_the_logits_from_one_pass(channels_last):
+    native.prepare(echo=None)
+    torch.manual_seed(0)
+    model = build_model(load_config(preset="seed").model.layers).eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        for name in model.layer_names:  # fused where the pool's input is not asked for: the same values
+            torch.testing.assert_close(model.activation(x, name), layer_by_layer(model, x, name), rtol=1e-4,
+                                       atol=1e-5)
+        wanted = ["Conv2D_1", "Max_Pool_2", "Conv2D_3", "Dense_2"]
+        logits, got = model.outputs(x, wanted, logits=True)
+        torch.testing.assert_close(logits, model(x), rtol=1e-4, atol=1e-5)
+        assert list(got) == wanted
+        for name in wanted:
+            torch.testing.assert_close(got[name], layer_by_layer(model, x, name), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got["Dense_2"].sum(1), torch.ones(16))  # the softmax layer's own output
+        none, early = model.outputs(x, ["Max_Pool_1"])
+        assert none is None and list(early) == ["Max_Pool_1"]
+
+
+def test_a_shared_pass_gives_what_separate_passes_give_in_one_pass(run, monkeypatch):
+    data = run.data()
+    calls = []
+    outputs = run.model.outputs
+    monkeypatch.setattr(run.model, "outputs", lambda *a, **k: calls.append(a[1]) or outputs(*a, **k))
+    shared = SharedPass(run.model, data.test_x, data.test_y, chunk=100)
+    shared.want(means=["Conv2D_1", "Conv2D_2"], class_sums=["Conv2D_2"], logits=True)
+    assert len(calls) == 3  # 256 images in chunks of 100: one pass
+    shared.means("Conv2D_1"), shared.class_sums("Conv2D_2"), shared.logits()
+    assert len(calls) == 3  # all kept
+    monkeypatch.undo()
+    for layer in ("Conv2D_1", "Conv2D_2"):
+        np.testing.assert_allclose(shared.means(layer), act.map_means(run.model, data.test_x, layer),
+                                   rtol=1e-5, atol=1e-6)
+    alone = pat.class_patterns(run.model, data.test_x, data.test_y, "Conv2D_2")
+    kept = pat.patterns_from_sums("Conv2D_2", shared.class_sums("Conv2D_2"), data.test_y, shared.means("Conv2D_2"))
+    np.testing.assert_array_equal(kept.counts, alone.counts)
+    np.testing.assert_allclose(kept.map_images, alone.map_images, rtol=1e-5, atol=1e-6)
+    by_hand = torch.stack([layer_by_layer(run.model, data.test_x[data.test_y == k], "Conv2D_2").double().sum(0)
+                           for k in range(10)])
+    torch.testing.assert_close(shared.class_sums("Conv2D_2"), by_hand, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(shared.logits(), run.model(data.test_x), rtol=1e-4, atol=1e-5)
+
+
+def test_hand_written_adam_is_torchs_adam_bit_for_bit():
+    torch.manual_seed(0)
+    a = torch.randn(5, 1, 4, 4, requires_grad=True)
+    b = a.detach().clone().requires_grad_()
+    theirs, mine = torch.optim.Adam([a], lr=0.05), flt._Adam(b, 0.05)
+    for _ in range(30):
+        grad = torch.randn(5, 1, 4, 4)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        theirs.step()
+        mine.step()
+    assert torch.equal(a, b)
+
+
+def test_filter_patterns_are_computed_once_per_weights(run, monkeypatch):
+    bounds = flt.pixel_bounds(run.data().train_x)
+    computed = []
+    compute = flt.filter_patterns
+    monkeypatch.setattr(flt, "filter_patterns", lambda *a, **k: computed.append(a[1]) or compute(*a, **k))
+    first = flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
+    files = sorted((run.path / flt.CACHE_DIR).glob("Conv2D_1-*.npz"))
+    assert computed == ["Conv2D_1"] and len(files) == 1
+    again = flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
+    assert computed == ["Conv2D_1"]  # from the file
+    for field in ("maps", "inputs", "pixels", "activation"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(first, field))
+    direct = compute(run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
+    np.testing.assert_array_equal(first.inputs, direct.inputs)  # the same as computing afresh
+    flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=5)
+    assert computed == ["Conv2D_1"] * 2  # other settings: another entry
+    files[0].write_bytes(b"damaged")
+    flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
+    assert computed == ["Conv2D_1"] * 3  # a damaged entry is computed again and replaced
+    before = flt.weights_hash(run.model)
+    with torch.no_grad():
+        run.model.layers["Conv2D_1"].op.weight[0, 0, 0, 0] += 1e-3
+    try:
+        assert flt.weights_hash(run.model) != before
+        flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
+        assert computed == ["Conv2D_1"] * 4  # new weights (a resumed run): computed afresh
+    finally:
+        with torch.no_grad():
+            run.model.layers["Conv2D_1"].op.weight[0, 0, 0, 0] -= 1e-3
+
+
+def test_weights_hash_ignores_the_memory_layout():
+    model = build_model(load_config(preset="tiny").model.layers)
+    before = flt.weights_hash(model)
+    model.to(memory_format=torch.channels_last)
+    assert flt.weights_hash(model) == before
+
+
+def test_inspection_commands_import_no_compiler_machinery(run):
+    # (torch.optim.Adam's first step imports torch._dynamo and sympy: 1-2 s of a command that trains nothing)
+    code = ("import sys; from cnnlab.cli import main; "
+            f"assert main(['evaluate', {str(run.path)!r}]) == 0; "
+            f"assert main(['filters', {str(run.path)!r}, '--layer', 'Conv2D_1', '--steps', '3']) == 0; "
+            f"assert main(['patterns', {str(run.path)!r}, '--layer', 'Conv2D_2']) == 0; "
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'sympy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert os.path.isdir(run.path / "cache" / "filters")
