@@ -124,7 +124,8 @@ def test_demo_trains_and_ends_with_the_report(capsys, real_mnist, in_tmp, monkey
     code, out, _ = run_cli(capsys, "demo", "--out", "d", "--epochs", "1")
     assert code == 0
     assert "MNIST verified" in out and "Training the tiny preset for 1 epoch:" in out
-    last = out.strip().splitlines()[-1]
-    assert last.startswith("report: d/report.html (")
+    report, last = out.strip().splitlines()[-2:]
+    assert report.startswith("report: d/report.html (")
+    assert last.endswith("cnnlab lab --root . --run d --open")  # the demo ends with the command to open it
     assert (in_tmp / "d" / "report.html").stat().st_size > 10_000
     assert len(store.read_history(in_tmp / "d")) == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,3 +211,54 @@ class RunSaver(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
         self.best, self.best_epoch = state.get("best"), state.get("best_epoch", 0)
+
+
+class ProgressFile(Callback):
+    """Keeps ``progress.json`` in the run folder current, for a watcher such as ``cnnlab lab``.
+
+    Rewritten atomically at most once every ``every`` seconds during an epoch (the running loss and accuracy
+    are read then, so the loop syncs with them once a second, not per batch), and after every epoch (which
+    writes a checkpoint anyway) and at the end. Fields: ``status`` (training, done, stopped), ``pid``, ``epoch`` (the one in progress, or the last
+    completed one), ``epochs`` (planned), ``batch``, ``batches``, ``loss``, ``accuracy``, ``completed`` (epochs
+    done), ``updated`` (Unix time).
+    """
+
+    def __init__(self, path: Path, total_epochs: int, every: float = 1.0):
+        self.path = Path(path)
+        self.total = total_epochs
+        self.every = every
+        self.last = 0.0
+        self.epoch = self.batch = 0
+        self.running = (math.nan, math.nan)
+
+    def on_train_begin(self) -> None:  # noqa: D102
+        self.epoch = self.trainer.state.epoch
+        self._write("training", batch=0, running=(math.nan, math.nan))
+
+    def on_epoch_begin(self, epoch: int) -> None:  # noqa: D102
+        self.epoch = epoch
+        if time.monotonic() - self.last >= self.every:
+            self._write("training", batch=0, running=(math.nan, math.nan))
+
+    def on_batch_end(self, batch: int, logs: BatchLogs) -> None:  # noqa: D102
+        if time.monotonic() - self.last >= self.every:
+            self._write("training", batch=batch, running=logs.running())
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
+        self._write("training", batch=self.trainer.batches_per_epoch, running=(logs["loss"], logs["accuracy"]))
+
+    def on_train_end(self) -> None:  # noqa: D102
+        done = self.trainer.state.epoch >= self.total
+        self.epoch = self.trainer.state.epoch
+        self._write("done" if done else "stopped", batch=self.batch, running=self.running)
+
+    def _write(self, status: str, batch: int, running: tuple[float, float]) -> None:
+        from cnnlab.files import write_json
+
+        self.last, self.batch, self.running = time.monotonic(), batch, running
+        loss, acc = running
+        write_json(self.path, {
+            "status": status, "pid": os.getpid(), "epoch": self.epoch, "epochs": self.total,
+            "completed": self.trainer.state.epoch, "batch": batch, "batches": self.trainer.batches_per_epoch,
+            "loss": None if math.isnan(loss) else loss, "accuracy": None if math.isnan(acc) else acc,
+            "updated": time.time()})

@@ -20,7 +20,8 @@ DEMO_PRESET = "fast"  # the main job: the speed recipe, a 99.4%+ model in about 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
 # Modules that add subcommands: each has add_parsers(sub) and registers its handlers with @command.
-_COMMAND_MODULES: list[str] = ["cnnlab.cli_interop", "cnnlab.cli_inspect", "cnnlab.cli_experiments"]
+_COMMAND_MODULES: list[str] = ["cnnlab.cli_interop", "cnnlab.cli_inspect", "cnnlab.cli_experiments",
+                              "cnnlab.cli_lab"]
 
 
 def command(name: str) -> Callable:
@@ -239,6 +240,9 @@ def _demo(args: argparse.Namespace) -> int:
     echo("")
     echo("Writing the pictures and the report:")
     write_report(out, echo=echo)  # its last line names the page
+    out = Path(out)
+    echo(f"Draw digits for it, look at every map, browse its pictures: "
+         f"cnnlab lab --root {out.parent} --run {out.name} --open")
     return 0
 
 

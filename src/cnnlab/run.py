@@ -222,6 +222,7 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
             listeners.append(cb.ProgressBar())
         listeners.append(cb.EpochLine(echo, total or epochs, data.val_is_test))
     listeners.append(cb.CurvesPNG(run_dir / store.CURVES, log_loss=cfg.train.log_loss, live=live))
+    listeners.append(cb.ProgressFile(run_dir / store.PROGRESS, total or epochs))
     listeners.extend(extra or [])
     listeners.append(cb.RunSaver(run_dir, cfg.train.monitor, keep_best=cfg.train.checkpoint == "best",
                                  restore_best=cfg.train.early_stopping.restore_best, echo=echo))

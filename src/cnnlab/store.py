@@ -18,6 +18,7 @@ Layout of ``runs/NAME/``:
 | ``curves.png`` | accuracy and loss curves (a picture, not part of the checkpoint) |
 | ``provenance.json`` | versions, seed, threads, data checksums, start and end times |
 | ``.lock`` | while a writer (train, resume, reset) runs: its pid and action (see ``runlock``) |
+| ``progress.json`` | while training: status, epoch, batch, running loss and accuracy (at most once a second) |
 
 The commit protocol (as a database journal or a git ref update):
 
@@ -77,6 +78,7 @@ HISTORY_CSV = "history.csv"
 HISTORY_JSON = "history.json"
 PROVENANCE = "provenance.json"
 CURVES = "curves.png"
+PROGRESS = "progress.json"
 
 MANIFEST_FORMAT = 1
 FIXED_FILES = (MODEL, INITIAL)  # written once when the run is made; the manifest pins their sha256
@@ -543,7 +545,8 @@ def reset_run(run_dir: Path, model: torch.nn.Module) -> None:
     data, tensors = read_initial(run_dir)
     fit_weights(tensors, model, run_dir / INITIAL)
     commit_initial(run_dir, data)
-    (run_dir / CURVES).unlink(missing_ok=True)
+    for name in (CURVES, PROGRESS):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def parse_json(data: bytes, where: str | Path) -> Any:

@@ -1,0 +1,194 @@
+"""The lab's figures: predict latency, draw-to-screen latency in chromium, and training with a lab watching.
+
+1. ``POST /predict`` over real HTTP to a lab served by uvicorn in this process: 200 requests (after 20 to warm
+   up) with different test images; the client's round trip and the server's own time (its ``Server-Timing``
+   header: reading the body, checking it, the forward pass with every map, encoding), p50 and p95.
+2. Draw-to-screen in Debian's chromium (Playwright): strokes drawn with mouse events on ``canvas#draw``; each
+   figure runs from the first pointer event not yet sent to the frame after the answer is drawn (the page's
+   own ``window.lab.latencies``), p50 and p95.
+3. Training with a lab watching: ``cnnlab train`` in a child process, alone and with a lab (its own process)
+   streaming the run's progress to a chromium page on its Live view, in turn (ABAB...); the sum of the
+   epochs' seconds from the run's history; medians and their ratio.
+
+Run: ``.venv/bin/python bench/bench_lab.py RUN_FOLDER [--pairs 3] [--preset fast] [--epochs 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_train import machine  # noqa: E402
+
+from cnnlab.inspection.images import ImageSets  # noqa: E402
+from cnnlab.run import load  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_in_thread(root: Path):
+    """Start the lab for ``root`` in a thread; return (base URL, server)."""
+    import uvicorn
+
+    from cnnlab.lab.api import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(root), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}", server
+
+
+def percentiles(values: list[float]) -> str:
+    """``p50 X ms, p95 Y ms`` of values in ms."""
+    return f"p50 {np.percentile(values, 50):.1f} ms, p95 {np.percentile(values, 95):.1f} ms"
+
+
+def predict_latency(base: str, name: str, run_dir: Path, requests: int) -> tuple[list[float], list[float]]:
+    """Round-trip and server times (ms) of ``requests`` predict calls with different test images."""
+    import httpx2 as httpx
+
+    images = ImageSets(load(run_dir).config).images("test")
+    url = f"{base}/api/runs/{name}/predict"
+    client, round_trip, server = httpx.Client(timeout=120), [], []
+    for i in range(20 + requests):
+        body = {"pixels": images[i % len(images)].tolist()}
+        started = time.perf_counter()
+        response = client.post(url, json=body)
+        elapsed = (time.perf_counter() - started) * 1000
+        response.raise_for_status()
+        if i >= 20:
+            round_trip.append(elapsed)
+            server.append(float(response.headers["server-timing"].split("dur=")[1]))
+    return round_trip, server
+
+
+def draw_latency(base: str, name: str, strokes: int) -> list[float]:
+    """The page's draw-to-screen figures (ms) over ``strokes`` strokes drawn with the mouse."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{base}/#explore/{name}")
+        page.wait_for_selector("canvas#draw")
+        box = page.locator("canvas#draw").bounding_box()
+        rng = np.random.default_rng(0)
+        for s in range(strokes):
+            page.click("#clear")
+            page.evaluate("window.lab.latencies = []") if s == 1 else None  # the first loads the run
+            x, y = box["x"] + 80 + 120 * rng.random(), box["y"] + 40
+            page.mouse.move(x, y)
+            page.mouse.down()
+            for k in range(30):
+                page.mouse.move(x + 40 * np.sin(k / 5), y + 7 * k)
+                page.wait_for_timeout(16)  # about one pointer event per frame, as a hand gives
+            page.mouse.up()
+            page.wait_for_function("!window.lab.busy()")
+        values = page.evaluate("window.lab.latencies")
+        browser.close()
+    return values
+
+
+def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> float:
+    """Train ``preset`` into ``out`` in a child process, with a lab process and a chromium Live page when
+    ``watch``; return the sum of the epochs' seconds."""
+    child = [sys.executable, "-m", "cnnlab", "train", "--preset", preset, "--epochs", str(epochs), "--out",
+             str(out), "--no-progress"]
+    if not watch:
+        subprocess.run(child, check=True, capture_output=True)
+        return sum(row["seconds"] for row in json.loads((out / "history.json").read_text()))
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    lab = subprocess.Popen([sys.executable, "-m", "cnnlab", "lab", "--root", str(out.parent), "--port", str(port)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM)
+            page = browser.new_page()
+            trainer = subprocess.Popen(child, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not (out / "progress.json").exists():
+                time.sleep(0.1)
+            _goto_when_up(page, f"http://127.0.0.1:{port}/#live/{out.name}")
+            updates = 0
+            while trainer.poll() is None:
+                page.wait_for_timeout(500)
+                updates += 1
+            assert trainer.wait() == 0
+            assert page.text_content("#live-epoch") == str(epochs), page.text_content("#live-epoch")
+            browser.close()
+    finally:
+        lab.terminate()
+        lab.wait()
+    return sum(row["seconds"] for row in json.loads((out / "history.json").read_text()))
+
+
+def _goto_when_up(page, url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            page.goto(url)
+            return
+        except Exception:  # noqa: BLE001 - the lab process is still starting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def main() -> None:
+    """Measure and print the three figures."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("run", type=Path, help="a trained run folder (e.g. runs/demo)")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--strokes", type=int, default=6)
+    parser.add_argument("--pairs", type=int, default=3, help="training runs alone and watched, in turn")
+    parser.add_argument("--preset", default="fast")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--skip", nargs="*", default=[], choices=("predict", "draw", "train"))
+    args = parser.parse_args()
+    print(machine())
+    run_dir = args.run.resolve()
+    base, server = serve_in_thread(run_dir.parent)
+    if "predict" not in args.skip:
+        round_trip, server_ms = predict_latency(base, run_dir.name, run_dir, args.requests)
+        print(f"predict, {args.requests} requests on {run_dir.name}: round trip {percentiles(round_trip)}; "
+              f"server {percentiles(server_ms)}")
+    if "draw" not in args.skip:
+        values = draw_latency(base, run_dir.name, args.strokes)
+        print(f"draw to screen in chromium, {len(values)} updates over {args.strokes - 1} strokes: "
+              f"{percentiles(values)}")
+    server.should_exit = True
+    if "train" not in args.skip:
+        alone, watched = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.pairs):
+                alone.append(train_seconds(Path(tmp) / f"alone-{i}", args.preset, args.epochs, watch=False))
+                watched.append(train_seconds(Path(tmp) / f"watched-{i}", args.preset, args.epochs, watch=True))
+                print(f"  pair {i + 1}: alone {alone[-1]:.2f} s, watched {watched[-1]:.2f} s", flush=True)
+        a, w = statistics.median(alone), statistics.median(watched)
+        print(f"training {args.preset} for {args.epochs} epochs (sum of epoch seconds, median of {args.pairs}): "
+              f"alone {a:.2f} s, with a lab and a Live page watching {w:.2f} s: ratio {w / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()

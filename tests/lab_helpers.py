@@ -1,0 +1,18 @@
+"""Shared by the lab's tests: a root of run folders made from one tiny training run."""
+
+import shutil
+from pathlib import Path
+
+
+def make_root(base: Path) -> Path:
+    """A lab root with ``tiny`` (trained: 2 epochs of the tiny preset), a sweep ``sweep-a`` of two trials (copies
+    of it), and a run folder whose first checkpoint is not written yet (``starting``)."""
+    from cnnlab.run import train
+
+    root = base / "root"
+    train("tiny", out=root / "tiny", echo=None, progress=False)
+    for trial in ("trial-0000", "trial-0001"):
+        shutil.copytree(root / "tiny", root / "sweep-a" / trial)
+    (root / "starting").mkdir()
+    shutil.copy(root / "tiny" / "config.toml", root / "starting" / "config.toml")
+    return root
