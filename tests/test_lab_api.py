@@ -338,14 +338,14 @@ def test_never_a_500_while_a_run_folder_is_being_written(root, tmp_path):
     lab = tmp_path / "root"
     folder = lab / "busy"
     shutil.copytree(root / "tiny", folder)
-    files = {name: (folder / name).read_bytes() for name in (store.HISTORY_JSON, store.PROGRESS, store.MODEL,
-                                                            store.CONFIG, store.WEIGHTS)}
+    paths = (store.checkpoint_path(folder, store.HISTORY_JSON), folder / store.PROGRESS, folder / store.MODEL,
+             folder / store.CONFIG, store.checkpoint_path(folder, store.WEIGHTS), folder / store.MANIFEST)
+    files = {path: path.read_bytes() for path in paths}
     stop = threading.Event()
 
     def writer():
         while not stop.is_set():
-            for name, data in files.items():
-                path = folder / name
+            for path, data in files.items():
                 path.unlink(missing_ok=True)
                 with open(path, "wb") as f:
                     f.write(data[:len(data) // 2])

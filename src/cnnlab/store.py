@@ -531,6 +531,12 @@ def read_history(run_dir: str | Path) -> list[dict[str, float]]:
     return history
 
 
+def commit_marker(run_dir: str | Path) -> Path:
+    """The file whose change marks a new checkpoint (the manifest; the weights in a pre-manifest folder)."""
+    manifest = Path(run_dir) / MANIFEST
+    return manifest if manifest.exists() else Path(run_dir) / WEIGHTS
+
+
 def checkpoint_path(run_dir: str | Path, name: str) -> Path:
     """Where the committed checkpoint keeps ``name`` (e.g. ``WEIGHTS``), for tools outside cnnlab."""
     return open_checkpoint(run_dir, names=(name,)).where(name)

@@ -203,7 +203,7 @@ class _Lab:
         quiet = 0.0
         while not await request.is_disconnected():
             sent = False
-            for kind, path in (("progress", folder / store.PROGRESS), ("history", folder / store.HISTORY_JSON)):
+            for kind, path in (("progress", folder / store.PROGRESS), ("history", store.commit_marker(folder))):
                 stamp = _file_stamp(path)
                 if stamp != seen.get(kind):
                     payload = _event_payload(kind, folder, path)

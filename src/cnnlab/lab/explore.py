@@ -229,19 +229,18 @@ def filter_pattern(loaded: LoadedRun, layer: str, index: int) -> dict[str, Any]:
 
 def _fresh(cache: Path, folder: Path) -> bool:
     try:
-        return cache.stat().st_mtime_ns >= (folder / store.WEIGHTS).stat().st_mtime_ns
+        return cache.stat().st_mtime_ns >= store.commit_marker(folder).stat().st_mtime_ns
     except OSError:
         return False
 
 
 def _stamp(folder: Path) -> tuple:
     try:
-        weights = (folder / store.WEIGHTS).stat()
+        marker = store.commit_marker(folder).stat()  # a new checkpoint (best weights included) changes it
     except FileNotFoundError:
         raise RunChanging(f"{folder.name} has no weights yet (its first checkpoint is being written); "
                           "try again in a moment") from None
-    best = folder / store.BEST
-    return weights.st_mtime_ns, weights.st_size, best.stat().st_mtime_ns if best.exists() else 0
+    return marker.st_mtime_ns, marker.st_size
 
 
 def _load(folder: Path) -> Run:

@@ -132,8 +132,14 @@ def planned_epochs(folder: Path, progress: dict[str, Any] | None) -> int | None:
 
 
 def read_history(folder: Path) -> list[dict[str, Any]]:
-    """The run's history rows; ``RunChanging`` if the file is being replaced at this moment."""
-    return _read_json(folder / store.HISTORY_JSON, default=[])
+    """The run's history rows (none before its first checkpoint); ``RunChanging`` if it cannot be read now."""
+    if not store.commit_marker(folder).exists() and not (folder / store.HISTORY_JSON).exists():
+        return []
+    try:
+        return store.read_history(folder)
+    except CnnlabError as exc:
+        raise RunChanging(f"the history of this run could not be read ({exc}); it is probably being written: "
+                          "try again") from None
 
 
 def read_progress(folder: Path) -> dict[str, Any] | None:
@@ -177,6 +183,6 @@ def _pruned(folder: Path) -> bool:
 
 def _mtime(folder: Path) -> float | None:
     try:
-        return max(p.stat().st_mtime for p in (folder / store.CONFIG, folder / store.HISTORY_JSON) if p.exists())
+        return max(p.stat().st_mtime for p in (folder / store.CONFIG, store.commit_marker(folder)) if p.exists())
     except (OSError, ValueError):
         return None
