@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import resource
+import traceback
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import cnnlab.cli  # noqa: F401  (imported here so the fork server holds it)
 import cnnlab.cli_inspect  # noqa: F401
 import cnnlab.cli_interop  # noqa: F401
 import cnnlab.run  # noqa: F401
+
+cnnlab.cli.build_parser()  # imports every command module now: a child switched to another user may not read them
 from cnnlab import plots
 from cnnlab.files import FAULT_ENV, write_events
 
@@ -55,6 +58,8 @@ def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None, ui
         code = cnnlab.cli.main(args)
         if os.environ.get(FAULT_ENV):
             print(f"write events: {write_events()}")
+    except BaseException:  # os._exit below would swallow the traceback: put it in the log
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -245,7 +245,7 @@ def test_map_story_refuses_unknown_layers_and_maps(client, path, words):
 
 def test_files_list_and_serve_the_runs_pictures(client, root):
     listed = {f["path"] for f in client.get("/api/runs/tiny/files").json()}
-    assert {"curves.png", "config.toml", "history.json"} <= listed
+    assert {"curves.png", "config.toml", "checkpoint.json"} <= listed
     assert not any(p.endswith(".safetensors") for p in listed)
     r = client.get("/api/runs/tiny/files/curves.png")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"

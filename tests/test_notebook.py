@@ -48,12 +48,6 @@ def test_the_repository_keeps_the_tour_without_outputs():
     assert [c for c in code if "parameters" in c.metadata.get("tags", [])] == [code[0]]
 
 
-# cnnlab.plots calls matplotlib.use("Agg") at import, so in a kernel cnnlab's figures lose their inline PNG and
-# a user's plt.show() after cnnlab's cells draws nothing. The arch branch removes that side effect; strict, so
-# this marker must go the day the test passes (it passed with that one line removed, in 501 s on a loaded
-# 2-core machine).
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="cnnlab.plots switches matplotlib to the Agg backend at import (being fixed on arch)")
 def test_tour_runs_in_a_real_kernel_with_live_curves_updated_in_place(in_tmp):
     nb = nbformat.read(TOUR, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))

@@ -110,7 +110,7 @@ def test_sweep_in_process_trials_are_runs_and_best_toml_trains(tmp_path, real_mn
         assert cfg.schedule["initial"] == pytest.approx(t.params["schedule.initial"])
         assert cfg.model.layers[-2]["units"] == t.params["model.layers.Dense_1.units"]
         record = json.loads((folder / "trial.json").read_text())
-        history = json.loads((folder / store.HISTORY_JSON).read_text())
+        history = store.read_history(folder)
         assert record["state"] == "complete" and t.value == record["value"] == history[-1]["val_accuracy"]
     best = max(st.trials, key=lambda t: t.value)
     assert result.best["trial"] == best.number == st.best_trial.number
@@ -166,13 +166,21 @@ def test_default_storage_with_two_jobs(tmp_path, real_mnist):
         assert json.loads((out / f"trial-{number:04d}" / store.PROVENANCE).read_text())["sessions"][0]["threads"] == 1
 
 
+def _epochs_done(folder):
+    """Epochs the committed checkpoint of ``folder`` holds (0 while it has none)."""
+    try:
+        return json.loads((folder / store.MANIFEST).read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def test_resume_after_sigkill_fails_and_retries_the_running_trial(tmp_path, real_mnist):
     path = sweep_file(tmp_path, epochs=2, trials=2)
     out = tmp_path / "out"
     cmd = [*CNNLAB, "sweep", str(path), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     deadline = time.time() + 300
-    while not (out / "trial-0000" / store.HISTORY_JSON).exists() and time.time() < deadline:
+    while _epochs_done(out / "trial-0000") < 1 and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -344,7 +344,7 @@ def _collect_garbage(run_dir: Path, keep: set[str], legacy: bool) -> None:
     if legacy:
         for name in CHECKPOINT_FILES:
             (run_dir / name).unlink(missing_ok=True)
-    for name in (CONFIG, MODEL, INITIAL, MANIFEST, CURVES, PROVENANCE):  # temporary files of a killed writer
+    for name in (CONFIG, MODEL, INITIAL, MANIFEST, CURVES, PROVENANCE, PROGRESS):  # temp files of a killed writer
         for path in run_dir.glob(f".{name}.*.tmp"):
             path.unlink(missing_ok=True)
     fsync_dir(run_dir / CHECKPOINTS)
