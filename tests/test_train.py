@@ -40,7 +40,7 @@ def test_run_folder_holds_everything(real_mnist, tmp_path):
     run = train_tiny(tmp_path / "r")
     names = {p.name for p in run.path.iterdir()}
     assert names == {store.CONFIG, store.MODEL, store.INITIAL, store.MANIFEST, store.CHECKPOINTS, store.CURVES,
-                     store.PROVENANCE}
+                     store.PROVENANCE, store.PROGRESS}
     manifest = json.loads((run.path / store.MANIFEST).read_text())
     assert (manifest["epoch"], manifest["step"]) == (2, 2 * TINY_STEPS_PER_EPOCH)
     assert set(manifest["files"]) == {store.MODEL, store.INITIAL, store.WEIGHTS, store.OPTIMIZER,

@@ -75,4 +75,4 @@ def test_wheel_builds_installs_into_a_fresh_venv_and_runs(tmp_path):
     run_dir = tmp_path / "run"
     trained = _run([cnnlab, "train", "--preset", "tiny", "--out", str(run_dir), "--no-progress"], env=env,
                    cwd=tmp_path).stdout
-    assert "epoch   2/2" in trained and (run_dir / "weights.safetensors").is_file()
+    assert "epoch   2/2" in trained and (run_dir / "checkpoint.json").is_file()

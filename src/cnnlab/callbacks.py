@@ -111,8 +111,11 @@ class CurvesPNG(Callback):
 
     def _show(self, png: bytes) -> None:
         try:
+            from IPython import get_ipython
             from IPython.display import Image, display
         except ImportError:
+            return
+        if get_ipython() is None:  # plain Python: display() would only print the object's repr
             return
         if self.handle is None:
             self.handle = display(Image(data=png, format="png"), display_id=True)
