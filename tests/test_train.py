@@ -229,7 +229,7 @@ def test_live_curves_update_one_notebook_display_in_place(real_mnist, tmp_path, 
     fake = types.ModuleType("IPython.display")
     fake.display, fake.Image = display, Image
     ipython = types.ModuleType("IPython")
-    ipython.get_ipython = lambda: None
+    ipython.get_ipython = lambda: object()  # as inside a kernel
     ipython.version_info = (8, 0, 0)
     monkeypatch.setitem(sys.modules, "IPython", ipython)
     monkeypatch.setitem(sys.modules, "IPython.display", fake)
