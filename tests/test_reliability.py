@@ -131,8 +131,9 @@ def test_second_writer_refused_readers_see_complete_checkpoints_stale_lock_taken
             assert code == 2 and len(lines) == 1, (args, log)
             assert f"pid {trainer.pid} is running 'cnnlab train --out {run}'" in lines[0], lines[0]
         # readers while the writer commits epoch after epoch: always one complete, verified checkpoint
-        seen = set()
-        for _ in range(60):
+        seen, reads, deadline = set(), 0, time.time() + 120
+        while (reads < 60 or len(seen) < 2) and time.time() < deadline:
+            reads += 1
             ckpt = store.open_checkpoint(run)
             state = store.load_state(run, ckpt)
             assert state.epoch == ckpt.epoch == len(state.history) and state.history[-1]["step"] == ckpt.step
