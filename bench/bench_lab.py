@@ -8,7 +8,8 @@
    own ``window.lab.latencies``), p50 and p95.
 3. Training with a lab watching: ``cnnlab train`` in a child process, alone and with a lab (its own process)
    streaming the run's progress to a chromium page on its Live view, in turn (ABAB...); the sum of the
-   epochs' seconds from the run's history; medians and their ratio.
+   epochs' seconds from the run's history; medians and their ratio; beside them the trainer's own CPU seconds
+   (less sensitive to other load on the machine) and the lab process's.
 
 Run: ``.venv/bin/python bench/bench_lab.py RUN_FOLDER [--pairs 3] [--preset fast] [--epochs 2]``.
 """
@@ -16,7 +17,7 @@ Run: ``.venv/bin/python bench/bench_lab.py RUN_FOLDER [--pairs 3] [--preset fast
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import socket
 import statistics
 import subprocess
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import machine  # noqa: E402
 
+from cnnlab import store  # noqa: E402
 from cnnlab.inspection.images import ImageSets  # noqa: E402
 from cnnlab.run import load  # noqa: E402
 
@@ -109,14 +112,43 @@ def draw_latency(base: str, name: str, strokes: int) -> list[float]:
     return values
 
 
-def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> float:
+@dataclass
+class Training:
+    """One training run's figures: the sum of its epochs' seconds, the trainer's CPU seconds, and the CPU seconds
+    the lab process used while the trainer ran (0 when alone)."""
+
+    seconds: float
+    trainer_cpu: float
+    lab_cpu: float = 0.0
+
+
+def _cpu_seconds(proc: subprocess.Popen, meanwhile=None) -> float:
+    """Wait for ``proc`` (calling ``meanwhile()`` between polls, if given), check it ended well where it
+    ended by itself, and return its own user + system CPU seconds."""
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if meanwhile else 0)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_utime + usage.ru_stime
+        meanwhile()
+
+
+def _running_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (Linux: /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> Training:
     """Train ``preset`` into ``out`` in a child process, with a lab process and a chromium Live page when
-    ``watch``; return the sum of the epochs' seconds."""
+    ``watch``; return its ``Training`` figures."""
     child = [sys.executable, "-m", "cnnlab", "train", "--preset", preset, "--epochs", str(epochs), "--out",
              str(out), "--no-progress"]
     if not watch:
-        subprocess.run(child, check=True, capture_output=True)
-        return sum(row["seconds"] for row in json.loads((out / "history.json").read_text()))
+        trainer = subprocess.Popen(child, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        trainer_cpu = _cpu_seconds(trainer)
+        assert trainer.returncode == 0
+        return Training(_epoch_seconds(out), trainer_cpu)
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -126,21 +158,24 @@ def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> float:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM)
             page = browser.new_page()
+            lab_before = _running_cpu_seconds(lab.pid)
             trainer = subprocess.Popen(child, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while not (out / "progress.json").exists():
                 time.sleep(0.1)
             _goto_when_up(page, f"http://127.0.0.1:{port}/#live/{out.name}")
-            updates = 0
-            while trainer.poll() is None:
-                page.wait_for_timeout(500)
-                updates += 1
-            assert trainer.wait() == 0
+            trainer_cpu = _cpu_seconds(trainer, lambda: page.wait_for_timeout(500))
+            lab_cpu = _running_cpu_seconds(lab.pid) - lab_before
+            assert trainer.returncode == 0
             assert page.text_content("#live-epoch") == str(epochs), page.text_content("#live-epoch")
             browser.close()
     finally:
         lab.terminate()
         lab.wait()
-    return sum(row["seconds"] for row in json.loads((out / "history.json").read_text()))
+    return Training(_epoch_seconds(out), trainer_cpu, lab_cpu)
+
+
+def _epoch_seconds(out: Path) -> float:
+    return sum(row["seconds"] for row in store.read_history(out))
 
 
 def _goto_when_up(page, url: str) -> None:
@@ -184,10 +219,25 @@ def main() -> None:
             for i in range(args.pairs):
                 alone.append(train_seconds(Path(tmp) / f"alone-{i}", args.preset, args.epochs, watch=False))
                 watched.append(train_seconds(Path(tmp) / f"watched-{i}", args.preset, args.epochs, watch=True))
-                print(f"  pair {i + 1}: alone {alone[-1]:.2f} s, watched {watched[-1]:.2f} s", flush=True)
-        a, w = statistics.median(alone), statistics.median(watched)
-        print(f"training {args.preset} for {args.epochs} epochs (sum of epoch seconds, median of {args.pairs}): "
-              f"alone {a:.2f} s, with a lab and a Live page watching {w:.2f} s: ratio {w / a:.3f}")
+                print(f"  pair {i + 1}: epochs' seconds alone {alone[-1].seconds:.2f}, watched "
+                      f"{watched[-1].seconds:.2f}; trainer CPU s {alone[-1].trainer_cpu:.2f} / "
+                      f"{watched[-1].trainer_cpu:.2f}; lab process CPU s {watched[-1].lab_cpu:.2f}", flush=True)
+        report_training(args, alone, watched)
+
+
+def report_training(args: argparse.Namespace, alone: list[Training], watched: list[Training]) -> None:
+    """Print the medians of the pairs and their ratios."""
+    def median(runs: list[Training], field: str) -> float:
+        return statistics.median(getattr(r, field) for r in runs)
+
+    a, w = median(alone, "seconds"), median(watched, "seconds")
+    ratios = sorted(x.seconds / y.seconds for x, y in zip(watched, alone))
+    print(f"training {args.preset} for {args.epochs} epochs (sum of epoch seconds, median of {args.pairs} pairs): "
+          f"alone {a:.2f} s, with a lab and a Live page watching {w:.2f} s: ratio {w / a:.3f} "
+          f"(pairs {ratios[0]:.3f}-{ratios[-1]:.3f})")
+    ta, tw = median(alone, "trainer_cpu"), median(watched, "trainer_cpu")
+    print(f"trainer's own CPU seconds: alone {ta:.2f}, watched {tw:.2f}: ratio {tw / ta:.3f}; the lab process used "
+          f"{median(watched, 'lab_cpu'):.2f} CPU s while it watched ({median(watched, 'lab_cpu') / w:.1%} of a core)")
 
 
 if __name__ == "__main__":

@@ -103,6 +103,27 @@ def test_status_of_a_training_a_killed_and_a_pruned_run(root, tmp_path):
     assert lab_runs.status(folder, history, alive) == "pruned"
 
 
+
+def test_compare_gives_the_table_of_cnnlab_compare_and_the_differing_keys(client, root):
+    from cnnlab.compare import compare
+
+    body = client.get("/api/compare?runs=sweep-a/trial-0000,sweep-a/trial-0001").json()
+    assert body["differing_keys"] == ["train.seed"] and body["skipped"] == []
+    expected = compare([root / "sweep-a" / "trial-0000", root / "sweep-a" / "trial-0001"])
+    assert [r["run"] for r in body["rows"]] == ["sweep-a/trial-0000", "sweep-a/trial-0001"]
+    assert [r["train.seed"] for r in body["rows"]] == [0, 7]
+    for got, want in zip(body["rows"], expected):
+        assert {k: v for k, v in got.items() if k != "run"} == {k: v for k, v in want.items() if k != "run"}
+    same = client.get("/api/compare", params={"runs": ["tiny", "sweep-a/trial-0000"]}).json()
+    assert same["differing_keys"] == [] and [r["run"] for r in same["rows"]] == ["tiny", "sweep-a/trial-0000"]
+
+
+@pytest.mark.parametrize("query, status, words", [
+    ("", 400, "give the runs to compare"), ("?runs=nope,tiny", 404, "nope"),
+    ("?runs=../tiny,tiny", 404, ""), ("?runs=starting,tiny", 409, "starting")])
+def test_compare_refuses_bad_run_lists_in_one_line(client, query, status, words):
+    assert words in _error(client.get(f"/api/compare{query}"), status)
+
 # -- predict --------------------------------------------------------------------------------------------
 
 

@@ -149,8 +149,14 @@ def test_every_view_loads_without_errors(server, browser, tmp_path):
     page.wait_for_selector("#runs-table tbody tr")
     names = page.locator("#runs-table tbody td").all_text_contents()
     assert "sweep sweep-a" in names and "trial-0001" in names and "tiny" in names
-    page.locator("#runs-table tbody input[type=checkbox]").nth(1).check()
-    page.wait_for_function("document.querySelector('#compare-note').textContent !== ''")
+    for trial in ("sweep-a/trial-0000", "sweep-a/trial-0001"):
+        page.locator(f"#runs-table input[data-run='{trial}']").check()
+    page.wait_for_function("document.querySelector('#compare-note').textContent.includes('differ:')")
+    assert page.text_content("#compare-note") == "Config keys that differ: train.seed"
+    assert page.locator("#compare-table tbody tr").count() == 2
+    seeds = page.locator("#compare-table tbody td").all_text_contents()
+    assert seeds[:2] == ["sweep-a/trial-0000", "0"] and seeds[page.locator("#compare-table thead th").count()] \
+        == "sweep-a/trial-0001"
     page.screenshot(path=str(shots / "runs.png"))
     page.goto(f"{server}/#explore/tiny")
     page.fill("#pick-index", "3")

@@ -176,17 +176,16 @@ class _Lab:
             return error(400, "give the runs to compare: /api/compare?runs=NAME,NAME")
 
         def rows() -> dict[str, Any]:
-            try:
-                from cnnlab.compare import compare, differing_keys
-            except ImportError:
-                raise CnnlabError("this cnnlab has no cnnlab.compare yet; the curves above still compare") from None
+            from cnnlab.compare import comparison
 
             folders = [runs.resolve(self.root, n) for n in names]
-            configs = [_read_toml(f / store.CONFIG) for f in folders]
-            table = compare(folders)
-            for row, name in zip(table, names):
-                row["run"] = name
-            return {"rows": table, "differing_keys": differing_keys(configs)}
+            result = comparison(folders)
+            name_of = {f.resolve(): n for f, n in zip(folders, names)}
+            for row in result.rows:
+                row["run"] = name_of.get(Path(row["run"]).resolve(), row["run"])
+            root = f"{self.root.resolve()}/"
+            return {"rows": result.rows, "differing_keys": result.keys,
+                    "skipped": [line.replace(root, "") for line in result.skipped]}
 
         return await _answer(rows)
 

@@ -107,6 +107,7 @@ async function renderRunsTable() {
     const tr = body.insertRow();
     const tick = document.createElement("input");
     tick.type = "checkbox";
+    tick.dataset.run = r.name;
     tick.checked = state.selected.has(r.name);
     tick.addEventListener("change", () => {
       if (tick.checked) state.selected.add(r.name); else state.selected.delete(r.name);
