@@ -5,7 +5,7 @@ process; medians with their spread (min-max), since shared machines are noisy.
 1. Seed recipe training. The inner loop (the engine's epoch of 12,800 real images against the baseline, a
    plain nn.Sequential loop, and against an independently written loop, which must be as fast as the
    baseline), then the real command: ``cnnlab train --preset seed --epochs 2`` epoch by epoch, from its
-   history.csv (validation included), against the baseline's epoch (60,000 images and its validation pass),
+   history (validation included), against the baseline's epoch (60,000 images and its validation pass),
    in fp32 and in the precision ``auto`` picks; then the inner loop with AVX2 code only.
 2. Time to accuracy: ``cnnlab train --preset fast`` for seeds 0-4 (wall time, start-up included) against the
    baseline's epochs; test accuracy worst and mean; the 4-epoch stretch.
@@ -20,8 +20,6 @@ Run: ``make bench`` or ``.venv/bin/python bench/bench.py [--pairs R] [--fast-run
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import shutil
 import statistics
@@ -36,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import alternate, child_env, machine, measure_in_child, seed_sequential, spread  # noqa: E402
 
+from cnnlab import store  # noqa: E402
 from cnnlab.config import load_config  # noqa: E402
 from cnnlab.speed import has_native_bf16, resolve_precision, usable_cores  # noqa: E402
 
@@ -75,7 +74,7 @@ def plain_validation_seconds(repeats: int = 3) -> float:
 
 def real_seed_runs(precision: str, pairs: int, images: int, keep: Path) -> tuple[list[list[float]], list[float]]:
     """``pairs`` times in turn: the baseline's throughput, then ``cnnlab train --preset seed --epochs 2`` in
-    ``precision``. Returns (per run its epochs' seconds from history.csv, the baseline's img/s per pair); the
+    ``precision``. Returns (per run its epochs' seconds from its history, the baseline's img/s per pair); the
     last run's folder is moved to ``keep``."""
     epochs, base = [], []
     for _ in range(pairs):
@@ -84,8 +83,7 @@ def real_seed_runs(precision: str, pairs: int, images: int, keep: Path) -> tuple
             out = Path(tmp) / "seed"
             run_child([*CNNLAB, "train", "--preset", "seed", "--epochs", "2", "--set",
                        f"train.precision={precision}", "--out", str(out), "--no-progress"])
-            with open(out / "history.csv", newline="") as f:
-                epochs.append([float(row["seconds"]) for row in csv.DictReader(f)])
+            epochs.append([row["seconds"] for row in store.read_history(out)])
             shutil.rmtree(keep, ignore_errors=True)
             shutil.move(str(out), keep)
     return epochs, base
@@ -102,7 +100,7 @@ def fast_runs(k: int, precision: str, epochs: int | None = None) -> list[dict[st
             if epochs:
                 cmd += ["--epochs", str(epochs)]
             wall, _ = run_child(cmd)
-            history = json.loads((run_dir / "history.json").read_text())
+            history = store.read_history(run_dir)
         out.append({"seed": seed, "wall": wall, "accuracy": history[-1]["val_accuracy"]})
     return out
 
@@ -196,7 +194,7 @@ def seed_training(args: argparse.Namespace, auto: str, keep: Path, full: bool) -
         ratio = [e / b for e, b in zip(got[p], got["plain"])]
         print(f"   inner loop, engine {p}: {spread(got[p])} img/s = {spread(ratio, 2)}x the baseline")
     validation = plain_validation_seconds()
-    print(f"   real runs: cnnlab train --preset seed --epochs 2, seconds per epoch from history.csv (validation "
+    print(f"   real runs: cnnlab train --preset seed --epochs 2, seconds per epoch from its history (validation "
           f"included) against the baseline's epoch (60,000 images at its paired img/s + its validation pass, "
           f"{validation:.2f} s)")
     medians = {}

@@ -6,7 +6,7 @@ Runs ``cnnlab sweep`` (a child process, default journal storage) on a tiny sweep
 - wall time of the whole command (process start, imports, data loading per trial, Optuna storage round trips,
   the summary with its PNGs),
 - per trial: its wall time (``trial.json``: from the start of training to its last file) and the seconds spent
-  inside its epochs (``history.json``),
+  inside its epochs (its history),
 - overhead per trial = (command wall time - all epochs' seconds) / T.
 
 Run: ``.venv/bin/python bench/bench_sweep.py [--trials T] [--jobs J]`` (the issue's figure: 2 cores, --jobs 1).
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
+    from cnnlab import store
     from cnnlab.speed import cpu_name, usable_cores
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,8 +65,8 @@ def main() -> None:
         wall = timed([*CNNLAB, "sweep", "bench.toml", "--out", "sw", "--jobs", str(args.jobs)], root)
         trials = sorted((root / "sw").glob("trial-*"))
         records = [json.loads((t / "trial.json").read_text()) for t in trials]
-        epochs = [sum(h["seconds"] for h in json.loads((t / "history.json").read_text())) for t in trials]
-        plain_epochs = sum(h["seconds"] for h in json.loads((root / "plain" / "history.json").read_text()))
+        epochs = [sum(h["seconds"] for h in store.read_history(t)) for t in trials]
+        plain_epochs = sum(h["seconds"] for h in store.read_history(root / "plain"))
     n = len(trials)
     overhead = (wall * args.jobs - sum(epochs)) / n  # jobs run at once: their wall time counts once per job
     print(f"CPU: {cpu_name()}, {usable_cores()} usable cores, load average {os.getloadavg()[0]:.1f} at the end")
