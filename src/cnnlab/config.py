@@ -25,7 +25,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text
 from cnnlab.optim_specs import OPTIMIZERS, REGULARIZERS, SCHEDULES
 from cnnlab.schema import Key, Rule, SpecSchema, boolean, choice, expected_table, integer, join, number, \
-    resolve_table, show, suggest, text
+    parse_toml, resolve_table, show, suggest, text
 
 
 
@@ -197,11 +197,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def from_toml(text: str) -> Config:
     """Parse and validate config TOML text."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CnnlabError(f"config is not valid TOML: {exc}") from None
-    return from_dict(raw)
+    return from_dict(parse_toml(text, "config"))
 
 
 def _read_toml_file(path: Path) -> dict[str, Any]:

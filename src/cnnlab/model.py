@@ -125,15 +125,11 @@ class CnnModel(nn.Module):
                 x = layer(x)
                 finished = name
                 if pool_name is not None:  # the relu layer's own output is needed: its pool runs after it
-                    if name in wanted:
-                        out[name] = x
-                    if name == stop:
+                    if _keep(out, name, x, wanted, stop):
                         return x, out
                     x = self.layers[pool_name](x)
                     finished = pool_name
-            if finished in wanted:
-                out[finished] = x
-            if finished == stop:
+            if _keep(out, finished, x, wanted, stop):
                 return x, out
         return x, out
 
@@ -141,6 +137,13 @@ class CnnModel(nn.Module):
         """Return the kernel weights (no biases) of the dense layers, the conv layers or both."""
         return [layer.op.weight for layer in self.layers.values()
                 if kinds.get(layer.kind).has_kernel and applies_to in ("all", layer.kind)]
+
+
+def _keep(out: dict[str, torch.Tensor], name: str, x: torch.Tensor, wanted: Any, stop: str | None) -> bool:
+    """Keep ``x`` as layer ``name``'s output where it is wanted; True where the run stops at ``name``."""
+    if name in wanted:
+        out[name] = x
+    return name == stop
 
 
 def _forward_plan(layers: nn.ModuleDict) -> list[tuple[str, str | None]]:
