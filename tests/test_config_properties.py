@@ -11,6 +11,7 @@ import math
 
 import pytest
 import tomli_w
+import torch
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -113,7 +114,9 @@ def check_outcome(make) -> None:
     except CnnlabError as exc:
         assert "\n" not in str(exc)
         return
-    assert model.num_classes >= 1
+    with torch.no_grad():  # the layer kinds' torch-free shapes are what the built layers really give
+        _, got = model.eval().outputs(torch.zeros(1, *model.input_shape), model.layer_names)
+    assert {name: tuple(x.shape[1:]) for name, x in got.items()} == model.output_shapes
 
 
 @SETTINGS

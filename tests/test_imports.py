@@ -12,8 +12,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 
 # Lower tiers never import higher ones. Modules not listed (new ones) are held to the no-cycle rule only.
 TIERS = {
-    0: ("errors", "files", "schema", "extras", "speed"),
-    1: ("layers", "native", "model", "config", "optim", "data", "augment", "metrics", "plots"),
+    0: ("errors", "files", "schema", "extras", "speed", "lazy"),
+    1: ("layers", "native", "model", "config", "optim", "optim_specs", "data", "augment", "metrics", "plots"),
     2: ("inspection", "loop", "store", "callbacks"),
     3: ("run", "report", "interop", "compare", "sweep", "tboard"),
     4: ("cli", "__main__"),
@@ -33,11 +33,14 @@ def tier(module: str) -> int | None:
 
 
 def imports(path: Path) -> set[str]:
-    """Every cnnlab module ``path`` imports, at the top or inside a function (``from cnnlab import x`` counts x)."""
+    """Every cnnlab module ``path`` imports, at the top or inside a function (``from cnnlab import x`` counts x),
+    or names in a ``lazy_module("cnnlab...")`` call (imported later, but an arrow all the same)."""
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_module":
+            found |= {a.value for a in node.args if isinstance(a, ast.Constant) and a.value.startswith("cnnlab")}
+        elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("cnnlab")}
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -89,11 +92,32 @@ def test_no_import_cycle():
 @pytest.mark.parametrize("module, absent", [
     ("cnnlab.inspection.activations", ("matplotlib", "cnnlab.loop", "cnnlab.run")),
     ("cnnlab.model", ("cnnlab.run", "cnnlab.cli", "cnnlab.loop", "cnnlab.callbacks", "cnnlab.store", "matplotlib")),
-    ("cnnlab.config", ("cnnlab.run", "cnnlab.cli", "cnnlab.loop", "matplotlib")),
-    ("cnnlab.layers", ("cnnlab.model", "cnnlab.config", "cnnlab.run", "matplotlib")),
+    ("cnnlab.config", ("cnnlab.run", "cnnlab.cli", "cnnlab.loop", "cnnlab.optim.", "matplotlib", "torch")),
+    ("cnnlab.layers", ("cnnlab.model", "cnnlab.config", "cnnlab.run", "cnnlab.native", "matplotlib", "torch")),
+    ("cnnlab.layers.table", ("torch",)),
+    ("cnnlab.optim_specs", ("torch",)),
     ("cnnlab.schema", ("torch", "numpy", "cnnlab.config")),
 ])
 def test_what_a_module_brings_in_when_imported_alone(module, absent):
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({absent!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [["summary", "--preset", "seed"], ["config", "--preset", "fast"]])
+def test_commands_that_only_describe_a_config_import_no_torch(argv):
+    """``cnnlab summary`` and ``cnnlab config`` check the config and print; torch (1-3 s to import) stays out."""
+    code = ("import sys; from cnnlab.cli import main; code = main(sys.argv[1:]); "
+            "print('torch:', sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'cnnlab.optim')) "
+            "and m != 'cnnlab.optim_specs'), 'exit:', code, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    assert done.stderr.strip().splitlines()[-1] == "torch: [] exit: 0"
+    assert "Conv2D" in done.stdout if argv[0] == "summary" else "[model]" in done.stdout
+
+
+def test_a_lazy_module_is_imported_on_first_use():
+    code = ("import sys; from cnnlab.lazy import lazy_module; m = lazy_module('colorsys'); "
+            "before = 'colorsys' in sys.modules; value = m.rgb_to_hsv(1.0, 0.0, 0.0); "
+            "print(before, 'colorsys' in sys.modules, value, repr(m))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False True (0.0, 1.0, 1.0) <lazy module 'colorsys' (imported)>"

@@ -13,6 +13,7 @@ import torch
 from cnnlab import layers as kinds
 from cnnlab.config import from_dict, from_toml
 from cnnlab.errors import CnnlabError
+from cnnlab.layers import table
 from cnnlab.model import build_model, layer_table
 
 # kind: (layer table, input shape of one image, output shape, MACs, parameters), all computed by hand
@@ -42,10 +43,43 @@ def test_kind_builds_with_the_hand_computed_shape_macs_and_params(name):
     with torch.no_grad():
         out = op(torch.randn(2, *in_shape))
     assert tuple(out.shape[1:]) == out_shape
-    assert kind.macs(op, in_shape, out_shape) == macs
+    assert kind.macs(resolved, in_shape, out_shape) == macs
     assert sum(p.numel() for p in op.parameters()) == params
     if kind.has_kernel:  # a kernel maps inputs to outputs: (out, in, ...) in torch order
         assert op.weight.dim() >= 2 and op.weight.shape[0] == out_shape[0]
+
+
+# Specs whose shapes are easy to get wrong (odd sizes, "same" padding with even kernels or strides, the native
+# 2x2 pool), besides each kind's example: the torch-free shapes must equal the built module's.
+VARIANTS = [
+    ({"type": "conv", "filters": 3, "kernel": 4, "stride": 2, "padding": "same"}, (2, 7, 9)),
+    ({"type": "conv", "filters": 3, "kernel": 2, "padding": "same", "use_bias": False}, (1, 5, 5)),
+    ({"type": "conv", "filters": 2, "kernel": 3, "stride": 2}, (3, 8, 7)),
+    ({"type": "conv", "filters": 2, "kernel": 5, "padding": "same"}, (1, 6, 6)),
+    ({"type": "maxpool"}, (2, 7, 9)),
+    ({"type": "maxpool", "size": 3, "stride": 2, "padding": "same"}, (2, 8, 7)),
+    ({"type": "avgpool", "size": 3, "stride": 2}, (2, 9, 8)),
+    ({"type": "avgpool", "size": 2, "stride": 1, "padding": "same"}, (1, 5, 4)),
+    ({"type": "flatten"}, (6,)),
+    ({"type": "dense", "units": 4}, (9,)),
+    ({"type": "batchnorm"}, (7,)),
+    ({"type": "globalavgpool"}, (5, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("spec, in_shape", [(EXAMPLES[n][0], EXAMPLES[n][1]) for n in kinds.names()] + VARIANTS,
+                         ids=lambda x: x.get("type") if isinstance(x, dict) else "x".join(map(str, x)))
+def test_torch_free_shapes_equal_the_built_modules(spec, in_shape):
+    resolved = kinds.resolve(spec, "layer")
+    kind = kinds.get(resolved["type"])
+    op = kind.build(resolved, in_shape).eval()
+    with torch.no_grad():
+        out = op(torch.randn(2, *in_shape))
+    assert kind.output_shape(resolved, in_shape) == tuple(out.shape[1:])
+    assert kind.param_shapes(resolved, in_shape) == [tuple(p.shape) for p in op.parameters()]
+    if kind.has_kernel:  # the first parameter shape is the kernel, the MACs one per kernel weight per output
+        assert kind.param_shapes(resolved, in_shape)[0] == tuple(op.weight.shape)
+        assert kind.macs(resolved, in_shape, tuple(out.shape[1:])) == out[0].numel() * op.weight[0].numel()
 
 
 def _model_layers(name):
@@ -62,8 +96,11 @@ def test_kind_round_trips_its_config_and_shows_in_the_table(name):
     probe = next(layer for layer in cfg.model.layers if layer["name"] == "probe")
     assert set(probe) == {"type", "name", *kinds.get(name).keys}
     assert from_toml(cfg.to_toml()) == cfg
-    rows = {r.name: r for r in layer_table(build_model(cfg.model.layers))}
+    model = build_model(cfg.model.layers)
+    rows = {r.name: r for r in layer_table(model)}
     assert rows["probe"].type == kinds.get(name).label
+    assert table.layer_table(cfg.model.layers) == layer_table(model)  # the torch-free table, row for row
+    assert rows["probe"].params == sum(p.numel() for p in model.layers["probe"].parameters())
     unnamed = from_dict({"model": {"layers": [{k: v for k, v in lay.items() if k != "name"}
                                               for lay in _model_layers(name)]}})
     assert f"{kinds.get(name).keras_name}_1" in [lay["name"] for lay in unnamed.model.layers]

@@ -37,6 +37,14 @@ def test_seed_model_shapes_and_parameters_match_hand_computation():
     assert rows["Dense_1"].keras_weight_shape == (1152, 100)
 
 
+@pytest.mark.parametrize("preset", ["seed", "tiny", "fast", "fashion"])
+def test_the_layer_kinds_shapes_equal_a_real_forward_pass(preset):
+    model = build_model(load_config(preset=preset).model.layers).eval()
+    with torch.no_grad():
+        _, got = model.outputs(torch.zeros(2, 1, 28, 28), model.layer_names)
+    assert {name: tuple(x.shape[1:]) for name, x in got.items()} == model.output_shapes
+
+
 def test_table_text_has_totals():
     text = format_table(seed_model())
     assert "208,982" in text and "Conv2D_3" in text and "(3, 3, 64, 128)" in text

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnlab import optim
+from cnnlab import optim, optim_specs
 from cnnlab.errors import CnnlabError
 from cnnlab.optim import (
     OPTIMIZER_DEFAULTS,
@@ -240,7 +240,7 @@ def test_torch_flavour_equals_torch_optimizer(name):
 
 def test_torch_flavour_rejects_keys_without_torch_meaning():
     with pytest.raises(CnnlabError, match=r"optimizer\.rho: has no meaning for torch's 'adam'"):
-        optim._torch_kwargs("adam", {"rho": 0.9})
+        optim_specs.torch_kwargs("adam", {"rho": 0.9})
     with pytest.raises(CnnlabError, match=r"optimizer\.nesterov: torch's SGD needs momentum > 0"):
         w = torch.nn.Parameter(torch.ones(2))
         get_optimizer({"name": "sgd", "flavour": "torch", "nesterov": True}, [w])

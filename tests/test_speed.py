@@ -70,18 +70,36 @@ def test_usable_cores_follows_the_affinity_mask_not_the_machine():
     assert usable == 1 and total == __import__("os").cpu_count()
 
 
-def test_throughput_bench_runs_and_prints_a_ratio():
+def _figure(lines: list[str], name: str) -> tuple[float, float, float]:
+    """The ``median (min-max)`` after ``name:`` on the one line that starts with ``name``."""
+    [line] = [line for line in lines if line.startswith(name)]
+    median, spread = line.split(":", 1)[1].split()[:2]
+    low, high = spread.strip("()x").split("-")
+    return float(median), float(low), float(high)
+
+
+def test_throughput_bench_prints_ratios_that_are_the_quotients_of_its_figures():
     # A smoke run of the benchmark script (tiny epochs: the figures mean nothing, the script must not rot).
     from pathlib import Path
+
+    from cnnlab.speed import cpu_name
 
     script = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
     done = subprocess.run([sys.executable, str(script), "--images", "256", "--pairs", "1", "--precision", "fp32"],
                           check=True, capture_output=True, text=True)
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("machine: ") and "threads" in lines[0]
-    for name in ("engine / plain", "plain / independent"):  # median (min-max)x
-        ratio = [line for line in lines if line.startswith(name)]
-        assert len(ratio) == 1 and float(ratio[0].split(":")[1].split()[0]) > 0
+    assert cpu_name() != "unknown" and lines[0].startswith(f"machine: {cpu_name()}; torch ")
+    assert lines[1] == "256 images per epoch, batch 64, 1 runs each in turn, each in its own process"
+    rate = {name: _figure(lines, f"{name:<12}:") for name in ("plain", "independent", "engine")}
+    for name, (median, low, high) in rate.items():
+        assert median == low == high > 0, name  # one run each: median, min and max are that run
+    for (top, bottom), label in ((("engine", "plain"), "engine / plain"), (("plain", "independent"),
+                                                                             "plain / independent")):
+        ratio = _figure(lines, label)
+        assert ratio[0] == ratio[1] == ratio[2]
+        # the rates are printed rounded to 1 img/s, the ratio to 0.01: it must lie within those roundings
+        a, b = rate[top][0], rate[bottom][0]
+        assert (a - 0.5) / (b + 0.5) - 0.005 <= ratio[0] <= (a + 0.5) / (b - 0.5) + 0.005, (label, a, b, ratio)
 
 
 @glibc_only

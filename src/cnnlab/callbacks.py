@@ -6,7 +6,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from cnnlab import store
 from cnnlab.files import write_bytes
@@ -144,11 +144,14 @@ class NanGuard(Callback):
 class EarlyStopping(Callback):
     """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs."""
 
+    state_fields = {"best": None, "wait": 0}
+    best: float | None
+    wait: int
+
     def __init__(self, monitor: str, patience: int, min_delta: float = 0.0, echo: Echo | None = None):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         self.echo = echo
-        self.best: float | None = None
-        self.wait = 0
+        self.load_state_dict({})  # every state field at its start value
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
         value = logs[self.monitor]
@@ -167,11 +170,6 @@ class EarlyStopping(Callback):
     def state_key(self) -> str:  # noqa: D102 - two early stoppers on different figures keep their own state
         return f"EarlyStopping[monitor={self.monitor}, patience={self.patience}, min_delta={self.min_delta}]"
 
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return {"best": self.best, "wait": self.wait}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
-        self.best, self.wait = state.get("best"), state.get("wait", 0)
 
 
 class RunSaver(Callback):
@@ -182,6 +180,9 @@ class RunSaver(Callback):
     """
 
     runs_last = True
+    state_fields = {"best": None, "best_epoch": 0}
+    best: float | None
+    best_epoch: int
 
     def __init__(self, run_dir: Path, monitor: str, keep_best: bool, restore_best: bool = False,
                  echo: Echo | None = None):
@@ -190,8 +191,7 @@ class RunSaver(Callback):
         self.keep_best = keep_best or restore_best
         self.restore_best = restore_best
         self.echo = echo
-        self.best: float | None = None
-        self.best_epoch = 0
+        self.load_state_dict({})  # every state field at its start value
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:  # noqa: D102
         better = improved(self.monitor, logs[self.monitor], self.best)
@@ -209,11 +209,6 @@ class RunSaver(Callback):
             if self.echo:
                 self.echo(f"restored the best weights: epoch {self.best_epoch}, {self.monitor} {self.best:.6g}")
 
-    def state_dict(self) -> dict[str, Any]:  # noqa: D102
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102
-        self.best, self.best_epoch = state.get("best"), state.get("best_epoch", 0)
 
 
 class ProgressFile(Callback):

@@ -176,10 +176,9 @@ def _config(args: argparse.Namespace) -> int:
 
 @command("summary")
 def _summary(args: argparse.Namespace) -> int:
-    from cnnlab.model import build_model, format_table
+    from cnnlab.layers.table import format_table  # torch-free: the table comes from the layer kinds
 
-    cfg = _load_config(args)
-    echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
+    echo(format_table(_load_config(args).model.layers))
     return 0
 
 
@@ -223,7 +222,7 @@ def _reset(args: argparse.Namespace) -> int:
 
 @command("demo")
 def _demo(args: argparse.Namespace) -> int:
-    from cnnlab.model import build_model, format_table
+    from cnnlab.layers.table import format_table
     from cnnlab.report import write_report
     from cnnlab.run import default_out, train
 
@@ -232,7 +231,7 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = _load_config(argparse.Namespace(preset=DEMO_PRESET, config=None, overrides=overrides))
     echo("")
     echo(f"Training the {DEMO_PRESET} preset for {cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}:")
-    echo(format_table(build_model(cfg.model.layers, init=cfg.model.init)))
+    echo(format_table(cfg.model.layers))
     out = args.out or default_out("demo")
     code = _train_call(train, cfg, out=out, echo=echo)
     if code:

@@ -2,7 +2,7 @@
 
 A config has six sections. ``data``, ``model`` and ``train`` are dataclasses; ``optimizer``, ``schedule`` and
 ``regularizer`` are plain spec dicts (the same dicts ``cnnlab.get_optimizer`` and friends accept), checked
-against the registries in ``cnnlab.optim``; layers against ``cnnlab.layers``. The rules and the wording of
+against the registries in ``cnnlab.optim_specs``; layers against ``cnnlab.layers``. The rules and the wording of
 errors are ``cnnlab.schema``'s. Every mistake raises ``CnnlabError`` with the dotted path of the
 key and what would be valid.
 """
@@ -23,9 +23,9 @@ from cnnlab import layers as layer_kinds
 from cnnlab.data import DATASET_NAMES, NORMALIZE_MODES, SPLITS
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_text
-from cnnlab.optim import OPTIMIZERS, REGULARIZERS, SCHEDULES
+from cnnlab.optim_specs import OPTIMIZERS, REGULARIZERS, SCHEDULES
 from cnnlab.schema import Key, Rule, SpecSchema, boolean, choice, expected_table, integer, join, number, \
-    resolve_table, show, suggest, text
+    parse_toml, resolve_table, show, suggest, text
 
 
 
@@ -197,11 +197,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def from_toml(text: str) -> Config:
     """Parse and validate config TOML text."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CnnlabError(f"config is not valid TOML: {exc}") from None
-    return from_dict(raw)
+    return from_dict(parse_toml(text, "config"))
 
 
 def _read_toml_file(path: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +30,15 @@ class Callback:
     """Base class: override the events you need. ``trainer`` is set before ``on_train_begin``.
 
     A callback that must survive a resume (a best value, a patience counter) returns its state from
-    ``state_dict`` as plain data and takes it back in ``load_state_dict``; the run saves it under
+    ``state_dict`` as plain data and takes it back in ``load_state_dict``; naming its attributes in
+    ``state_fields`` (with the value a saved state that lacks one gives) does both. The run saves it under
     ``state_key``, which must differ between two such callbacks of one trainer. A callback with ``runs_last``
     hears every event after all the others (the trainer puts it at the end; only one may ask).
     """
 
     trainer: "Trainer"
     runs_last: bool = False
+    state_fields: ClassVar[dict[str, Any]] = {}
 
     @property
     def state_key(self) -> str:
@@ -59,11 +61,13 @@ class Callback:
         """Called once when ``fit`` ends, normally or by a stop."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the state to keep across a resume (plain data)."""
-        return {}
+        """Return the state to keep across a resume (plain data): the ``state_fields`` attributes."""
+        return {name: getattr(self, name) for name in self.state_fields}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
+        """Restore what ``state_dict`` returned; a field missing from ``state`` takes its ``state_fields`` value."""
+        for name, default in self.state_fields.items():
+            setattr(self, name, state.get(name, default))
 
 
 @dataclass
@@ -273,7 +277,7 @@ def _ordered(callbacks: list[Callback]) -> list[Callback]:
     last = [cb for cb in callbacks if cb.runs_last]
     if len(last) > 1:
         raise ValueError(f"only one callback may run last, not {', '.join(type(cb).__name__ for cb in last)}")
-    keys = [cb.state_key for cb in callbacks if type(cb).state_dict is not Callback.state_dict]
+    keys = [cb.state_key for cb in callbacks if cb.state_fields or type(cb).state_dict is not Callback.state_dict]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:
         raise ValueError(f"two callbacks save their state under {twice[0]!r}; each needs its own state_key")

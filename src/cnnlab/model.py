@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -11,10 +10,10 @@ from torch import nn
 from cnnlab import layers as kinds
 from cnnlab import native
 from cnnlab.errors import CnnlabError
-from cnnlab.layers import activation_module
+from cnnlab.layers import table
+from cnnlab.layers.ops import activation_module
+from cnnlab.layers.table import INPUT_SHAPE, LayerRow
 from cnnlab.native import MaxPool2x2
-
-INPUT_SHAPE = (1, 28, 28)  # (C, H, W) of one MNIST image
 
 
 class NamedLayer(nn.Module):
@@ -49,23 +48,13 @@ class CnnModel(nn.Module):
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.layers = nn.ModuleDict()
-        self.output_shapes: dict[str, tuple[int, ...]] = {}
+        shapes = table.output_shapes(layers, self.input_shape)  # checks each layer's input before building any
+        self.output_shapes: dict[str, tuple[int, ...]] = {spec["name"]: out for spec, out in zip(layers, shapes)}
         shape = self.input_shape
-        for i, spec in enumerate(layers):
-            prev = shape
-            layer = _build_layer(spec, shape, i)
-            try:
-                # eval: the dry pass must not touch BatchNorm's running statistics (nor fail on a batch of 1)
-                with torch.no_grad():
-                    shape = tuple(layer.eval()(torch.zeros(1, *shape)).shape[1:])
-            except RuntimeError:
-                shape = (0,)
-            layer.train()
-            if 0 in shape:
-                raise CnnlabError(f"model.layers[{i}] ({spec['name']}): its input {self.input_shape if i == 0 else prev}"
-                                  " is too small for it; use 'same' padding, smaller kernels or fewer pooling layers")
-            self.layers[spec["name"]] = layer
-            self.output_shapes[spec["name"]] = shape
+        for spec, out in zip(layers, shapes):
+            kind = kinds.get(spec["type"])
+            self.layers[spec["name"]] = NamedLayer(spec, kind.build(spec, shape), kind.activation(spec))
+            shape = out
         self.num_classes = shape[0]
         self._plan = _forward_plan(self.layers)
         if init == "keras":
@@ -136,15 +125,11 @@ class CnnModel(nn.Module):
                 x = layer(x)
                 finished = name
                 if pool_name is not None:  # the relu layer's own output is needed: its pool runs after it
-                    if name in wanted:
-                        out[name] = x
-                    if name == stop:
+                    if _keep(out, name, x, wanted, stop):
                         return x, out
                     x = self.layers[pool_name](x)
                     finished = pool_name
-            if finished in wanted:
-                out[finished] = x
-            if finished == stop:
+            if _keep(out, finished, x, wanted, stop):
                 return x, out
         return x, out
 
@@ -152,6 +137,13 @@ class CnnModel(nn.Module):
         """Return the kernel weights (no biases) of the dense layers, the conv layers or both."""
         return [layer.op.weight for layer in self.layers.values()
                 if kinds.get(layer.kind).has_kernel and applies_to in ("all", layer.kind)]
+
+
+def _keep(out: dict[str, torch.Tensor], name: str, x: torch.Tensor, wanted: Any, stop: str | None) -> bool:
+    """Keep ``x`` as layer ``name``'s output where it is wanted; True where the run stops at ``name``."""
+    if name in wanted:
+        out[name] = x
+    return name == stop
 
 
 def _forward_plan(layers: nn.ModuleDict) -> list[tuple[str, str | None]]:
@@ -179,15 +171,9 @@ def build_model(layers: list[dict[str, Any]], init: str = "keras") -> CnnModel:
         init: ``"keras"`` (glorot-uniform kernels, zero biases, as Keras) or ``"torch"`` (torch's defaults).
 
     Returns:
-        The ``CnnModel``; shapes are inferred by a dry forward pass, never typed in.
+        The ``CnnModel``; shapes come from the layer kinds (``cnnlab.layers.table``), never typed in.
     """
     return CnnModel(layers, init=init)
-
-
-def _build_layer(spec: dict[str, Any], shape: tuple[int, ...], index: int) -> NamedLayer:
-    kind = kinds.get(spec["type"])
-    kind.check_input(shape, f"model.layers[{index}] ({spec['name']})")
-    return NamedLayer(spec, kind.build(spec, shape), kind.activation(spec))
 
 
 def keras_init_(model: CnnModel) -> None:
@@ -200,35 +186,11 @@ def keras_init_(model: CnnModel) -> None:
 # Layer table
 
 
-@dataclass
-class LayerRow:
-    """One row of the layer table."""
-
-    name: str
-    type: str
-    output_shape: tuple[int, ...]
-    torch_weight_shape: tuple[int, ...] | None
-    keras_weight_shape: tuple[int, ...] | None
-    params: int
-    macs: int
-    trainable: bool
-
-
 def layer_table(model: CnnModel) -> list[LayerRow]:
     """Describe each layer: output shape per image, weight shapes (torch and Keras order), params, MACs."""
-    rows = []
-    prev_shape = model.input_shape
-    for name, layer in model.layers.items():
-        out_shape = model.output_shapes[name]
-        params = list(layer.parameters())
-        kind = kinds.get(layer.kind)
-        torch_shape = tuple(layer.op.weight.shape) if kind.has_kernel else None
-        rows.append(LayerRow(
-            name=name, type=kind.label, output_shape=out_shape,
-            torch_weight_shape=torch_shape, keras_weight_shape=_keras_shape(torch_shape),
-            params=sum(p.numel() for p in params), macs=kind.macs(layer.op, prev_shape, out_shape),
-            trainable=any(p.requires_grad for p in params)))
-        prev_shape = out_shape
+    rows = table.layer_table([layer.spec for layer in model.layers.values()], model.input_shape)
+    for row in rows:  # trainable as the model is now: a caller may have frozen layers
+        row.trainable = any(p.requires_grad for p in model.layers[row.name].parameters())
     return rows
 
 
@@ -240,33 +202,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(seen.values())
 
 
-def _keras_shape(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
-    if shape is None:
-        return None
-    if len(shape) == 4:  # torch (out, in, kh, kw) -> Keras (kh, kw, in, out)
-        return (shape[2], shape[3], shape[1], shape[0])
-    return (shape[1], shape[0])  # torch Linear (out, in) -> Keras Dense kernel (in, out)
-
-
 def format_table(model: CnnModel) -> str:
     """Return the layer table as aligned text with totals."""
-    rows = layer_table(model)
-    head = ["layer", "type", "output", "weights (torch)", "weights (keras)", "params", "MACs", "trainable"]
-    body = [[r.name, r.type, _shape(r.output_shape), _shape(r.torch_weight_shape), _shape(r.keras_weight_shape),
-             f"{r.params:,}", f"{r.macs:,}", "yes" if r.trainable else "-"] for r in rows]
-    total = count_parameters(model)
-    trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    right = {5, 6}
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    out = [line(head), "  ".join("-" * w for w in widths), *(line(b) for b in body)]
-    out.append(f"input (1, 28, 28); total parameters {total:,} (trainable {trainable:,}); "
-               f"multiply-adds per image {sum(r.macs for r in rows):,}")
-    return "\n".join(x.rstrip() for x in out)
-
-
-def _shape(shape: tuple[int, ...] | None) -> str:
-    return "-" if shape is None else "(" + ", ".join(str(s) for s in shape) + ")"
+    return table.format_rows(layer_table(model), model.input_shape)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,14 @@ from typing import Any
 from cnnlab.errors import CnnlabError
 
 REQUIRED: Any = object()  # a Key default: the key must be given
+
+
+def parse_toml(text: str, what: str) -> dict[str, Any]:
+    """Parse TOML text; a syntax error becomes one line: ``{what} is not valid TOML: ...``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CnnlabError(f"{what} is not valid TOML: {exc}") from None
 
 
 def suggest(word: Any, options: list[str] | tuple[str, ...]) -> str:

@@ -20,7 +20,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import tomli_w
 
 from cnnlab.errors import CnnlabError
 from cnnlab.loop import Callback
-from cnnlab.schema import suggest
+from cnnlab.schema import check_choice, parse_toml, suggest, unknown_key
 
 Echo = Callable[[str], None]
 
@@ -100,10 +99,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise CnnlabError(f"sweep file {path} does not exist; give a TOML config with a [sweep] table")
     text = path.read_text()
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CnnlabError(f"{path} is not valid TOML: {exc}") from None
+    raw = parse_toml(text, str(path))
     settings = raw.pop("sweep", None)
     if not isinstance(settings, dict):
         raise CnnlabError(f"{path}: no [sweep] table; add one with metric, trials and a [sweep.space] table")
@@ -120,18 +116,12 @@ def load_sweep(path: str | Path) -> Sweep:
 def _settings(path: Path, text: str, base: dict[str, Any], s: dict[str, Any]) -> Sweep:
     for key in s:
         if key not in SETTINGS:
-            raise CnnlabError(f"sweep.{key}: unknown key; valid keys: {', '.join(SETTINGS)}" + suggest(key, SETTINGS))
-    metric = s.get("metric", "val_accuracy")
-    if metric not in METRICS:
-        raise CnnlabError(f"sweep.metric: {metric!r} is not one of {', '.join(METRICS)}"
-                          + suggest(str(metric), METRICS))
+            raise unknown_key(f"sweep.{key}", "unknown key", SETTINGS)
+    metric = check_choice("sweep.metric", s.get("metric", "val_accuracy"), METRICS)
     direction = s.get("direction", "minimize" if "loss" in metric else "maximize")
     if direction not in ("maximize", "minimize"):
         raise CnnlabError(f"sweep.direction: {direction!r} is not one of maximize, minimize")
-    pruner = s.get("pruner", "median")
-    if pruner not in PRUNERS:
-        raise CnnlabError(f"sweep.pruner: {pruner!r} is not one of {', '.join(PRUNERS)}"
-                          + suggest(str(pruner), PRUNERS))
+    pruner = check_choice("sweep.pruner", s.get("pruner", "median"), PRUNERS)
     trials, seed = s.get("trials", 20), s.get("seed", 0)
     for name, value in (("trials", trials), ("seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "trials" else 0):

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.lazy import lazy_module
 
 if TYPE_CHECKING:  # only the type: preparation reads any object with the four arrays, md5 and origin
     from cnnlab.data.acquisition import Mnist
+
+torch = lazy_module("torch")  # imported when data are first prepared: a config check needs only the names below
 
 NORMALIZE_MODES = ("pixel", "global", "unit", "none")
 SPLITS = ("standard", "reshuffle")

@@ -45,7 +45,7 @@ from cnnlab.data import NORMALIZE_MODES, fit_normalizer, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import KerasLayer
 from cnnlab.model import CnnModel, build_model
-from cnnlab.optim import OPTIMIZER_DEFAULTS
+from cnnlab.optim_specs import OPTIMIZER_DEFAULTS
 from cnnlab.run import default_out, record_provenance, software, start_run
 from cnnlab.schema import check_choice
 

@@ -1,17 +1,22 @@
-"""What a layer kind is, and the registry that finds kinds by config type or Keras class."""
+"""What a layer kind is, and the registry that finds kinds by config type or Keras class.
+
+Torch-free: a kind's schema, shapes, parameter shapes and MACs need no torch (``cnnlab summary`` and config
+checks run without importing it); only ``build`` and the weight methods touch torch modules.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar
-
-import numpy as np
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.keras import KerasLayer
 from cnnlab.schema import Key, check_choice, expected_table, resolve_table, text
+
+if TYPE_CHECKING:
+    import numpy as np
+    from torch import nn
 
 
 class LayerKind:
@@ -19,7 +24,8 @@ class LayerKind:
 
     Class attributes say what the kind is; methods say how to build, count and convert it. A subclass sets
     the attributes it needs and overrides the methods that differ from these defaults, then registers an
-    instance with ``register``.
+    instance with ``register``. ``output_shape``, ``param_shapes`` and ``macs`` work from the spec alone
+    (no torch); ``tests/test_layers.py`` checks them against the built module.
 
     Attributes:
         name: the config ``type``.
@@ -53,7 +59,15 @@ class LayerKind:
         """The activation function that follows the op (``linear`` where the kind has none)."""
         return spec.get("activation", "linear")
 
-    def macs(self, op: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    def output_shape(self, spec: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape (one image) for inputs of ``shape``; a size below 1 means the input is too small."""
+        return shape
+
+    def param_shapes(self, spec: dict[str, Any], shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The shapes of the built module's parameters, in torch's order (the kernel first, where it has one)."""
+        return []
+
+    def macs(self, spec: dict[str, Any], in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
         """Multiply-adds per image."""
         return 0
 
@@ -81,9 +95,9 @@ class LayerKind:
                               "add a flatten layer before it")
 
 
-def kernel_macs(op: nn.Module, out_shape: tuple[int, ...]) -> int:
-    """Multiply-adds of a conv or dense op: each output value costs one per kernel weight feeding it."""
-    return math.prod(out_shape) * math.prod(op.weight.shape[1:])
+def window_size(size: int, window: int, stride: int, same: bool) -> int:
+    """The output size of a sliding window along one axis: Keras' ``same`` (ceil) or ``valid`` padding."""
+    return math.ceil(size / stride) if same else (size - window) // stride + 1
 
 
 _KINDS: dict[str, LayerKind] = {}

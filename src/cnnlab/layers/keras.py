@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.layers.ops import ACTIVATIONS
+from cnnlab.lazy import lazy_module
+
+torch = lazy_module("torch")  # only the weight copy needs it
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "linear", "softmax")  # by their Keras names
 
 
 @dataclass

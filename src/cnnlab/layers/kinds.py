@@ -1,7 +1,11 @@
 """The layer kinds. Adding one is one class here, registered with ``@register``, plus its test case.
 
-Each kind owns its config keys and checks, its torch module, its label and Keras names, its MAC count, whether
-its maps are worth inspecting, its Keras initialization and its Keras weight conversion (see ``LayerKind``).
+Each kind owns its config keys and checks, its output and parameter shapes, its torch module, its label and
+Keras names, its MAC count, whether its maps are worth inspecting, its Keras initialization and its Keras weight
+conversion (see ``LayerKind``).
+
+torch, the kinds' own ops and the native kernels are lazy modules here: they are imported when a kind first
+builds or initializes a module, so config checks and the layer table (``cnnlab summary``) never import torch.
 """
 
 from __future__ import annotations
@@ -10,14 +14,17 @@ import math
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import keras as kr
-from cnnlab.layers.base import LayerKind, kernel_macs, register
-from cnnlab.layers.ops import ACTIVATIONS, AvgPoolSame, GlobalAvgPool, Padded, SamePad
-from cnnlab.native import MaxPool2x2
+from cnnlab.layers.base import LayerKind, register, window_size
+from cnnlab.layers.keras import ACTIVATIONS
+from cnnlab.lazy import lazy_module
 from cnnlab.schema import REQUIRED, Key, boolean, choice, integer, number
+
+nn = lazy_module("torch.nn")
+ops = lazy_module("cnnlab.layers.ops")
+native = lazy_module("cnnlab.native")
 
 _PADDING = Key("valid", choice("valid", "same"))
 _USE_BIAS = Key(True, boolean())
@@ -32,8 +39,16 @@ class _WithKernel(LayerKind):
 
     has_kernel = True
 
-    def macs(self, op, in_shape, out_shape):  # noqa: D102 - documented on LayerKind
-        return kernel_macs(op, out_shape)
+    def param_shapes(self, spec, shape):  # noqa: D102 - documented on LayerKind
+        kernel = self._kernel_shape(spec, shape)
+        return [kernel, kernel[:1]] if spec["use_bias"] else [kernel]
+
+    def _kernel_shape(self, spec: dict[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def macs(self, spec, in_shape, out_shape):  # noqa: D102
+        # each output value costs one multiply-add per kernel weight feeding it
+        return math.prod(out_shape) * math.prod(self._kernel_shape(spec, in_shape)[1:])
 
     def keras_init(self, op):  # noqa: D102
         nn.init.xavier_uniform_(op.weight)  # fan_in = in*kh*kw, fan_out = out*kh*kw: Keras' glorot_uniform
@@ -53,14 +68,21 @@ class Conv(_WithKernel):
             "padding": _PADDING, "activation": _activation("relu"), "use_bias": _USE_BIAS}
     needs, has_maps = "maps", True
 
-    def build(self, spec, shape):  # noqa: D102 - documented on LayerKind
+    def output_shape(self, spec, shape):  # noqa: D102 - documented on LayerKind
+        k, s, same = spec["kernel"], max(spec["stride"], 1), spec["padding"] == "same"
+        return (spec["filters"], *(window_size(size, k, s, same) for size in shape[1:]))
+
+    def _kernel_shape(self, spec, shape):
+        return (spec["filters"], shape[0], spec["kernel"], spec["kernel"])
+
+    def build(self, spec, shape):  # noqa: D102
         k, s = spec["kernel"], max(spec["stride"], 1)
         conv = nn.Conv2d(shape[0], spec["filters"], k, stride=s, bias=spec["use_bias"])
         if spec["padding"] == "same":
             if s == 1 and k % 2 == 1:
                 conv.padding = (k // 2, k // 2)  # symmetric: same result, no extra pad op
                 return conv
-            return Padded(SamePad(k, s), conv)
+            return ops.Padded(ops.SamePad(k, s), conv)
         return conv
 
     def from_keras(self, layer, where):  # noqa: D102
@@ -83,6 +105,10 @@ class _Pool(LayerKind):
 
     keys = {"size": Key(2, integer(1)), "stride": Key(0, integer(0)), "padding": _PADDING}
     needs, has_maps = "maps", True
+
+    def output_shape(self, spec, shape):  # noqa: D102
+        size, same = spec["size"], spec["padding"] == "same"
+        return (shape[0], *(window_size(n, size, spec["stride"] or size, same) for n in shape[1:]))
 
     def build(self, spec, shape):  # noqa: D102
         size = spec["size"]
@@ -109,9 +135,9 @@ class MaxPool(_Pool):
 
     def _pool(self, size, stride, same):
         if size == 2 and stride == 2 and not same:
-            return MaxPool2x2()  # the common case, with a native kernel for channels-last float32
+            return native.MaxPool2x2()  # the common case, with a native kernel for channels-last float32
         pool = nn.MaxPool2d(size, stride)
-        return Padded(SamePad(size, stride, value=-math.inf), pool) if same else pool
+        return ops.Padded(ops.SamePad(size, stride, value=-math.inf), pool) if same else pool
 
 
 @register
@@ -121,7 +147,7 @@ class AvgPool(_Pool):
     name, label, keras_name, keras_classes = "avgpool", "AvgPool2D", "average_pooling2d", ("AveragePooling2D",)
 
     def _pool(self, size, stride, same):
-        return AvgPoolSame(size, stride) if same else nn.AvgPool2d(size, stride)
+        return ops.AvgPoolSame(size, stride) if same else nn.AvgPool2d(size, stride)
 
 
 @register
@@ -130,6 +156,9 @@ class Flatten(LayerKind):
 
     name, label, keras_name, keras_classes = "flatten", "Flatten", "flatten", ("Flatten",)
     flattens, elementwise = True, True
+
+    def output_shape(self, spec, shape):  # noqa: D102
+        return (math.prod(shape),)
 
     def build(self, spec, shape):  # noqa: D102
         return nn.Flatten()
@@ -146,6 +175,12 @@ class Dense(_WithKernel):
     name, label, keras_name, keras_classes = "dense", "Dense", "dense", ("Dense",)
     keys = {"units": Key(REQUIRED, integer(1)), "activation": _activation("relu"), "use_bias": _USE_BIAS}
     needs = "flat"
+
+    def output_shape(self, spec, shape):  # noqa: D102
+        return (spec["units"],)
+
+    def _kernel_shape(self, spec, shape):
+        return (spec["units"], shape[0])
 
     def build(self, spec, shape):  # noqa: D102
         return nn.Linear(shape[0], spec["units"], bias=spec["use_bias"])
@@ -182,6 +217,9 @@ class BatchNorm(LayerKind):
     name, label, keras_name, keras_classes = "batchnorm", "BatchNorm", "batch_normalization", ("BatchNormalization",)
     keys = {"momentum": Key(0.99, number(0.0, 1.0, high_open=True)), "epsilon": Key(0.001, number(0.0))}
     elementwise = True
+
+    def param_shapes(self, spec, shape):  # noqa: D102
+        return [shape[:1], shape[:1]]  # gamma and beta per channel (maps) or feature (flat)
 
     def build(self, spec, shape):  # noqa: D102
         # Keras' momentum weighs the old running value; torch's weighs the new batch.
@@ -240,8 +278,11 @@ class GlobalAveragePool(LayerKind):
     keras_classes = ("GlobalAveragePooling2D",)
     needs = "maps"
 
+    def output_shape(self, spec, shape):  # noqa: D102
+        return shape[:1]
+
     def build(self, spec, shape):  # noqa: D102
-        return GlobalAvgPool()
+        return ops.GlobalAvgPool()
 
     def from_keras(self, layer, where):  # noqa: D102
         kr.check_data_format(layer, where)

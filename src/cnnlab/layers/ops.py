@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "linear", "softmax")
-
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "gelu": nn.GELU,
                        "linear": nn.Identity, "softmax": lambda: nn.Softmax(dim=1)}
 
