@@ -131,13 +131,14 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
         callbacks: more ``cnnlab.loop.Callback`` listeners (e.g. a sweep's pruning); they see each epoch before
             it is saved.
 
-    The run trains on ``train.device`` (``auto``: CUDA where torch sees a GPU, else the CPU); its folder holds
-    CPU tensors only, so it loads anywhere.
+    The run trains on ``train.device`` (``auto``: CUDA where torch sees a GPU, else the CPU) and is returned
+    loaded there; its folder holds CPU tensors only, so it loads anywhere.
 
     Process state: torch's thread count is ``train.threads`` while training and the caller's again after;
-    the global RNG states (the CPU's, and a GPU's where it trains on one) are the caller's before and after (the
-    run keeps its own); the model's weights are channels-last only inside the loop. One setting stays process-wide: glibc's allocator keeps freed
-    memory for reuse (``cnnlab.speed.keep_freed_memory``; it cannot be read back, and changes no result).
+    the global RNG states (the CPU's, and a GPU's where it trains on one) are the caller's before and after
+    (the run keeps its own); the model's weights are channels-last only inside the loop. One setting stays
+    process-wide: glibc's allocator keeps freed memory for reuse (``cnnlab.speed.keep_freed_memory``; it cannot
+    be read back, and changes no result).
     """
     cfg = _resolve_config(config, overrides)
     if epochs is not None:
@@ -155,7 +156,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
         start_run(run_dir, cfg, model, data.normalizer, data.classes)
         _fit(run_dir, cfg, (device, precision), model, data, None, cfg.train.epochs, live, echo, progress,
              extra=callbacks)
-    return load(run_dir)
+    return load(run_dir, device)
 
 
 def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | None = print,
@@ -182,7 +183,7 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
         _say(echo, f"resuming {run_dir} after epoch {done} (step {ckpt.step}) for {epochs} more")
         _fit(run_dir, cfg, (on, precision), model, data, state, epochs, live, echo, progress, total=done + epochs,
              checkpoint=ckpt)
-    return load(run_dir)
+    return load(run_dir, on)
 
 
 def reset(run_dir: str | Path) -> Run:
