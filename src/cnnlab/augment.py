@@ -21,7 +21,8 @@ def random_shift(padded: torch.Tensor, idx: torch.Tensor, pad: int, generator: t
         padded: the whole training set padded by ``pad_images`` (N, C, H + 2 pad, W + 2 pad).
         idx: the batch's image indices (B,).
         pad: the largest shift in pixels.
-        generator: the run's shuffle generator, so a resumed run draws the same shifts.
+        generator: the run's shuffle generator (a CPU one), so a resumed run draws the same shifts; they move
+            to the device of ``idx``, which must be that of ``padded``.
 
     Returns:
         The batch (B, C, H, W): one ``take`` from the flat padded set (2x faster than four broadcast index
@@ -30,9 +31,10 @@ def random_shift(padded: torch.Tensor, idx: torch.Tensor, pad: int, generator: t
     b = len(idx)
     _, c, ph, pw = padded.shape
     h, w = ph - 2 * pad, pw - 2 * pad
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(idx.device)  # drawn on the CPU generator
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(idx.device)
     corner = idx * (c * ph * pw) + dy * pw + dx  # flat index of each crop's top-left pixel, channel 0
-    within = (torch.arange(c)[:, None, None] * (ph * pw) + torch.arange(h)[None, :, None] * pw
-              + torch.arange(w)[None, None, :])  # (C, H, W) offsets inside a padded image
+    at = {"device": padded.device}
+    within = (torch.arange(c, **at)[:, None, None] * (ph * pw) + torch.arange(h, **at)[None, :, None] * pw
+              + torch.arange(w, **at)[None, None, :])  # (C, H, W) offsets inside a padded image
     return padded.reshape(-1).take(corner[:, None, None, None] + within[None])

@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="train an existing run N more epochs, exactly where it stopped")
     p.add_argument("run", type=Path, help="the run folder")
     p.add_argument("--epochs", type=int, required=True, help="how many more epochs")
+    p.add_argument("--device", help="auto, cpu or cuda for this session (default: the run's train.device)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, only the epoch lines")
 
     p = sub.add_parser("reset", help="put a run back to its initial weights, empty optimizer state, step 0")
@@ -208,7 +209,8 @@ def _train(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from cnnlab.run import resume
 
-    return _train_call(resume, args.run, args.epochs, echo=echo, progress=not args.no_progress)
+    return _train_call(resume, args.run, args.epochs, echo=echo, progress=not args.no_progress,
+                       device=args.device)
 
 
 @command("reset")

@@ -77,6 +77,16 @@ def add_parsers(sub: Any) -> None:
 
 def _run_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="the run folder")
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (CUDA where torch sees a GPU, else the CPU), cpu or cuda")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The run of ``args.run``, loaded onto ``--device``."""
+    from cnnlab.device import resolve_device
+    from cnnlab.run import load
+
+    return load(args.run, device=resolve_device(args.device, "--device"))
 
 
 SPLITS = ("test", "train")
@@ -116,7 +126,7 @@ def _print_paths(written: Any) -> None:
 def _activations(args: argparse.Namespace) -> int:
     from cnnlab.report import activation_pictures
 
-    written = activation_pictures(args.run, args.layer, parse_indices(args.image), _split(args),
+    written = activation_pictures(_load(args), args.layer, parse_indices(args.image), _split(args),
                                   cols=args.cols, cmap=args.cmap, scale=args.scale, out=args.out)
     _print_paths(written)
     return 0
@@ -129,7 +139,7 @@ def _filters(args: argparse.Namespace) -> int:
 
     maps = parse_indices(args.maps, "--maps") if args.maps else None
     steps = STEPS if args.steps is None else args.steps
-    written = filter_pictures(args.run, args.layer, maps, steps=steps, seed=args.seed, cols=args.cols, out=args.out)
+    written = filter_pictures(_load(args), args.layer, maps, steps=steps, seed=args.seed, cols=args.cols, out=args.out)
     s = written.summary
     echo(f"{'map':>4}  {'pattern':>9}  {'test mean':>9}  {'ratio':>7}  {'test max':>9}  {'ratio to max':>12}")
     for row in zip(s["maps"], s["activation"], s["test_mean"], s["ratio"], s["test_max"], s["ratio_max"]):
@@ -150,7 +160,7 @@ def _filters(args: argparse.Namespace) -> int:
 def _patterns(args: argparse.Namespace) -> int:
     from cnnlab.report import pattern_pictures
 
-    written = pattern_pictures(args.run, args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
+    written = pattern_pictures(_load(args), args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
     s = written.summary
     echo(f"{s['layer']}: nearest-class-pattern classifier (cosine to the class means of the map means, fitted on "
           f"{s['train_images']} training images): test accuracy {s['nearest_accuracy']:.4f}; "
@@ -163,7 +173,7 @@ def _patterns(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from cnnlab.report import evaluation_pictures
 
-    written = evaluation_pictures(args.run, mistakes=args.mistakes, out=args.out)
+    written = evaluation_pictures(_load(args), mistakes=args.mistakes, out=args.out)
     s = written.summary
     echo(f"test: accuracy {s['accuracy']:.4f} ({s['correct']} of {s['images']}), loss {s['loss']:.4f}")
     echo("per class: " + "  ".join(f"{c} {'-' if a is None else f'{a:.4f}'}"
@@ -177,7 +187,7 @@ def _saliency(args: argparse.Namespace) -> int:
     from cnnlab.report import saliency_pictures
 
     split = _split(args)
-    written = saliency_pictures(args.run, parse_indices(args.image), split, layer=args.layer, out=args.out)
+    written = saliency_pictures(_load(args), parse_indices(args.image), split, layer=args.layer, out=args.out)
     s = written.summary
     for i, label, pred, p in zip(s["indices"], s["label_names"], s["predicted_names"], s["probability"]):
         echo(f"{split} image {i}: label {label}, predicted {pred} (p = {p:.3f}); Grad-CAM on {s['layer']}")
@@ -189,5 +199,5 @@ def _saliency(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from cnnlab.report import write_report
 
-    write_report(args.run, echo=echo)
+    write_report(_load(args), echo=echo)
     return 0

@@ -81,6 +81,7 @@ class TrainConfig:
     monitor: str = _choice("val_accuracy", "val_loss", "loss", "accuracy", default="val_accuracy")
     channels_last: bool = _key(True, boolean())
     precision: str = _choice("fp32", "bf16", "auto", default="fp32")  # auto = bf16 where the CPU has it natively
+    device: str = _choice("auto", "cpu", "cuda", default="auto")  # auto = CUDA where torch sees a GPU, else CPU
     shift: int = _int(0, 0, 4)  # random shifts of training images by up to this many pixels (0 = off)
     log_loss: bool = _key(False, boolean())  # draw the loss curves on a log scale
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from cnnlab import native
 from cnnlab.augment import pad_images, random_shift
+from cnnlab.device import get_cuda_rng, model_device, reproducible, set_cuda_rng, uses_native_kernels
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import evaluate
 from cnnlab.speed import autocast, keep_freed_memory
@@ -94,6 +95,7 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     shuffle_rng: torch.Tensor | None = None  # torch.Generator state (uint8 tensor)
     torch_rng: torch.Tensor | None = None  # torch's global RNG state, used by dropout
+    cuda_rng: torch.Tensor | None = None  # the CUDA generator's state (dropout on a GPU); None on the CPU
     callbacks: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,6 +117,10 @@ class Trainer:
             ``fit`` runs; weights that were in the standard order go back to it after.
         precision: ``fp32`` or ``bf16`` (autocast of the forward pass; weights and optimizer stay fp32).
         shift: shift each training image by up to this many pixels (0 = no augmentation).
+        device: where to train (a ``torch.device`` or ``"cpu"``/``"cuda"``); None = where the model's weights
+            are. The model (and any optimizer state) moves there; the data go there once, and every batch is a
+            slice of them there. The shuffle order and the shifts are drawn on the CPU (so a run draws the same
+            ones on every device); dropout draws from the device's generator, kept with the run's state.
 
     Process-wide, on purpose: the trainer asks glibc's allocator to keep freed blocks for reuse
     (``cnnlab.speed.keep_freed_memory``), which cannot be read back or undone; it changes no result.
@@ -123,9 +129,13 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, batch_size: int,
                  seed: int = 0, penalty: Callable[[], torch.Tensor] | None = None, label_smoothing: float = 0.0,
                  callbacks: list[Callback] | None = None, state: TrainState | None = None,
-                 channels_last: bool = False, precision: str = "fp32", shift: int = 0):
+                 channels_last: bool = False, precision: str = "fp32", shift: int = 0,
+                 device: torch.device | str | None = None):
         keep_freed_memory()
-        native.prepare()  # training starts: load the kernels (compiling them, once, says so on stderr)
+        self.device = model_device(model) if device is None else torch.device(device)
+        if uses_native_kernels(self.device):
+            native.prepare()  # training starts: load the kernels (compiling them, once, says so on stderr)
+        _move(model, optimizer, self.device)
         self.model = model
         self.optimizer = optimizer
         self.data = data
@@ -135,16 +145,20 @@ class Trainer:
         self.callbacks = _ordered(callbacks or [])
         self.should_stop = False
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.state = state or TrainState()
+        self._cuda_rng: torch.Tensor | None = None  # None: seeded with ``seed`` when ``fit`` starts
         if state is None:
             self._torch_rng = torch.Generator().manual_seed(seed).get_state()  # = torch.manual_seed(seed)'s
         else:
             self._restore_rng(state)
         self.precision = precision
         self.shift = shift
-        self.train_x = data.train_x.contiguous(memory_format=self.memory_format)
-        self.padded_x = pad_images(data.train_x, shift) if shift else None
+        self.train_x = data.train_x.to(self.device).contiguous(memory_format=self.memory_format)
+        self.train_y = data.train_y.to(self.device)
+        self.val_x, self.val_y = data.val_x.to(self.device), data.val_y.to(self.device)
+        self.padded_x = pad_images(data.train_x.to(self.device), shift) if shift else None
         for cb in self.callbacks:
             cb.trainer = self
             saved = _saved_state(self.state.callbacks, cb, self.callbacks)
@@ -164,7 +178,7 @@ class Trainer:
     def fit(self, epochs: int) -> list[dict[str, float]]:
         """Train ``epochs`` more epochs (or until a callback stops) and return the whole history."""
         self.should_stop = False
-        with self._run_rng(), _memory_format(self.model, self.memory_format):
+        with self._run_rng(), reproducible(self.device), _memory_format(self.model, self.memory_format):
             self._fit(epochs)
         return self.state.history
 
@@ -188,26 +202,30 @@ class Trainer:
 
     @contextlib.contextmanager
     def _run_rng(self) -> Iterator[None]:
-        """Swap the run's torch RNG state in for the caller's, and back (keeping where the run got to)."""
-        callers = torch.get_rng_state()
+        """Swap the run's torch RNG states (the CPU's; on a GPU also the device's) in for the caller's, and back
+        (keeping where the run got to)."""
+        callers, callers_cuda = torch.get_rng_state(), get_cuda_rng(self.device)
         torch.set_rng_state(self._torch_rng)
+        set_cuda_rng(self.device, self._cuda_rng, self.seed)
         try:
             yield
         finally:
-            self._torch_rng = torch.get_rng_state()
+            self._torch_rng, self._cuda_rng = torch.get_rng_state(), get_cuda_rng(self.device)
             torch.set_rng_state(callers)
+            if callers_cuda is not None:
+                set_cuda_rng(self.device, callers_cuda, self.seed)
 
     def _run_epoch(self, epoch: int) -> dict[str, float] | None:
         start = time.perf_counter()
         self.model.train()
         n = len(self.train_x)
-        order = torch.randperm(n, generator=self.generator)
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
+        order = torch.randperm(n, generator=self.generator).to(self.device)  # drawn on the CPU: the same everywhere
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
         logs = BatchLogs(0, self.batches_per_epoch, 0, loss_sum, correct, loss_sum)
         for b, lo in enumerate(range(0, n, self.batch_size)):
             idx = order[lo:lo + self.batch_size]
-            x, y = self._batch(idx), self.data.train_y[idx]
+            x, y = self._batch(idx), self.train_y[idx]
             loss, logits = self._train_step(x, y)
             with torch.no_grad():
                 loss_sum += loss.detach() * len(idx)
@@ -229,7 +247,7 @@ class Trainer:
         return x.contiguous(memory_format=self.memory_format)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(self.precision):
+        with autocast(self.precision, self.device):
             logits = self.model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         if self.penalty is not None:
@@ -241,8 +259,8 @@ class Trainer:
 
     def validate(self) -> tuple[float, float]:
         """Return (loss, accuracy) on the validation set; the loss includes the regularization term."""
-        with autocast(self.precision):
-            loss, acc = evaluate(self.model, self.data.val_x, self.data.val_y, label_smoothing=self.label_smoothing,
+        with autocast(self.precision, self.device):
+            loss, acc = evaluate(self.model, self.val_x, self.val_y, label_smoothing=self.label_smoothing,
                                  memory_format=self.memory_format)
         if self.penalty is not None:
             with torch.no_grad():
@@ -264,12 +282,14 @@ class Trainer:
     def _capture_rng(self) -> None:
         self.state.shuffle_rng = self.generator.get_state()
         self.state.torch_rng = torch.get_rng_state()
+        self.state.cuda_rng = get_cuda_rng(self.device)
 
     def _restore_rng(self, state: TrainState) -> None:
         if state.shuffle_rng is None or state.torch_rng is None:
             raise CnnlabError("the saved training state has no RNG state; the run folder is incomplete")
         self.generator.set_state(state.shuffle_rng)
         self._torch_rng = state.torch_rng
+        self._cuda_rng = state.cuda_rng if self.device.type == "cuda" else None
 
 
 def _ordered(callbacks: list[Callback]) -> list[Callback]:
@@ -291,6 +311,15 @@ def _saved_state(states: dict[str, Any], cb: Callback, callbacks: list[Callback]
     name = type(cb).__name__
     only_one = sum(type(other) is type(cb) for other in callbacks) == 1
     return states.get(name) if only_one else None
+
+
+def _move(model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Put the model's weights and the optimizer's state tensors on ``device`` (nothing moves that is there)."""
+    model.to(device)
+    for entry in optimizer.state.values():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and key != "step":  # torch's step counters stay on the CPU
+                entry[key] = value.to(device)
 
 
 @contextlib.contextmanager

@@ -10,12 +10,19 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import native
+from cnnlab.device import model_device, uses_native_kernels
 
 
 def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256,
                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """Return the model's logits (N, classes) for images ``x`` (N, 1, 28, 28), leaving its train/eval mode as it was."""
-    native.prepare()  # inference on the fast path starts: load the kernels (compiling them, once, says so)
+    """Return the model's logits (N, classes) for images ``x`` (N, 1, 28, 28), leaving its train/eval mode as it was.
+
+    The images go to the model's device once and are sliced there; the logits stay on that device.
+    """
+    device = model_device(model)
+    if uses_native_kernels(device):
+        native.prepare()  # inference on the fast path starts: load the kernels (compiling them, once, says so)
+    x = x.to(device)
     was_training = model.training
     model.eval()
     try:
@@ -24,7 +31,7 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25
                      for i in range(0, len(x), batch_size)]
     finally:
         model.train(was_training)
-    return torch.cat(parts) if parts else torch.zeros(0, 0)
+    return torch.cat(parts) if parts else torch.zeros(0, 0, device=device)
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256,
@@ -34,6 +41,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     if len(x) == 0:
         return float("nan"), float("nan")
     logits = predict_logits(model, x, batch_size, memory_format)
+    y = y.to(logits.device)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     accuracy = (logits.argmax(1) == y).double().mean()
     return float(loss), float(accuracy)

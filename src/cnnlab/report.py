@@ -362,7 +362,7 @@ def saliency_pictures(run: Run | str | Path, images: list[int], image_set: str =
 # The HTML report
 
 
-def write_report(run_dir: str | Path, echo: Echo | None = print) -> Path:
+def write_report(run_dir: str | Path | Run, echo: Echo | None = print) -> Path:
     """Write ``<run>/report.html``: one self-contained page with every picture embedded.
 
     It holds the config, the layer table, the curves, the evaluation, the activation grids of one test image
@@ -370,14 +370,14 @@ def write_report(run_dir: str | Path, echo: Echo | None = print) -> Path:
     class patterns of the last conv layer. The pictures also stay in ``<run>/inspect/``.
 
     Args:
-        run_dir: the run folder.
+        run_dir: the run folder, or a loaded ``Run`` (on the device it was loaded to).
         echo: receives one progress line per section (None = silent).
 
     Returns:
         The path of the page.
     """
     say = echo or (lambda _line: None)
-    run = load(run_dir)
+    run = as_run(run_dir)
     image = REPORT_IMAGE if ImageSets(run.config).size("test") > REPORT_IMAGE else 0
     convs = [name for name, layer in run.model.layers.items() if layer.kind == "conv"]
     if convs:  # one pass over the test set for every section below

@@ -20,6 +20,7 @@ from cnnlab import __version__, native, runlock, store
 from cnnlab import callbacks as cb
 from cnnlab.config import RUN_LENGTH_KEYS, Config, apply_override, from_dict, from_toml, load_config, run_steps
 from cnnlab.data import Normalizer, load_data, prepare
+from cnnlab.device import describe, model_device, resolve_device, uses_native_kernels
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.inspection.activations import check_layer, layer_activations
@@ -52,6 +53,8 @@ class Run:
         history: one dict per epoch (``epoch, step, lr, loss, accuracy, val_loss, val_accuracy, seconds``).
         classes: the class names, one per label (``"0"`` .. ``"9"`` for MNIST, ``"T-shirt/top"``, ... for
             Fashion-MNIST), as the run was trained with.
+        device: where the model's weights are (``load``'s ``device``); ``prepare`` puts images there, and
+            ``predict``, ``evaluate`` and ``activations`` take and give CPU arrays whatever it is.
     """
 
     def __init__(self, path: Path, config: Config, model: CnnModel, normalizer: Any,
@@ -65,16 +68,22 @@ class Run:
         return (f"Run({str(self.path)!r}, epochs={len(self.history)}, "
                 f"val_accuracy={last.get('val_accuracy', float('nan')):.4f})")
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's weights."""
+        return model_device(self.model)
+
     def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Turn uint8 images (N, 28, 28) into the normalized float tensor (N, 1, 28, 28) the model expects."""
+        """Turn uint8 images (N, 28, 28) into the normalized float tensor (N, 1, 28, 28) the model expects, on
+        the model's device."""
         images = torch.as_tensor(np.asarray(images))
         if images.dtype != torch.uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
             raise CnnlabError(f"images must be uint8 of shape (N, 28, 28), got {images.dtype} {tuple(images.shape)}")
-        return self.normalizer.apply(images)
+        return self.normalizer.apply(images).to(self.device)
 
     def predict(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """Return class probabilities (N, classes) for uint8 images (N, 28, 28)."""
-        return torch.softmax(predict_logits(self.model, self.prepare(images)), dim=1).numpy()
+        return torch.softmax(predict_logits(self.model, self.prepare(images)), dim=1).cpu().numpy()
 
     def data(self):
         """Return the run's prepared data (same split, normalization and seed as in training); cached."""
@@ -122,15 +131,20 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
         callbacks: more ``cnnlab.loop.Callback`` listeners (e.g. a sweep's pruning); they see each epoch before
             it is saved.
 
+    The run trains on ``train.device`` (``auto``: CUDA where torch sees a GPU, else the CPU) and is returned
+    loaded there; its folder holds CPU tensors only, so it loads anywhere.
+
     Process state: torch's thread count is ``train.threads`` while training and the caller's again after;
-    the global RNG state is the caller's before and after (the run keeps its own); the model's weights are
-    channels-last only inside the loop. One setting stays process-wide: glibc's allocator keeps freed
-    memory for reuse (``cnnlab.speed.keep_freed_memory``; it cannot be read back, and changes no result).
+    the global RNG states (the CPU's, and a GPU's where it trains on one) are the caller's before and after
+    (the run keeps its own); the model's weights are channels-last only inside the loop. One setting stays
+    process-wide: glibc's allocator keeps freed memory for reuse (``cnnlab.speed.keep_freed_memory``; it cannot
+    be read back, and changes no result).
     """
     cfg = _resolve_config(config, overrides)
     if epochs is not None:
         cfg = _with_epochs(cfg, epochs)
-    precision = resolve_precision(cfg.train.precision)  # refused before the run folder exists
+    device = resolve_device(cfg.train.device)  # refused before the run folder exists, as precision
+    precision = resolve_precision(cfg.train.precision, device)
     out = Path(out if out is not None else default_out(config))
     store.check_out(out)
     model = _build(cfg, seed=cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
@@ -140,20 +154,26 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
         store.check_out(run_dir, locked=True)  # another process may have made a run here since the first look
         _say(echo, f"run folder: {run_dir}")
         start_run(run_dir, cfg, model, data.normalizer, data.classes)
-        _fit(run_dir, cfg, precision, model, data, None, cfg.train.epochs, live, echo, progress,
+        _fit(run_dir, cfg, (device, precision), model, data, None, cfg.train.epochs, live, echo, progress,
              extra=callbacks)
-    return load(run_dir)
+    return load(run_dir, device)
 
 
 def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | None = print,
-           progress: bool = True) -> Run:
-    """Train an existing run ``epochs`` more epochs, continuing exactly where it stopped."""
+           progress: bool = True, device: str | None = None) -> Run:
+    """Train an existing run ``epochs`` more epochs, continuing exactly where it stopped.
+
+    ``device`` (``auto``, ``cpu`` or ``cuda``) overrides the run's ``train.device`` for this session (its
+    config stays as it is). A run continues bit for bit on the same kind of device it was trained on.
+    """
     if epochs < 1:
         raise CnnlabError(f"--epochs {epochs}: give at least 1 more epoch")
     run_dir = store.require_run(run_dir)
     with runlock.writer_lock(run_dir, _action(f"resume --epochs {epochs}", run_dir), echo):
         cfg = _read_config(run_dir)
-        precision = resolve_precision(cfg.train.precision)
+        where = (device, "--device") if device is not None else (cfg.train.device, "train.device")
+        on = resolve_device(*where)
+        precision = resolve_precision(cfg.train.precision, on)
         ckpt = store.open_checkpoint(run_dir)
         state = store.load_state(run_dir, ckpt)
         model = _build(cfg)
@@ -161,9 +181,9 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
         data = _prepare_data(cfg, echo, model)
         done = state.epoch if state else 0
         _say(echo, f"resuming {run_dir} after epoch {done} (step {ckpt.step}) for {epochs} more")
-        _fit(run_dir, cfg, precision, model, data, state, epochs, live, echo, progress, total=done + epochs,
+        _fit(run_dir, cfg, (on, precision), model, data, state, epochs, live, echo, progress, total=done + epochs,
              checkpoint=ckpt)
-    return load(run_dir)
+    return load(run_dir, on)
 
 
 def reset(run_dir: str | Path) -> Run:
@@ -175,8 +195,13 @@ def reset(run_dir: str | Path) -> Run:
     return load(run_dir)
 
 
-def load(run_dir: str | Path) -> Run:
-    """Load a run folder: config, model with weights, history, normalizer."""
+def load(run_dir: str | Path, device: str | torch.device = "auto") -> Run:
+    """Load a run folder: config, model with weights, history, normalizer.
+
+    ``device``: where the model goes: ``auto`` (CUDA where torch sees a GPU, else the CPU), ``cpu``, ``cuda``
+    or a ``torch.device``. The folder's tensors are CPU tensors, whatever device trained the run.
+    """
+    on = device if isinstance(device, torch.device) else resolve_device(device, "device")
     run_dir = store.require_run(run_dir)
     keep_freed_memory()  # inspection runs many large forward passes: class patterns 13.8 -> 10.3 s
     cfg = _read_config(run_dir)
@@ -184,6 +209,7 @@ def load(run_dir: str | Path) -> Run:
     ckpt = store.open_checkpoint(run_dir, names=(store.WEIGHTS, store.BEST, store.HISTORY_JSON, store.MODEL))
     use_best = cfg.train.checkpoint == "best" and ckpt.has(store.BEST)
     store.load_checkpoint_weights(ckpt, model, store.BEST if use_best else store.WEIGHTS)
+    model.to(on)
     if cfg.train.channels_last:  # as in training: the layout the fast path (native kernels, oneDNN) wants
         model.to(memory_format=torch.channels_last)
     model.eval()
@@ -200,10 +226,15 @@ def load(run_dir: str | Path) -> Run:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any, state: Any, epochs: int,
-         live: bool, echo: Echo | None, progress: bool, total: int | None = None,
+def _fit(run_dir: Path, cfg: Config, where: tuple[torch.device, str], model: CnnModel, data: Any, state: Any,
+         epochs: int, live: bool, echo: Echo | None, progress: bool, total: int | None = None,
          checkpoint: store.Checkpoint | None = None, extra: list[Any] | None = None) -> None:
-    _prepare_kernels(echo)
+    device, precision = where
+    if uses_native_kernels(device):
+        _prepare_kernels(echo)
+    else:
+        _say(echo, f"  device: {describe(device)}")
+    model.to(device)  # before the optimizer: its state (a resumed run's too) is made or loaded there
     optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
     if state is not None:
         store.load_optimizer(checkpoint, optimizer)
@@ -229,11 +260,11 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
     trainer = Trainer(model, optimizer, data, cfg.train.batch_size, seed=cfg.train.seed, penalty=penalty,
                       label_smoothing=cfg.train.label_smoothing, callbacks=listeners, state=state,
                       channels_last=cfg.train.channels_last, precision=precision,
-                      shift=cfg.train.shift)
+                      shift=cfg.train.shift, device=device)
     started = _now()
     with _sigint_stops(trainer) as interrupted, threads(cfg.train.threads):
         trainer.fit(epochs)
-        _write_provenance(run_dir, cfg, precision, data, started)  # records the threads the run used
+        _write_provenance(run_dir, cfg, (device, precision), data, started)  # records the threads it used
     if interrupted():
         raise TrainingInterrupted(run_dir, trainer.state.epoch)
     if stopper.message:
@@ -390,11 +421,12 @@ def record_provenance(run_dir: Path, session: dict[str, Any] | None = None, **fi
     write_json(path, record)
 
 
-def _write_provenance(run_dir: Path, cfg: Config, precision: str, data: Any, started: str) -> None:
+def _write_provenance(run_dir: Path, cfg: Config, where: tuple[torch.device, str], data: Any, started: str) -> None:
+    device, precision = where
     record_provenance(run_dir, {
         **software(), "platform": platform.platform(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-        "seed": cfg.train.seed, "precision": precision, "dataset": data.dataset, "data_origin": data.origin,
-        "data_md5": data.md5, "start": started, "end": _now()})
+        "device": describe(device), "seed": cfg.train.seed, "precision": precision, "dataset": data.dataset,
+        "data_origin": data.origin, "data_md5": data.md5, "start": started, "end": _now()})
 
 
 def _now() -> str:

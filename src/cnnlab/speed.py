@@ -99,9 +99,18 @@ def bf16_pays_off() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
-def resolve_precision(precision: str) -> str:
-    """Turn ``auto`` into ``bf16`` where it pays off (``bf16_pays_off``) and ``fp32`` elsewhere; check an
-    explicit choice (bf16 needs native bf16)."""
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """Turn ``auto`` into ``bf16`` where it pays off and ``fp32`` elsewhere; check an explicit choice.
+
+    On the CPU bf16 pays off with AMX (``bf16_pays_off``) and needs native bf16. On a CUDA device ``auto`` is
+    fp32 (the recipes were tuned and measured in fp32; bf16 there is untested), and an explicit bf16 needs a
+    GPU that computes it.
+    """
+    if torch.device(device).type == "cuda":
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise CnnlabError("train.precision: this GPU does not compute bf16; use precision = \"fp32\" or "
+                              "\"auto\"")
+        return "fp32" if precision == "auto" else precision
     if precision == "auto":
         return "bf16" if bf16_pays_off() else "fp32"
     if precision == "bf16" and not has_native_bf16():
@@ -110,10 +119,10 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def autocast(precision: str) -> ContextManager:
-    """Return the context for forward passes: bf16 autocast (weights stay fp32) or nothing."""
+def autocast(precision: str, device: torch.device | str = "cpu") -> ContextManager:
+    """Return the context for forward passes on ``device``: bf16 autocast (weights stay fp32) or nothing."""
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

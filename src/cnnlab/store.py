@@ -12,7 +12,7 @@ Layout of ``runs/NAME/``:
 | ``  weights.safetensors`` | the weights after the last completed epoch |
 | ``  best.safetensors`` | the weights of the best epoch (``train.checkpoint = "best"`` or ``restore_best``) |
 | ``  optimizer.safetensors`` + ``optimizer.json`` | the optimizer's tensors and its plain values (step counter) |
-| ``  rng.safetensors`` | the shuffle generator's and torch's RNG states |
+| ``  rng.safetensors`` | the shuffle generator's and torch's RNG states (and the GPU's, for a run trained on one) |
 | ``  state.json`` | epochs done, optimizer step, callback states |
 | ``  history.csv`` / ``history.json`` | one row per epoch |
 | ``curves.png`` | accuracy and loss curves (a picture, not part of the checkpoint) |
@@ -356,8 +356,9 @@ def _collect_garbage(run_dir: Path, keep: set[str], legacy: bool) -> None:
 
 
 def tensors_bytes(tensors: dict[str, torch.Tensor], format_pt: bool = True) -> bytes:
-    """Serialize tensors as safetensors bytes."""
-    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    """Serialize tensors as safetensors bytes, as CPU tensors whatever device they are on (a run folder loads
+    on any machine; reading gives CPU tensors, which ``load_state_dict`` copies to the model's device)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
     return tensor_bytes(tensors, metadata={"format": "pt"} if format_pt else None)
 
 
@@ -464,7 +465,7 @@ def save_checkpoint(run_dir: Path, trainer: Trainer, best: bool = False, keep_be
     state = trainer.state
     weights = tensors_bytes(trainer.model.state_dict())
     files = {WEIGHTS: weights, **optimizer_files(trainer.optimizer),
-             RNG: tensors_bytes({"shuffle": state.shuffle_rng, "torch": state.torch_rng}, format_pt=False),
+             RNG: tensors_bytes(_rng_tensors(state), format_pt=False),
              **history_files(state.history),
              STATE: _json_bytes({"epoch": state.epoch, "step": trainer.step, "callbacks": trainer.callback_states()})}
     if best:
@@ -501,10 +502,18 @@ def load_state(run_dir: Path, ckpt: Checkpoint | None = None) -> TrainState | No
         raise CnnlabError(f"{ckpt.run_dir}: {STATE} (epoch {info['epoch']}) and {HISTORY_JSON} "
                           f"({len(history) if isinstance(history, list) else '?'} rows) disagree; the run folder "
                           "was changed by hand or not written completely")
-    if set(rng) != {"shuffle", "torch"}:
+    if not {"shuffle", "torch"} <= set(rng) <= {"shuffle", "torch", "cuda"}:
         raise CnnlabError(f"{ckpt.where(RNG)} does not hold the generator states; the run folder is damaged")
     return TrainState(epoch=info["epoch"], history=history, shuffle_rng=rng["shuffle"], torch_rng=rng["torch"],
-                      callbacks=info.get("callbacks", {}))
+                      cuda_rng=rng.get("cuda"), callbacks=info.get("callbacks", {}))
+
+
+def _rng_tensors(state: TrainState) -> dict[str, torch.Tensor]:
+    """The generator states to save: the shuffle generator's, torch's CPU one and, after a GPU epoch, the GPU's."""
+    tensors = {"shuffle": state.shuffle_rng, "torch": state.torch_rng}
+    if state.cuda_rng is not None:
+        tensors["cuda"] = state.cuda_rng
+    return tensors
 
 
 def saved_step(run_dir: Path) -> int:

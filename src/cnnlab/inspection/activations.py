@@ -17,6 +17,7 @@ import torch
 
 from cnnlab import layers as kinds
 from cnnlab import native
+from cnnlab.device import model_device, uses_native_kernels
 from cnnlab.errors import CnnlabError
 from cnnlab.model import CnnModel
 
@@ -133,13 +134,21 @@ def chunked_outputs(model: CnnModel, images: torch.Tensor | np.ndarray, layers: 
                     prepare: Prepare | None = None,
                     chunk: int = CHUNK) -> Iterator[tuple[int, torch.Tensor | None, dict[str, torch.Tensor]]]:
     """Yield ``(start, logits or None, {layer: activations})`` for each chunk of images, from one forward pass
-    per chunk, in eval and inference mode (the model's mode is restored after)."""
+    per chunk, in eval and inference mode (the model's mode is restored after).
+
+    The passes run on the model's device: images that need no ``prepare`` go there once and are sliced there
+    (prepared ones a chunk at a time); what is yielded is on the CPU.
+    """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
-    native.prepare()  # inference on the fast path starts: load the kernels (compiling them, once, says so)
+    device = model_device(model)
+    if uses_native_kernels(device):
+        native.prepare()  # inference on the fast path starts: load the kernels (compiling them, once, says so)
+    if prepare is None:
+        images = torch.as_tensor(images).to(device)
     with eval_mode(model), torch.inference_mode():
         for start in range(0, len(images), chunk):
             part = images[start:start + chunk]
-            x = prepare(part) if prepare is not None else torch.as_tensor(part)
+            x = prepare(part).to(device) if prepare is not None else part
             scores, outputs = model.outputs(x, layers, logits)
-            yield start, scores, outputs
+            yield start, None if scores is None else scores.cpu(), {k: v.cpu() for k, v in outputs.items()}

@@ -62,9 +62,9 @@ def evaluate(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, num
 
 def from_logits(logits: torch.Tensor, y: torch.Tensor | np.ndarray, num_classes: int) -> Evaluation:
     """The ``Evaluation`` of a model whose logits (N, classes) for the images with labels ``y`` are at hand."""
-    labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    labels = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y), dtype=torch.int64)
     k = num_classes
-    logits = logits.float()
+    logits = logits.float().cpu()  # the figures are small: count them on the CPU, whatever device gave them
     if len(labels) == 0:
         empty = np.zeros((k, k), dtype=np.int64)
         return Evaluation(float("nan"), float("nan"), np.full(k, np.nan), empty, np.zeros(0, np.int64),

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_bytes
 from cnnlab.inspection.activations import check_layer, eval_mode
@@ -112,14 +113,15 @@ def _ascend(model: CnnModel, layer: str, bounds: tuple[torch.Tensor, torch.Tenso
     if steps < 1:
         raise CnnlabError(f"--steps {steps}: give at least 1 step")
     chosen = check_maps(model, layer, maps)
-    low, high = (b.detach().float() for b in bounds)
+    device = model_device(model)  # the ascent runs there; the noise and the jitter are drawn on the CPU
+    low, high = (b.detach().float().to(device) for b in bounds)
     gen = torch.Generator().manual_seed(seed)
     # Optimize on the unit pixel scale: 0 = the lowest, 1 = the highest value the training images had there.
-    unit = START[0] + (START[1] - START[0]) * torch.rand((len(chosen), 1, 28, 28), generator=gen)
+    unit = START[0] + (START[1] - START[0]) * torch.rand((len(chosen), 1, 28, 28), generator=gen).to(device)
     unit.requires_grad_(True)
-    target = torch.as_tensor(chosen)
+    target = torch.as_tensor(chosen).to(device)
     optimizer = _Adam(unit, lr)
-    best, best_unit = torch.full((len(chosen),), -torch.inf), unit.detach().clone()
+    best, best_unit = torch.full((len(chosen),), -torch.inf, device=device), unit.detach().clone()
     with eval_mode(model), torch.enable_grad():
         for step in range(steps):
             settle = step >= steps * 3 // 4  # the last quarter: no jitter and no blur, to settle on the optimum
@@ -142,8 +144,8 @@ def _ascend(model: CnnModel, layer: str, bounds: tuple[torch.Tensor, torch.Tenso
             best_unit[final > best] = unit.detach()[final > best]
             inputs = (low + (high - low) * best_unit).contiguous()
             activation = _mean_activation(model.activation(inputs, layer), target)
-    return FilterPatterns(layer, chosen, inputs.numpy(), _to_pixels(inputs.numpy(), pixel_scale),
-                          activation.numpy(), steps)
+    inputs, activation = inputs.cpu().numpy(), activation.cpu().numpy()
+    return FilterPatterns(layer, chosen, inputs, _to_pixels(inputs, pixel_scale), activation, steps)
 
 
 class _Adam:
@@ -203,7 +205,7 @@ def _objective(model: CnnModel, x: torch.Tensor, layer: str,
     before = named.op(hidden)
     after = named.act(before.clone())  # clone: an in-place activation must not overwrite ``before``
     active = _mean_activation(after, target)
-    picked = before[torch.arange(len(target)), target]
+    picked = before[torch.arange(len(target), device=before.device), target]
     strongest = picked.amax(dim=(1, 2)) if picked.ndim == 3 else picked
     return torch.where(active != 0, active, strongest), active
 
@@ -216,12 +218,12 @@ def _jittered(x: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tenso
 
 
 def _mean_activation(acts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    picked = acts[torch.arange(len(target)), target]  # (M, H, W) or (M,)
+    picked = acts[torch.arange(len(target), device=acts.device), target]  # (M, H, W) or (M,)
     return picked.mean(dim=(1, 2)) if picked.ndim == 3 else picked
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:
-    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = torch.tensor([1.0, 2.0, 1.0], device=x.device)
     kernel = (kernel[:, None] * kernel[None, :] / 16).view(1, 1, 3, 3)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel)
 
@@ -261,7 +263,7 @@ def cached_filter_patterns(run_dir: str | Path, model: CnnModel, layer: str,
     and compute afresh; a damaged file is computed again and replaced.
     """
     chosen = check_maps(model, layer, maps)
-    low, high = (b.detach().float().contiguous() for b in bounds)
+    low, high = (b.detach().float().cpu().contiguous() for b in bounds)
     key = hashlib.sha256("|".join([
         weights_hash(model), layer, ",".join(str(m) for m in chosen), str(steps), str(seed),
         repr((LR, L2, BLUR_EVERY, JITTER, START)), hashlib.sha256(low.numpy().tobytes() + high.numpy().tobytes())

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
 from cnnlab.inspection.activations import check_layer, eval_mode, forward_from, last_conv_layer
 from cnnlab.model import CnnModel
@@ -46,7 +47,8 @@ def saliency(model: CnnModel, x: torch.Tensor, targets: list[int] | np.ndarray |
 
     Args:
         model: the network (train/eval mode restored; weight gradients untouched).
-        x: normalized images (N, 1, 28, 28); a few at a time (it keeps the graph of one batch).
+        x: normalized images (N, 1, 28, 28); a few at a time (it keeps the graph of one batch). They go to the
+            model's device; the maps come back as CPU arrays.
         targets: the class to explain per image (default: the predicted class).
         layer: the conv layer for Grad-CAM (default: the last conv layer).
 
@@ -57,14 +59,14 @@ def saliency(model: CnnModel, x: torch.Tensor, targets: list[int] | np.ndarray |
     if len(model.output_shapes[layer]) != 3:
         raise CnnlabError(f"Grad-CAM needs a layer with maps; {layer} has output {model.output_shapes[layer]}")
     with eval_mode(model), torch.enable_grad():
-        inputs = x.detach().clone().requires_grad_(True)
+        inputs = x.detach().to(model_device(model), copy=True).requires_grad_(True)
         maps = model.activation(inputs, layer)  # (N, C, H, W)
         logits = forward_from(model, maps, layer)
-        chosen = logits.argmax(dim=1) if targets is None else torch.as_tensor(np.asarray(targets))
-        picked = logits[torch.arange(len(chosen)), chosen].sum()
+        chosen = logits.argmax(dim=1) if targets is None else torch.as_tensor(np.asarray(targets)).to(logits.device)
+        picked = logits[torch.arange(len(chosen), device=logits.device), chosen].sum()
         grad_input, grad_maps = torch.autograd.grad(picked, (inputs, maps))
     weights = grad_maps.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
     cam = torch.relu((weights * maps.detach()).sum(dim=1))  # (N, H, W)
     big = F.interpolate(cam[:, None], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-    return Saliency(layer, chosen.numpy(), torch.softmax(logits.detach(), dim=1).numpy(),
-                    grad_input.abs()[:, 0].numpy(), big.clamp_min(0).numpy(), cam.numpy())
+    return Saliency(layer, chosen.cpu().numpy(), torch.softmax(logits.detach(), dim=1).cpu().numpy(),
+                    grad_input.abs()[:, 0].cpu().numpy(), big.clamp_min(0).cpu().numpy(), cam.cpu().numpy())

@@ -76,7 +76,7 @@ def export_onnx(run_dir: str | Path, path: str | Path, check_images: int = CHECK
     path = Path(path)
     if path.is_dir():
         raise CnnlabError(f"--onnx {path}: is a folder; give a file name such as model.onnx")
-    run = load(run_dir)
+    run = load(run_dir, device="cpu")  # exported from the CPU, where onnxruntime checks it
     images = run.data().test_x[:check_images].contiguous()
     wrapper = _Probabilities(run.model).eval()
     with torch.inference_mode():

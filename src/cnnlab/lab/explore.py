@@ -129,8 +129,8 @@ def predict(loaded: LoadedRun, pixels: np.ndarray) -> dict[str, Any]:
             layer = model.layers[name]
             x = layer.op(x) if name == names[-1] else layer(x)  # the last activation is the softmax below
             if name in loaded.layers:
-                maps[name] = encode_maps(x[0].numpy())
-        probabilities = torch.softmax(x.float(), dim=1)[0].numpy()
+                maps[name] = encode_maps(x[0].cpu().numpy())
+        probabilities = torch.softmax(x.float(), dim=1)[0].cpu().numpy()
     return {"probabilities": probabilities.tolist(), "predicted": int(probabilities.argmax()), "layers": maps}
 
 
