@@ -100,8 +100,12 @@ def test_no_import_cycle():
 ])
 def test_what_a_module_brings_in_when_imported_alone(module, absent):
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({absent!r})))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert fresh_python(code).stdout.strip() == "[]"
+
+
+def fresh_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a new interpreter (nothing imported yet) and return what it printed."""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
 
 
 @pytest.mark.parametrize("argv", [["summary", "--preset", "seed"], ["config", "--preset", "fast"]])
@@ -110,7 +114,7 @@ def test_commands_that_only_describe_a_config_import_no_torch(argv):
     code = ("import sys; from cnnlab.cli import main; code = main(sys.argv[1:]); "
             "print('torch:', sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'cnnlab.optim')) "
             "and m != 'cnnlab.optim_specs'), 'exit:', code, file=sys.stderr)")
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+    done = fresh_python(code, *argv)
     assert done.stderr.strip().splitlines()[-1] == "torch: [] exit: 0"
     assert "Conv2D" in done.stdout if argv[0] == "summary" else "[model]" in done.stdout
 
@@ -119,5 +123,4 @@ def test_a_lazy_module_is_imported_on_first_use():
     code = ("import sys; from cnnlab.lazy import lazy_module; m = lazy_module('colorsys'); "
             "before = 'colorsys' in sys.modules; value = m.rgb_to_hsv(1.0, 0.0, 0.0); "
             "print(before, 'colorsys' in sys.modules, value, repr(m))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False True (0.0, 1.0, 1.0) <lazy module 'colorsys' (imported)>"
+    assert fresh_python(code).stdout.strip() == "False True (0.0, 1.0, 1.0) <lazy module 'colorsys' (imported)>"
