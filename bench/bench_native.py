@@ -2,22 +2,23 @@
 
 Made to compare two versions of ``src/cnnlab/native`` side by side on one machine (such as the torch-extension
 kernels before they became plain C++ called through ctypes): ``--old`` is the root of the other tree, for
-example ``git archive <commit> | tar -x -C /tmp/old``. Every figure comes from a fresh child process with
-``PYTHONPATH`` set to one tree's ``src``, the trees in turn, so load on a shared machine hits both alike:
+example ``git archive <commit> | tar -x -C /tmp/old``.
 
-- build: ``python -m cnnlab.native`` in an empty cnnlab home (wall seconds, compile and load);
-- training: one timed epoch of the tree's own ``bench/bench_train.py`` engine (cnnlab's Trainer, the seed
-  recipe, real MNIST, after its warm-up), img/s; this tree runs twice, with the Winograd step's matrix products
-  by its own loops and by torch's ``sgemm_``.
+- build: ``python -m cnnlab.native`` in an empty cnnlab home (wall seconds, compile and load), each tree's in a
+  fresh child process with ``PYTHONPATH`` set to its ``src``, in turn;
+- training: this process trains the seed model (cnnlab's layers, channels-last, RMSprop, batch 64, real MNIST)
+  in short blocks of batches, each block with one set of kernels, the sets in turn: the other tree's build
+  (its module has the same functions), this tree's with the Winograd step's matrix products by its own loops,
+  and by torch's ``sgemm_``. Blocks of a few batches, alternating, keep a shared machine's changing load from
+  favouring one side; medians over the blocks, and the median of each round's ratio.
 
 Prints medians with their spread (min-max), the ratios, the CPU and the load average before and after.
-Run: ``.venv/bin/python bench/bench_native.py --old /tmp/old [--pairs 5] [--builds 3] [--images 6400]``.
+Run: ``.venv/bin/python bench/bench_native.py --old /tmp/old [--builds 2] [--rounds 30] [--batches 10]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -27,20 +28,6 @@ import time
 from pathlib import Path
 
 NEW = Path(__file__).resolve().parents[1]
-CHILD = """
-import json, sys
-sys.path.insert(0, {bench!r})
-import torch
-from cnnlab import native
-import bench_train
-kernels = native.prepare(echo=None)
-if {gemm!r} and kernels is not None:
-    kernels.use_gemm({gemm!r})
-ips = bench_train.measure("engine", "seed", None, {images})
-print(json.dumps({{"ips": ips, "status": native.status(), "gemm": getattr(kernels, "gemm", "aten")}}))
-"""
-
-
 def spread(values: list[float], digits: int = 0) -> str:
     """``median (min-max)``."""
     return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
@@ -68,21 +55,111 @@ def build_seconds(tree: Path, root: Path) -> float:
     return time.perf_counter() - start
 
 
-def train(tree: Path, home: Path, images: int, gemm: str = "") -> dict:
-    """One child's timed seed epoch from ``tree`` (kernels already built in ``home``)."""
-    code = CHILD.format(bench=str(tree / "bench"), gemm=gemm, images=images)
-    done = subprocess.run([sys.executable, "-c", code], env=env_for(tree, home), check=True, capture_output=True,
-                          text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def old_kernels(tree: Path, home: Path, path: Path | None):
+    """The other tree's kernels (the module ``path``, else built in ``home`` by its ``python -m cnnlab.native``),
+    imported here."""
+    import importlib.util
+
+    import torch  # noqa: F401 - an extension module needs torch's libraries loaded
+
+    if path is None:
+        subprocess.run([sys.executable, "-m", "cnnlab.native"], env=env_for(tree, home), check=True,
+                       capture_output=True)
+        path = next((home / "native").glob("cnnlab_native_*/cnnlab_native_*.so"))
+    spec = importlib.util.spec_from_file_location(path.stem.split(".")[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_blocks(sides: dict, rounds: int, batches: int) -> dict[str, list[float]]:
+    """img/s of each block of ``batches`` seed-recipe training steps, per side, the sides in turn."""
+    import torch
+    import torch.nn.functional as F
+
+    from cnnlab import native
+    from cnnlab.config import load_config
+    from cnnlab.model import build_model
+    from cnnlab.speed import usable_cores
+
+    sys.path.insert(0, str(NEW / "bench"))
+    from bench_train import BATCH, mnist_tensors
+
+    torch.set_num_threads(usable_cores())
+    torch.manual_seed(0)
+    model = build_model(load_config(preset="seed").model.layers).to(memory_format=torch.channels_last)
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, momentum=0.8, alpha=0.9, eps=1e-7)
+    x, y = mnist_tensors(BATCH * batches * 8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    step = 0
+
+    def block() -> float:
+        nonlocal step
+        start = time.perf_counter()
+        for _ in range(batches):
+            i = (step % (len(x) // BATCH)) * BATCH
+            loss = F.cross_entropy(model(x[i:i + BATCH]), y[i:i + BATCH])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+        return BATCH * batches / (time.perf_counter() - start)
+
+    got: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(rounds + 1):
+        for name, (kernels, gemm) in sides.items():
+            if gemm:
+                kernels.use_gemm(gemm)
+            native._state.update(module=kernels, why=f"bench: {name}")
+            ips = block()
+            if r:  # round 0 warms every side up
+                got[name].append(ips)
+    return got
+
+
+def kernel_blocks(sides: dict, rounds: int, calls: int = 20) -> dict[str, dict[str, list[float]]]:
+    """Milliseconds per forward + backward call of each fused step at the seed model's shapes (batch 64), per
+    side, the sides in turn."""
+    import torch
+
+    from cnnlab import native
+
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    steps = {
+        "Conv2D_1+pool (1->32, 28x28)": (native.first_conv_max_pool, torch.randn(64, 1, 28, 28), (32, 1, 3, 3), False),
+        "Conv2D_2+pool Winograd (32->64, 13x13)": (native.winograd_conv_max_pool,
+                                                   torch.randn(64, 32, 13, 13).contiguous(memory_format=cl),
+                                                   (64, 32, 3, 3), True),
+        "max-pool (64x32x26x26)": (lambda x, w, b: native.max_pool_2x2(x),
+                                   torch.randn(64, 32, 26, 26).contiguous(memory_format=cl), None, True),
+    }
+    got = {step: {name: [] for name in sides} for step in steps}
+    for r in range(rounds + 1):
+        for name, (kernels, gemm) in sides.items():
+            if gemm:
+                kernels.use_gemm(gemm)
+            native._state.update(module=kernels, why=f"bench: {name}")
+            for step, (kernel, x, wshape, input_grad) in steps.items():
+                xx = x.clone().requires_grad_(input_grad)
+                w = torch.randn(wshape, requires_grad=True) if wshape else None
+                b = torch.randn(wshape[0], requires_grad=True) if wshape else None
+                start = time.perf_counter()
+                for _ in range(calls):
+                    kernel(xx, w, b).sum().backward()
+                if r:
+                    got[step][name].append(1000 * (time.perf_counter() - start) / calls)
+    return got
 
 
 def main() -> None:
     """Measure and print."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", type=Path, required=True, help="root of the other cnnlab tree")
-    parser.add_argument("--pairs", type=int, default=5, help="training runs of each side, in turn")
-    parser.add_argument("--builds", type=int, default=3, help="builds of each side, in turn")
-    parser.add_argument("--images", type=int, default=6400, help="images per timed epoch")
+    parser.add_argument("--old-build", type=Path, help="the other tree's compiled module, if built already")
+    parser.add_argument("--builds", type=int, default=2, help="builds of each side, in turn (0: none)")
+    parser.add_argument("--rounds", type=int, default=30, help="training blocks of each side, in turn")
+    parser.add_argument("--batches", type=int, default=10, help="batches of 64 per training block")
     args = parser.parse_args()
     from cnnlab.speed import cpu_name
 
@@ -93,23 +170,30 @@ def main() -> None:
         for _ in range(args.builds):
             for name, tree in (("old", args.old), ("new", NEW)):
                 builds[name].append(build_seconds(tree, root))
-        print(f"build in an empty home, wall s, {args.builds} each in turn: old {spread(builds['old'], 1)}, "
-              f"new {spread(builds['new'], 1)}")
+        if args.builds:
+            print(f"build in an empty home, wall s, {args.builds} each in turn: old {spread(builds['old'], 1)}, "
+                  f"new {spread(builds['new'], 1)}")
+        from cnnlab.native.library import Kernels
+
         home = new_home(root)
-        for tree in (args.old, NEW):  # built once, outside the timing
-            subprocess.run([sys.executable, "-m", "cnnlab.native"], env=env_for(tree, home), check=True,
-                           capture_output=True)
-        sides = {"old": (args.old, ""), "new loops": (NEW, "loops"), "new sgemm_": (NEW, "blas")}
-        got: dict[str, list[float]] = {name: [] for name in sides}
-        for _ in range(args.pairs):
-            for name, (tree, gemm) in sides.items():
-                result = train(tree, home, args.images, gemm)
-                assert not result["status"].startswith(("could not", "switched")), result["status"]
-                got[name].append(result["ips"])
-    print(f"seed recipe, one epoch of {args.images} real images, img/s, {args.pairs} each in turn:")
+        subprocess.run([sys.executable, "-m", "cnnlab.native"], env=env_for(NEW, home), check=True,
+                       capture_output=True)
+        new = Kernels(next((home / "native").glob("cnnlab_native_*/cnnlab_native_*.so")))
+        sides = {"old": (old_kernels(args.old, new_home(root), args.old_build), ""), "new loops": (new, "loops"),
+                 "new sgemm_": (new, "blas")}
+        steps = kernel_blocks(sides, args.rounds)
+        got = training_blocks(sides, args.rounds, args.batches)
+    print(f"fused steps, forward + backward, ms per call at batch 64, {args.rounds} rounds of the sides in turn:")
+    for step, by_side in steps.items():
+        print(f"  {step}: " + "; ".join(
+            f"{name} {spread(ms, 2)}" + ("" if name == "old" else
+                                        f" = {spread([n / o for n, o in zip(ms, by_side['old'])], 2)}x old's time")
+            for name, ms in by_side.items()))
+    print(f"seed recipe training, img/s per block of {args.batches} batches of 64, {args.rounds} rounds of the "
+          f"sides in turn:")
     for name in sides:
         ratio = [n / o for n, o in zip(got[name], got["old"])]
-        print(f"  {name:10s} {spread(got[name])}  = {spread(ratio, 2)}x old")
+        print(f"  {name:10s} {spread(got[name])}  = {spread(ratio, 2)}x old (median of the rounds' ratios)")
     print(f"load average after: {os.getloadavg()}")
 
 
