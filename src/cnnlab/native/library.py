@@ -36,8 +36,9 @@ def _require(ok: bool, what: str) -> None:
 
 
 def _float_map(x: torch.Tensor, fmt: torch.memory_format, what: str) -> None:
-    _require(x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous(memory_format=fmt),
-             f"{what} must be a 4-d float32 CPU tensor, {'channels-last' if fmt == CHANNELS_LAST else 'contiguous'}")
+    layout = "channels-last" if fmt == CHANNELS_LAST else "contiguous"
+    _require(x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
+             and x.is_contiguous(memory_format=fmt), f"{what} must be a 4-d float32 CPU tensor, {layout}")
 
 
 def blas_sgemm() -> int | None:

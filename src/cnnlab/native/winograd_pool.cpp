@@ -227,7 +227,8 @@ inline void product_block(const Operand& op, int64_t i, int64_t j, int64_t depth
 template <int R>
 void product_rows(const Operand& op, int64_t i, int64_t cols, int64_t depth, float* out, int64_t ldo, bool add) {
   int64_t j = 0;
-  for (; j + kVectors * kLanes <= cols; j += kVectors * kLanes) product_block<R, kVectors>(op, i, j, depth, out, ldo, add);
+  for (; j + kVectors * kLanes <= cols; j += kVectors * kLanes)
+    product_block<R, kVectors>(op, i, j, depth, out, ldo, add);
   for (; j + kLanes <= cols; j += kLanes) product_block<R, 1>(op, i, j, depth, out, ldo, add);
   for (; j < cols; j++) {
     for (int r = 0; r < R; r++) {
@@ -281,7 +282,8 @@ extern "C" void cnnlab_winograd_pool_forward(const float* x, const float* u, con
       const int64_t n0 = chunk * kImagesPerChunk, n1 = std::min(N, n0 + kImagesPerChunk);
       const int64_t T = (n1 - n0) * s.tiles();
       input_blocks(s, x, n0, n1, v.data());
-      for (int e = 0; e < 16; e++) matmul(false, v.data() + e * T * C, u + e * C * K, m.data() + e * T * K, T, K, C, false);
+      for (int e = 0; e < 16; e++)
+        matmul(false, v.data() + e * T * C, u + e * C * K, m.data() + e * T * K, T, K, C, false);
       pool_outputs(s, m.data(), bias, n0, n1, out, where);
     }
   }
