@@ -36,7 +36,7 @@ from torch.autograd.function import once_differentiable
 from cnnlab.native import build
 from cnnlab.native.library import Kernels
 
-_state: dict[str, object] = {}  # "module" (the Kernels) once prepared (None where unavailable), "why": the status line
+_state: dict[str, object] = {}  # "module": the Kernels once prepared (None where unavailable); "why": status line
 
 
 def _stderr(line: str) -> None:
@@ -47,8 +47,8 @@ def prepare(echo: Callable[[str], None] | None = _stderr, retry: bool = False) -
     """Load the kernels (compiling them for this CPU the first time, a few seconds) and return them, or None.
 
     Once per process. ``echo`` gets a line when something a user should know happens: a compile starting and
-    ending, a wait for another process's build, a stale build lock removed, a build failing (default: standard
-    error; None: silent). ``retry`` forgets a recorded failed build first.
+    ending, a wait for another process's build, a killed build's partial output removed, a build failing
+    (default: standard error; None: silent). ``retry`` forgets a recorded failed build first.
     """
     if "module" in _state:
         return _state["module"]  # type: ignore[return-value]
