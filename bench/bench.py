@@ -163,8 +163,8 @@ def main() -> None:
         inspection(args, keep)
     if 4 in sections:
         print("\n4. set-up")
-        print(f"   native kernels built in an empty cache: {native_build_seconds():.1f} s (the largest part of "
-              "set-up; fresh clone to the end of make demo: goal <= 90 s, timed in README)")
+        print(f"   native kernels built in an empty cache: {native_build_seconds():.1f} s (one compiler call; "
+              "fresh clone to the end of make demo: goal <= 90 s, timed in README)")
     if 5 in sections:
         _, rss = run_child([*CNNLAB, "train", "--preset", "seed", "--epochs", "1", "--out",
                             str(keep.parent / "rss"), "--no-progress"])

@@ -42,8 +42,8 @@ QUICK = ["--preset", "tiny", "--no-progress", "--set", "data.limit_train=64", "-
 
 
 def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None, uid: int | None) -> None:
-    # The native kernels are not under test here, and a child killed while torch builds them would leave
-    # torch's build lock behind: the children use torch's own ops.
+    # The native kernels are not under test here, and a child killed while it builds them would leave a partial
+    # library (and a line about removing it in the next child's output): the children use torch's own ops.
     os.environ.update({"CNNLAB_NATIVE": "0", **env})
     if fsize is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))

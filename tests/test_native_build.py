@@ -24,14 +24,14 @@ ARM_CPUINFO = textwrap.dedent("""\
 
 
 class FakeCompile:
-    """Stands in for the compiler: counts its calls, sees whether torch's lock file was there, returns a module."""
+    """Stands in for the compiler: counts its calls, sees whether a partial output was there, returns a module."""
 
     def __init__(self, fail: str | None = None):
-        self.calls, self.saw_torch_lock, self.fail = 0, [], fail
+        self.calls, self.saw_partial, self.fail = 0, [], fail
 
     def __call__(self, name, folder):
         self.calls += 1
-        self.saw_torch_lock.append((folder / build.TORCH_LOCK).exists())
+        self.saw_partial.append(any(folder.glob(f"*{build.PARTIAL}")))
         if self.fail:
             raise RuntimeError(self.fail)
         (folder / f"{name}.so").write_bytes(b"not a real module")
@@ -59,7 +59,7 @@ def test_a_failed_build_is_recorded_once_and_not_retried(tmp_path):
     record = tmp_path / "cnnlab_native_x.failed.json"
     assert why == (f"could not be built (RuntimeError: g++: not found); torch's ops serve. Recorded in {record}, "
                    "so no process tries again: run `python -m cnnlab.native` to retry")
-    assert lines == ["native kernels: compiling them for this CPU, once (about a minute; later runs load them "
+    assert lines == ["native kernels: compiling them for this CPU, once (a few seconds; later runs load them "
                      "at once)", f"native kernels: {why}"]
     later = []  # another process on the same machine
     assert build.Builder(tmp_path, "cnnlab_native_x").load(later.append, compile_) == (None, why)
@@ -73,7 +73,8 @@ def test_a_failed_build_is_recorded_once_and_not_retried(tmp_path):
 
 
 def test_a_build_killed_half_way_leaves_no_lock_that_blocks(tmp_path):
-    # A process that builds: it holds cnnlab's lock and torch's lock file exists, as in the middle of a build.
+    # A process that builds: it holds cnnlab's lock and the compiler's partial output exists, as in the middle of a
+    # build.
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
@@ -81,7 +82,7 @@ def test_a_build_killed_half_way_leaves_no_lock_that_blocks(tmp_path):
         b = build.Builder(Path(r"{tmp_path}"), "cnnlab_native_y")
         with b._exclusive(print):
             b.folder.mkdir(parents=True)
-            (b.folder / build.TORCH_LOCK).write_text("")
+            (b.folder / f"cnnlab_native_y.123{build.PARTIAL}").write_text("half a library")
             print("building", flush=True)
             time.sleep(60)
         """)
@@ -99,9 +100,9 @@ def test_a_build_killed_half_way_leaves_no_lock_that_blocks(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait()
-    stale = tmp_path / "cnnlab_native_y" / build.TORCH_LOCK
-    assert module is not None and compile_.calls == 1 and compile_.saw_torch_lock == [False]
-    assert waited[0] == (f"native kernels: removed a stale build lock ({stale}) left by a build that was stopped "
+    stale = tmp_path / "cnnlab_native_y" / f"cnnlab_native_y.123{build.PARTIAL}"
+    assert module is not None and compile_.calls == 1 and compile_.saw_partial == [False]
+    assert waited[0] == (f"native kernels: removed the partial output ({stale}) of a build that was stopped "
                          "half-way; building again")
 
 
@@ -162,3 +163,59 @@ def test_prepare_is_once_per_process_and_switchable_off(monkeypatch):
         assert native.prepare() is None  # decided once per process
     finally:
         native.forget()
+
+
+def test_the_build_is_one_compiler_call_without_torch_headers(tmp_path):
+    command = build.compile_command(tmp_path / "k.so", "g++")
+    assert command[0] == "g++" and command.count("-o") == 1 and command[-len(build.compile_flags()[1]) - 2:][:2] == [
+        "-o", str(tmp_path / "k.so")]
+    assert [c for c in command if c.endswith(".cpp")] == [str(s) for s in build.SOURCES]
+    assert not any(c.startswith(("-I", "-isystem", "-L", "-l")) for c in command)  # no include or library path
+    for source in [*build.SOURCES, *build.HEADERS]:
+        includes = [line for line in source.read_text().splitlines() if line.startswith("#include")]
+        assert includes and all(line.split()[1] in ('"kernels.h"', '"simd.h"', "<algorithm>", "<cstdint>",
+                                                   "<cstring>", "<vector>", "<immintrin.h>") for line in includes)
+
+
+def test_a_real_build_takes_one_call_and_its_kernels_work(tmp_path):
+    import torch
+    import torch.nn.functional as F
+
+    lines = []
+    kernels, why = build.Builder(tmp_path, build.build_name()).load(lines.append, build.compile_kernels)
+    assert kernels is not None, why
+    folder = tmp_path / build.build_name()
+    assert sorted(p.name for p in folder.iterdir()) == [build.BUILT, f"{build.build_name()}.so"]
+    assert lines[0].startswith("native kernels: compiling them") and lines[1].startswith("native kernels: built")
+    x = torch.randn(3, 8, 6, 7).contiguous(memory_format=torch.channels_last)
+    out, where = kernels.max_pool_forward(x)
+    assert torch.equal(out, F.max_pool2d(x, 2)) and where.dtype == torch.uint8
+    with pytest.raises(ValueError, match="max_pool_forward: x must be a 4-d float32 CPU tensor, channels-last"):
+        kernels.max_pool_forward(x.contiguous())  # NCHW: refused before any C code reads it
+    again, why = build.Builder(tmp_path, build.build_name()).load(lines.append, build.compile_kernels)
+    assert again is not None and why == f"ready in {folder}" and len(lines) == 2  # opened, not rebuilt
+
+
+def test_the_build_name_is_the_same_for_every_checkout_and_changes_with_the_sources(tmp_path, monkeypatch):
+    here = build.build_name()
+    copies = []
+    for source in [*build.SOURCES, *build.HEADERS]:  # the same sources in another checkout
+        copies.append(tmp_path / source.name)
+        copies[-1].write_text(source.read_text())
+    monkeypatch.setattr(build, "SOURCES", copies[:len(build.SOURCES)])
+    monkeypatch.setattr(build, "HEADERS", copies[len(build.SOURCES):])
+    assert build.build_name() == here
+    original = copies[0].read_text()
+    copies[0].write_text(original + "// changed\n")
+    assert build.build_name() != here
+    copies[0].write_text(original)
+    monkeypatch.setenv("CXX", "clang++")
+    assert build.build_name() != here  # another compiler, another build
+
+
+def test_no_compiler_is_a_one_line_reason(monkeypatch):
+    with pytest.raises(RuntimeError, match=r"^no C\+\+ compiler \(none of c\+\+, g\+\+, clang\+\+ on the PATH, and "
+                                           r"CXX unset\)$"):
+        build.compiler({"PATH": "/nonexistent"})
+    with pytest.raises(RuntimeError, match="^no C\\+\\+ compiler: CXX=cc9 is not a program on the PATH$"):
+        build.compiler({"PATH": "/nonexistent", "CXX": "cc9"})

@@ -1,4 +1,4 @@
-"""Native kernels: C++ compiled once per machine with torch's extension loader, torch's own ops otherwise.
+"""Native kernels: plain C++ compiled once per machine and called through ctypes, torch's own ops otherwise.
 
 Three kernels, forward and backward each:
 
@@ -14,18 +14,19 @@ Three kernels, forward and backward each:
 ``conv_max_pool`` picks the one that serves a conv layer and its input; the model's forward pass asks it for
 every conv layer a max-pool follows.
 
-Nothing is compiled or loaded when a model is built or summarized: ``prepare`` does it when training or
-inference on the fast path starts (``python -m cnnlab.native``, which ``make`` runs at set-up, does it ahead),
-and says so on the terminal when it compiles. Until then, and where they cannot be built (no C++ compiler, say)
-or ``CNNLAB_NATIVE=0`` is set, torch's ops serve. ``cnnlab.native.build`` keeps the per-CPU cache, the build
-lock and the record of a failed build.
+The C++ sources use no torch headers: ``cnnlab.native.build`` compiles them in one compiler call (seconds) and
+keeps the per-CPU cache, the build lock and the record of a failed build; ``cnnlab.native.library`` calls the
+compiled functions with the data pointers of tensors torch allocates; the autograd functions below stay in
+Python. Nothing is compiled or loaded when a model is built or summarized: ``prepare`` does it when training
+or inference on the fast path starts (``python -m cnnlab.native``, which ``make`` runs at set-up, does it
+ahead), and says so on the terminal when it compiles. Until then, and where they cannot be built (no C++
+compiler, say) or ``CNNLAB_NATIVE=0`` is set, torch's ops serve.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from types import ModuleType
 from typing import Callable
 
 import torch
@@ -33,20 +34,21 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from cnnlab.native import build
+from cnnlab.native.library import Kernels
 
-_state: dict[str, object] = {}  # "module" once prepared (None where unavailable), "why": the status line
+_state: dict[str, object] = {}  # "module": the Kernels once prepared (None where unavailable); "why": status line
 
 
 def _stderr(line: str) -> None:
     print(f"cnnlab: {line}", file=sys.stderr, flush=True)
 
 
-def prepare(echo: Callable[[str], None] | None = _stderr, retry: bool = False) -> ModuleType | None:
-    """Load the kernels (compiling them for this CPU the first time, about a minute) and return them, or None.
+def prepare(echo: Callable[[str], None] | None = _stderr, retry: bool = False) -> Kernels | None:
+    """Load the kernels (compiling them for this CPU the first time, a few seconds) and return them, or None.
 
     Once per process. ``echo`` gets a line when something a user should know happens: a compile starting and
-    ending, a wait for another process's build, a stale build lock removed, a build failing (default: standard
-    error; None: silent). ``retry`` forgets a recorded failed build first.
+    ending, a wait for another process's build, a killed build's partial output removed, a build failing
+    (default: standard error; None: silent). ``retry`` forgets a recorded failed build first.
     """
     if "module" in _state:
         return _state["module"]  # type: ignore[return-value]
@@ -58,12 +60,12 @@ def prepare(echo: Callable[[str], None] | None = _stderr, retry: bool = False) -
         builder = build.Builder(home_dir() / "native", build.build_name())
         if retry:
             builder.forget_failure()
-        module, why = builder.load(echo or (lambda _line: None), build.torch_compile)
+        module, why = builder.load(echo or (lambda _line: None), build.compile_kernels)
     _state.update(module=module, why=why)
     return module
 
 
-def kernels() -> ModuleType | None:
+def kernels() -> Kernels | None:
     """Return the kernels, preparing them (silently) if this process has not yet; None where unavailable."""
     return prepare(echo=None)
 

@@ -1,15 +1,18 @@
-"""Build and load the native kernels: once per machine and CPU, under a lock that dies with its process.
+"""Build and load the native kernels: one compiler call, once per machine and CPU, under a lock that dies with
+its process.
 
-The compiled module lives in ``<cnnlab home>/native/<name>/`` where the name changes with the sources, the
-flags, torch, Python and the CPU's features (so a home folder shared by different CPUs never loads code made
-for another one). Around a build:
+The kernels are plain C++ over float pointers (no torch, ATen or pybind headers), compiled by one call of the
+system's C++ compiler into a shared library that ``cnnlab.native.library`` opens with ctypes. The library lives
+in ``<cnnlab home>/native/<name>/<name>.so`` where the name is a hash of the sources, the compiler and its
+flags, the system and the CPU's name and features: not of the checkout's path, nor of torch or Python (the
+library uses neither), so every checkout and virtual env on a machine shares one build, and a home folder
+shared by different CPUs never loads code made for another one. Around a build:
 
 - ``<name>.lock`` is held with ``flock`` while one process builds; others wait for it. The kernel releases it
-  when the process dies, so a build killed half-way never blocks a later command. torch's own build lock
-  (``<name>/lock``), which stays behind when a build is killed, is then stale by construction: it is removed,
-  with a line saying so, and the build starts again.
-- ``<name>/built`` marks a finished build: later processes import the module directly (milliseconds), without
-  torch's extension loader.
+  when the process dies, so a build killed half-way never blocks a later command. The compiler writes to
+  ``<name>.<pid>.partial`` and the finished file is renamed into place, so a killed build leaves at most a
+  partial file: it is removed, with a line saying so, and the build starts again.
+- ``<name>/built`` marks a finished build (with its seconds).
 - ``<name>.failed.json`` records a build that failed: later processes use torch's ops at once instead of
   trying again; ``python -m cnnlab.native`` (which set-up runs) deletes the record and tries again.
 """
@@ -19,23 +22,24 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
-import importlib.util
 import json
 import os
 import platform
-import sys
+import shutil
+import subprocess
 import time
 from pathlib import Path
-from types import ModuleType
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / name for name in ("bindings.cpp", "maxpool2x2.cpp", "conv_pool.cpp", "winograd_pool.cpp")]
-HEADERS = [HERE / "simd.h"]
-TORCH_LOCK = "lock"  # the file torch.utils.cpp_extension's FileBaton holds in the build folder
+SOURCES = [HERE / name for name in ("maxpool2x2.cpp", "conv_pool.cpp", "winograd_pool.cpp")]
+HEADERS = [HERE / "kernels.h", HERE / "simd.h"]
+PARTIAL = ".partial"  # what a compiler writes before the finished file is renamed into place
 BUILT = "built"
+COMPILERS = ("c++", "g++", "clang++")
 
 Say = Callable[[str], None]
+Compile = Callable[[str, Path], Any]  # (name, folder) -> the opened library
 
 
 def compile_flags(system: str | None = None, machine: str | None = None,
@@ -43,8 +47,8 @@ def compile_flags(system: str | None = None, machine: str | None = None,
     """Return (compiler flags, linker flags) for this machine, or for the ``system``/``machine`` given.
 
     Code for this very CPU (``-march=native`` on x86, ``-mcpu=native`` on Linux ARM; Apple's clang picks its
-    own CPU). ``-fopenmp`` makes at::parallel_for parallel and resolves to the OpenMP runtime torch has loaded;
-    Apple's clang has no ``-fopenmp``, so there the kernels build without it and run on one thread.
+    own CPU). ``-fopenmp`` makes the kernels' ``omp parallel`` loops parallel; Apple's clang has no
+    ``-fopenmp``, so there the kernels build without it and run on one thread.
     """
     system = system or platform.system()
     machine = (machine or platform.machine()).lower()
@@ -64,16 +68,35 @@ def compile_flags(system: str | None = None, machine: str | None = None,
     return cflags, ldflags
 
 
-def build_name() -> str:
-    """The module's name: a hash of the sources, the flags, torch, Python, the machine and the CPU's features."""
-    import torch
+def compiler(env: dict[str, str] | None = None) -> str:
+    """The C++ compiler: ``$CXX``, else the first of c++, g++, clang++ on the PATH; RuntimeError if none."""
+    env = os.environ if env is None else env
+    if env.get("CXX"):
+        found = shutil.which(env["CXX"], path=env.get("PATH"))
+        if not found:
+            raise RuntimeError(f"no C++ compiler: CXX={env['CXX']} is not a program on the PATH")
+        return found
+    found = next((path for name in COMPILERS if (path := shutil.which(name, path=env.get("PATH")))), None)
+    if not found:
+        raise RuntimeError("no C++ compiler (none of c++, g++, clang++ on the PATH, and CXX unset)")
+    return found
 
+
+def compile_command(output: Path, cxx: str) -> list[str]:
+    """The one compiler call that builds the kernels into the shared library ``output``."""
+    cflags, ldflags = compile_flags()
+    return [cxx, *cflags, "-std=c++17", "-shared", "-fPIC", *(str(s) for s in SOURCES), "-o", str(output), *ldflags]
+
+
+def build_name() -> str:
+    """The library's name: a hash of the sources, the compiler and its flags, the system and the CPU's name and
+    features; the same in every checkout (no path, no torch or Python version: the library uses neither)."""
     from cnnlab.speed import cpu_flags, cpu_name
 
     cflags, ldflags = compile_flags()
-    key = "|".join([*(f.read_text() for f in [*SOURCES, *HEADERS]), " ".join(cflags + ldflags),
-                    torch.__version__, sys.version, platform.system(), platform.machine(), cpu_name(),
-                    " ".join(sorted(cpu_flags()))])
+    cxx = os.environ.get("CXX", "")  # the default compiler is whichever the PATH has: part of the machine
+    key = "|".join([*(f.read_text() for f in [*SOURCES, *HEADERS]), " ".join(cflags + ldflags), cxx,
+                    platform.system(), platform.machine(), cpu_name(), " ".join(sorted(cpu_flags()))])
     return "cnnlab_native_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -87,9 +110,9 @@ class Builder:
         self.failure_path = root / f"{name}.failed.json"
 
     def built(self) -> Path | None:
-        """The compiled module's file if a build finished, else None."""
-        files = sorted(self.folder.glob(f"{self.name}*.so")) + sorted(self.folder.glob(f"{self.name}*.pyd"))
-        return files[0] if (self.folder / BUILT).exists() and files else None
+        """The compiled library's file if a build finished, else None."""
+        library = self.folder / f"{self.name}.so"
+        return library if (self.folder / BUILT).exists() and library.exists() else None
 
     def failure(self) -> dict[str, str] | None:
         """The record of a failed build on this machine, or None."""
@@ -102,10 +125,10 @@ class Builder:
         """Delete the record of a failed build, so the next call tries again."""
         self.failure_path.unlink(missing_ok=True)
 
-    def load(self, say: Say, compile_module: Callable[[str, Path], ModuleType]) -> tuple[ModuleType | None, str]:
+    def load(self, say: Say, compile_module: Compile) -> tuple[Any, str]:
         """Return (the module or None, a line on how it went): import a finished build, else build it once.
 
-        ``compile_module(name, folder)`` does the compiling (torch's extension loader); ``say`` gets the lines
+        ``compile_module(name, folder)`` compiles and opens the library (``compile_kernels``); ``say`` gets the lines
         a user must see while it happens (a build starting, a wait for another process, a stale lock).
         """
         module = self._import_built()
@@ -124,19 +147,18 @@ class Builder:
                 return None, self._failure_line(failed)
             return self._build(say, compile_module)
 
-    def _build(self, say: Say, compile_module: Callable[[str, Path], ModuleType]) -> tuple[ModuleType | None, str]:
-        stale = self.folder / TORCH_LOCK
-        if stale.exists():  # no other process builds (this one holds the lock): a killed build left it
-            stale.unlink(missing_ok=True)
-            say(f"native kernels: removed a stale build lock ({stale}) left by a build that was stopped "
-                "half-way; building again")
-        say("native kernels: compiling them for this CPU, once (about a minute; later runs load them at once)")
+    def _build(self, say: Say, compile_module: Compile) -> tuple[Any, str]:
+        for stale in sorted(self.folder.glob(f"*{PARTIAL}")):  # no other process builds (this one holds the
+            stale.unlink(missing_ok=True)                      # lock): a killed build left it
+            say(f"native kernels: removed the partial output ({stale}) of a build that was stopped half-way; "
+                "building again")
+        say("native kernels: compiling them for this CPU, once (a few seconds; later runs load them at once)")
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / BUILT).unlink(missing_ok=True)
         start = time.perf_counter()
         try:
             module = compile_module(self.name, self.folder)
-        except Exception as exc:  # noqa: BLE001 - a missing compiler or ninja shows up in many forms
+        except Exception as exc:  # noqa: BLE001 - a missing or failing compiler shows up in many forms
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             line = self._failure_line(self._record_failure(f"{type(exc).__name__}: {first_line}"))
             say(f"native kernels: {line}")
@@ -146,25 +168,17 @@ class Builder:
         say(f"native kernels: built for this CPU in {seconds:.0f} s (once)")
         return module, f"built in {self.folder} ({seconds:.1f} s)"
 
-    def _import_built(self) -> ModuleType | None:
+    def _import_built(self) -> Any:
         path = self.built()
         if path is None:
             return None
-        if self.name in sys.modules:
-            return sys.modules[self.name]
-        spec = importlib.util.spec_from_file_location(self.name, path)
-        if spec is None or spec.loader is None:
-            return None
-        import torch  # noqa: F401 - the module links against the libraries torch loads
+        from cnnlab.native.library import Kernels
 
-        module = importlib.util.module_from_spec(spec)
         try:
-            spec.loader.exec_module(module)
-        except ImportError:  # a damaged file: build again
+            return Kernels(path)
+        except (OSError, AttributeError):  # a damaged file: build again
             (self.folder / BUILT).unlink(missing_ok=True)
             return None
-        sys.modules[self.name] = module
-        return module
 
     def _record_failure(self, why: str) -> dict[str, str]:
         record = {"why": why, "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -183,7 +197,7 @@ class Builder:
         """Hold ``<name>.lock`` (an advisory lock the kernel drops when its holder dies); wait for it if busy."""
         try:
             import fcntl
-        except ImportError:  # not POSIX: no cross-process lock, torch's own baton still serializes builds
+        except ImportError:  # not POSIX: no cross-process lock (each build writes its own partial file)
             yield
             return
         with open(self.lock_path, "a+") as handle:
@@ -198,10 +212,17 @@ class Builder:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def torch_compile(name: str, folder: Path) -> ModuleType:
-    """Compile the sources into ``folder`` with torch's extension loader and return the module."""
-    from torch.utils.cpp_extension import load
+def compile_kernels(name: str, folder: Path) -> Any:
+    """Compile the sources into ``folder/<name>.so`` with one compiler call and open the library."""
+    from cnnlab.native.library import Kernels
 
-    cflags, ldflags = compile_flags()
-    return load(name=name, sources=[str(s) for s in SOURCES], build_directory=str(folder), extra_cflags=cflags,
-                extra_ldflags=ldflags, verbose=False)
+    output = folder / f"{name}.so"
+    partial = folder / f"{name}.{os.getpid()}{PARTIAL}"
+    done = subprocess.run(compile_command(partial, compiler()), capture_output=True, text=True)
+    if done.returncode != 0:
+        partial.unlink(missing_ok=True)
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        errors = [line for line in lines if "error" in line] or lines or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"the C++ compiler failed: {errors[0]}")
+    partial.replace(output)  # one rename: a reader sees the whole library or none
+    return Kernels(output)

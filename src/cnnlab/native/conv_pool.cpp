@@ -7,9 +7,7 @@
 // maximum and a one-byte window position are stored, and the weight gradient is summed from the positions
 // that won (a quarter of the multiply-adds). Ties go to the first maximum in row-major order, as in torch.
 // No input gradient: the input of a first layer is data (the Python side falls back to torch when it is not).
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-
+#include "kernels.h"
 #include "simd.h"
 
 #include <cstdint>
@@ -20,28 +18,13 @@ namespace {
 
 // Output channels handled together: two vector registers' worth (32 on AVX-512, 16 on AVX2), so each pixel
 // read serves eight multiply-adds and the four window positions' sums stay in registers. The weights and the
-// bias come padded with zeros to a multiple of 32 channels.
+// bias come padded with zeros to a multiple of 32 channels (the Python side pads them).
 using namespace cnnlab_simd;
 constexpr int64_t kBlock = 2 * kLanes;
-constexpr int64_t kPadding = 32;
 
 struct Geometry {
   int64_t N, H, W, C, K, h, w, Cp;  // input N x H x W, C filters of K x K, pooled output h x w, C padded
 };
-
-Geometry geometry(const at::Tensor& x, const at::Tensor& wt, int64_t C) {
-  TORCH_CHECK(x.dim() == 4 && x.size(1) == 1 && x.scalar_type() == at::kFloat,
-              "conv_pool: x must be a float32 tensor (N, 1, H, W)");
-  TORCH_CHECK(wt.dim() == 2 && wt.scalar_type() == at::kFloat && wt.is_contiguous() &&
-              wt.size(1) % kPadding == 0 && wt.size(1) >= C && C > wt.size(1) - kPadding,
-              "conv_pool: the weights must be a contiguous float32 (K*K, C padded to a multiple of 32) matrix");
-  Geometry g{x.size(0), x.size(2), x.size(3), C, 0, 0, 0, wt.size(1)};
-  while (g.K * g.K < wt.size(0)) g.K++;
-  TORCH_CHECK(g.K * g.K == wt.size(0) && g.K <= g.H && g.K <= g.W, "conv_pool: bad kernel size");
-  g.h = (g.H - g.K + 1) / 2;
-  g.w = (g.W - g.K + 1) / 2;
-  return g;
-}
 
 // The four convolutions (window positions s = 0..3, row-major) of one pooled output, for one block of
 // channels: `top` is the image pixel under the top-left tap of position 0. K_ > 0 fixes K at compile time.
@@ -151,53 +134,48 @@ void backward_images(const Geometry& g, const float* src, const float* gp, const
 
 }  // namespace
 
-std::vector<at::Tensor> conv_pool_forward(const at::Tensor& x_in, const at::Tensor& wt, const at::Tensor& bias,
-                                          int64_t C) {
-  const auto x = x_in.contiguous();
-  const Geometry g = geometry(x, wt, C);
-  TORCH_CHECK(bias.numel() == g.Cp && bias.is_contiguous(), "conv_pool: bias must be padded as the weights");
-  auto out = at::empty({g.N, g.C, g.h, g.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  auto where = at::empty({g.N, g.h, g.w, g.C}, x.options().dtype(at::kByte));
-  const float* src = x.data_ptr<float>();
-  const float* wp = wt.data_ptr<float>();
-  const float* bp = bias.data_ptr<float>();
-  float* dst = out.data_ptr<float>();
-  uint8_t* pos = where.data_ptr<uint8_t>();
-  at::parallel_for(0, g.N * g.h, 1, [&](int64_t begin, int64_t end) {
+extern "C" void cnnlab_conv_pool_forward(const float* x, const float* wt, const float* bias, float* out,
+                                         uint8_t* where, int64_t N, int64_t H, int64_t W, int64_t K, int64_t C,
+                                         int64_t Cp, int threads) {
+  const Geometry g{N, H, W, C, K, (H - K + 1) / 2, (W - K + 1) / 2, Cp};
+  const int64_t rows = g.N * g.h;
+  const int nt = cnnlab_parallel::threads_for(rows, 1, threads);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < nt; t++) {
+    int64_t begin, end;
+    cnnlab_parallel::share(rows, static_cast<int>(t), nt, &begin, &end);
     if (g.K == 3) {
-      forward_rows<3>(g, src, wp, bp, dst, pos, begin, end);
+      forward_rows<3>(g, x, wt, bias, out, where, begin, end);
     } else {
-      forward_rows<0>(g, src, wp, bp, dst, pos, begin, end);
+      forward_rows<0>(g, x, wt, bias, out, where, begin, end);
     }
-  });
-  return {out, where};
+  }
 }
 
-std::vector<at::Tensor> conv_pool_backward(const at::Tensor& grad_out, const at::Tensor& where,
-                                           const at::Tensor& x_in, const at::Tensor& wt) {
-  const auto x = x_in.contiguous();
-  const auto gr = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
-  const Geometry g = geometry(x, wt, gr.size(1));
-  TORCH_CHECK(gr.scalar_type() == at::kFloat && gr.size(0) == g.N && gr.size(2) == g.h &&
-              gr.size(3) == g.w, "conv_pool_backward: the gradient does not match");
-  const int64_t KK = g.K * g.K, per = (KK + 1) * g.Cp;  // weight gradient, then bias gradient
-  const int64_t threads = at::get_num_threads();
-  auto partial = at::zeros({threads, per}, gr.options().memory_format(at::MemoryFormat::Contiguous));
-  const float* src = x.data_ptr<float>();
-  const float* gp = gr.data_ptr<float>();
-  const uint8_t* pos = where.data_ptr<uint8_t>();
-  float* parts = partial.data_ptr<float>();
-  // One contiguous share of the images per thread, each summing into its own row of `partial`.
-  at::parallel_for(0, g.N, (g.N + threads - 1) / threads, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(per, 0.f);  // summed here, added in once: no thread writes near another's sums
+extern "C" void cnnlab_conv_pool_backward(const float* grad_out, const uint8_t* where, const float* x,
+                                          float* grad_wt_bias, int64_t N, int64_t H, int64_t W, int64_t K,
+                                          int64_t C, int64_t Cp, int threads) {
+  const Geometry g{N, H, W, C, K, (H - K + 1) / 2, (W - K + 1) / 2, Cp};
+  const int64_t per = (K * K + 1) * Cp;  // weight gradient, then bias gradient
+  const int nt = cnnlab_parallel::threads_for(g.N, 1, threads);
+  // One contiguous share of the images per thread, each summing into its own row; the rows are added in a
+  // fixed order afterwards, so the result does not depend on which thread finishes first.
+  std::vector<float> partial(nt * per, 0.f);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < nt; t++) {
+    int64_t begin, end;
+    cnnlab_parallel::share(g.N, static_cast<int>(t), nt, &begin, &end);
+    std::vector<float> acc(per, 0.f);  // summed here, copied out once: no thread writes near another's sums
     if (g.K == 3) {
-      backward_images<3>(g, src, gp, pos, acc.data(), begin, end);
+      backward_images<3>(g, x, grad_out, where, acc.data(), begin, end);
     } else {
-      backward_images<0>(g, src, gp, pos, acc.data(), begin, end);
+      backward_images<0>(g, x, grad_out, where, acc.data(), begin, end);
     }
-    float* mine = parts + at::get_thread_num() * per;
-    for (int64_t e = 0; e < per; e++) mine[e] += acc[e];
-  });
-  auto total = partial.sum(0);
-  return {total.narrow(0, 0, KK * g.Cp).view({KK, g.Cp}), total.narrow(0, KK * g.Cp, g.Cp)};
+    std::memcpy(partial.data() + t * per, acc.data(), per * sizeof(float));
+  }
+  for (int64_t e = 0; e < per; e++) {
+    float sum = 0.f;
+    for (int t = 0; t < nt; t++) sum += partial[t * per + e];
+    grad_wt_bias[e] = sum;
+  }
 }

@@ -3,7 +3,8 @@
 //
 // F(2x2, 3x3) computes a 2x2 block of convolution outputs from a 4x4 block of input with 16 multiplications
 // per (input channel, filter) pair instead of 36; the 16 products of all channel pairs are 16 matrix
-// products, (tiles x C) by (C x K), done by torch's GEMM. The 2x2 output blocks are exactly the pooling
+// products, (tiles x C) by (C x K), done by the register-blocked loops below (or a BLAS sgemm_ if the Python
+// side hands one over: see cnnlab_use_sgemm). The 2x2 output blocks are exactly the pooling
 // windows, so the output transform, the bias and the max-pool happen in one step and the full-size
 // convolution output is never stored; a row or column the pool leaves out is never computed. Images are
 // processed a few at a time per thread, so the transformed blocks stay in the cache.
@@ -11,13 +12,11 @@
 // Notation (Lavin & Gray, 2016): V = B^T d B (input blocks), U = G g G^T (filters, done by the Python side),
 // M = U . V summed over input channels, Y = A^T M A (the 2x2 outputs). The backward pass runs the same steps
 // transposed: dM = A dY A^T, dV = dM U^T, dU = V^T dM, dd = B dV B^T added into the input gradient.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
+#include "kernels.h"
 #include "simd.h"
 
 namespace {
@@ -30,16 +29,6 @@ struct Shape {
   int64_t N, H, W, C, K, h, w;  // input N x H x W x C (channels-last), K filters, pooled output h x w
   int64_t tiles() const { return h * w; }  // 4x4 input blocks per image, one per pooled output
 };
-
-Shape shape_of(const at::Tensor& x, const at::Tensor& u) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat &&
-              x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "winograd_pool: x must be a channels-last float32 tensor (N, C, H, W)");
-  TORCH_CHECK(u.dim() == 3 && u.size(0) == 16 && u.size(1) == x.size(1) && u.is_contiguous() &&
-              u.scalar_type() == at::kFloat, "winograd_pool: the filters must be a (16, C, K) tensor");
-  TORCH_CHECK(x.size(2) >= 4 && x.size(3) >= 4, "winograd_pool: the input must be at least 4x4");
-  return {x.size(0), x.size(2), x.size(3), x.size(1), u.size(2), (x.size(2) - 2) / 2, (x.size(3) - 2) / 2};
-}
 
 // Each transform below is written once for a vector of channels (Floats, the loops' body) and once more for
 // single channels (float, the loops' tail when the channel count is not a multiple of the vector width).
@@ -191,82 +180,146 @@ void input_grads(const Shape& s, const float* dv, int64_t n0, int64_t n1, float*
   });
 }
 
-// The number of chunks of at most kImagesPerChunk images (at::parallel_for runs over chunk numbers).
+
+// ---------------------------------------------------------------------------------------------------------
+// The matrix products: out (rows x cols, row-major) = or += A (rows x depth) . B (depth x cols, row-major).
+// A's element (i, p) is a[i * ars + p * acs], so one loop serves A and A transposed. Blocks of kRows rows by
+// kVectors vectors of columns keep their sums in registers while B's rows stream from L1 (B is a transformed
+// filter bank: C x K floats, a few KB).
+
+cnnlab_sgemm_fn blas_sgemm = nullptr;  // set by cnnlab_use_sgemm
+
+constexpr int kRows = 4;
+#if defined(__AVX512F__)
+constexpr int kVectors = 4;  // 16 sums + 4 rows of B + a broadcast: 21 of the 32 vector registers
+#else
+constexpr int kVectors = 2;  // 8 sums + 2 + 1 of the 16 registers
+#endif
+
+struct Operand {
+  const float* a;
+  int64_t ars, acs;  // A's row and column strides
+  const float* b;
+  int64_t ldb;
+};
+
+template <int R, int NV>
+inline void product_block(const Operand& op, int64_t i, int64_t j, int64_t depth, float* out, int64_t ldo,
+                          bool add) {
+  Floats sum[R][NV];
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < NV; v++)
+      sum[r][v] = add ? load<Floats>(out + (i + r) * ldo + j + v * kLanes) : Floats{};
+  const float* a = op.a + i * op.ars;
+  for (int64_t p = 0; p < depth; p++) {
+    Floats b[NV];
+    for (int v = 0; v < NV; v++) b[v] = load<Floats>(op.b + p * op.ldb + j + v * kLanes);
+    for (int r = 0; r < R; r++) {
+      const float av = a[r * op.ars + p * op.acs];
+      for (int v = 0; v < NV; v++) sum[r][v] += av * b[v];
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < NV; v++) store(out + (i + r) * ldo + j + v * kLanes, sum[r][v]);
+}
+
+// Rows [i, i + R): whole blocks of columns, then single vectors, then single columns.
+template <int R>
+void product_rows(const Operand& op, int64_t i, int64_t cols, int64_t depth, float* out, int64_t ldo, bool add) {
+  int64_t j = 0;
+  for (; j + kVectors * kLanes <= cols; j += kVectors * kLanes)
+    product_block<R, kVectors>(op, i, j, depth, out, ldo, add);
+  for (; j + kLanes <= cols; j += kLanes) product_block<R, 1>(op, i, j, depth, out, ldo, add);
+  for (; j < cols; j++) {
+    for (int r = 0; r < R; r++) {
+      float sum = add ? out[(i + r) * ldo + j] : 0.f;
+      for (int64_t p = 0; p < depth; p++) sum += op.a[(i + r) * op.ars + p * op.acs] * op.b[p * op.ldb + j];
+      out[(i + r) * ldo + j] = sum;
+    }
+  }
+}
+
+void product(const Operand& op, int64_t rows, int64_t cols, int64_t depth, float* out, int64_t ldo, bool add) {
+  int64_t i = 0;
+  for (; i + kRows <= rows; i += kRows) product_rows<kRows>(op, i, cols, depth, out, ldo, add);
+  for (; i < rows; i++) product_rows<1>(op, i, cols, depth, out, ldo, add);
+}
+
+// out (rows x cols) = or += a (rows x depth, row-major; transposed: depth x rows) . b (depth x cols), all
+// row-major and dense; through BLAS if one was handed over (column-major: out^T = b^T a^T).
+void matmul(bool transpose_a, const float* a, const float* b, float* out, int64_t rows, int64_t cols,
+            int64_t depth, bool add) {
+  if (blas_sgemm != nullptr) {
+    const int m = static_cast<int>(cols), n = static_cast<int>(rows), k = static_cast<int>(depth);
+    const int lda = static_cast<int>(cols), ldb = static_cast<int>(transpose_a ? rows : depth), ldc = m;
+    const float one = 1.f, beta = add ? 1.f : 0.f;
+    blas_sgemm("N", transpose_a ? "T" : "N", &m, &n, &k, &one, b, &lda, a, &ldb, &beta, out, &ldc);
+    return;
+  }
+  const Operand op = transpose_a ? Operand{a, 1, rows, b, cols} : Operand{a, depth, 1, b, cols};
+  product(op, rows, cols, depth, out, cols, add);
+}
+
+// The number of chunks of at most kImagesPerChunk images (the threads share out whole chunks).
 int64_t chunks(int64_t N) { return (N + kImagesPerChunk - 1) / kImagesPerChunk; }
 
 }  // namespace
 
-std::vector<at::Tensor> winograd_pool_forward(const at::Tensor& x, const at::Tensor& u, const at::Tensor& bias) {
-  const Shape s = shape_of(x, u);
-  TORCH_CHECK(bias.numel() == s.K && bias.is_contiguous(), "winograd_pool: bias must have one value per filter");
-  auto out = at::empty({s.N, s.K, s.h, s.w}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  auto where = at::empty({s.N, s.h, s.w, s.K}, x.options().dtype(at::kByte));
-  const float* xp = x.data_ptr<float>();
-  const float* bp = bias.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  uint8_t* wp = where.data_ptr<uint8_t>();
-  at::parallel_for(0, chunks(s.N), 1, [&](int64_t begin, int64_t end) {
-    const int64_t most = kImagesPerChunk * s.tiles();
-    auto v = at::empty({16, most, s.C}, x.options().memory_format(at::MemoryFormat::Contiguous));
-    auto m = at::empty({16, most, s.K}, v.options());
+extern "C" void cnnlab_use_sgemm(cnnlab_sgemm_fn sgemm) { blas_sgemm = sgemm; }
+
+extern "C" void cnnlab_winograd_pool_forward(const float* x, const float* u, const float* bias, float* out,
+                                             uint8_t* where, int64_t N, int64_t C, int64_t H, int64_t W,
+                                             int64_t K, int threads) {
+  const Shape s{N, H, W, C, K, (H - 2) / 2, (W - 2) / 2};
+  const int64_t all = chunks(N), most = kImagesPerChunk * s.tiles();
+  const int nt = cnnlab_parallel::threads_for(all, 1, threads);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < nt; t++) {
+    int64_t begin, end;
+    cnnlab_parallel::share(all, static_cast<int>(t), nt, &begin, &end);
+    std::vector<float> v(16 * most * C), m(16 * most * K);
     for (int64_t chunk = begin; chunk < end; chunk++) {
-      const int64_t n0 = chunk * kImagesPerChunk, n1 = std::min(s.N, n0 + kImagesPerChunk);
+      const int64_t n0 = chunk * kImagesPerChunk, n1 = std::min(N, n0 + kImagesPerChunk);
       const int64_t T = (n1 - n0) * s.tiles();
-      auto vt = at::from_blob(v.data_ptr<float>(), {16, T, s.C}, v.options());
-      auto mt = at::from_blob(m.data_ptr<float>(), {16, T, s.K}, m.options());
-      input_blocks(s, xp, n0, n1, vt.data_ptr<float>());
-      at::bmm_out(mt, vt, u);  // in a parallel region: one thread's GEMMs
-      pool_outputs(s, mt.data_ptr<float>(), bp, n0, n1, op, wp);
+      input_blocks(s, x, n0, n1, v.data());
+      for (int e = 0; e < 16; e++)
+        matmul(false, v.data() + e * T * C, u + e * C * K, m.data() + e * T * K, T, K, C, false);
+      pool_outputs(s, m.data(), bias, n0, n1, out, where);
     }
-  });
-  return {out, where};
+  }
 }
 
-std::vector<at::Tensor> winograd_pool_backward(const at::Tensor& grad_out, const at::Tensor& where,
-                                               const at::Tensor& x, const at::Tensor& u, const at::Tensor& u_t,
-                                               bool input_grad) {
-  const Shape s = shape_of(x, u);
-  const auto g = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
-  TORCH_CHECK(g.scalar_type() == at::kFloat && g.size(0) == s.N && g.size(1) == s.K && g.size(2) == s.h &&
-              g.size(3) == s.w, "winograd_pool_backward: the gradient does not match");
-  TORCH_CHECK(u_t.sizes() == at::IntArrayRef({16, s.K, s.C}) && u_t.is_contiguous(),
-              "winograd_pool_backward: u_t must be u transposed, (16, K, C)");
-  // (at::zeros ignores the memory format it is given: empty, then zero)
-  auto dx = input_grad
-                ? at::empty({s.N, s.C, s.H, s.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast)).zero_()
-                : at::Tensor();
-  const int64_t threads = at::get_num_threads();
-  auto du = at::zeros({threads, 16, s.C, s.K}, x.options().memory_format(at::MemoryFormat::Contiguous));
-  auto dbias = at::zeros({threads, s.K}, du.options());
-  const float* xp = x.data_ptr<float>();
-  const float* gp = g.data_ptr<float>();
-  const uint8_t* wp = where.data_ptr<uint8_t>();
-  float* dxp = input_grad ? dx.data_ptr<float>() : nullptr;
-  at::parallel_for(0, chunks(s.N), 1, [&](int64_t begin, int64_t end) {
-    const int64_t most = kImagesPerChunk * s.tiles(), me = at::get_thread_num();
-    auto v = at::empty({16, most, s.C}, du.options());
-    auto dv = at::empty({16, most, s.C}, du.options());
-    auto dm = at::empty({16, most, s.K}, du.options());
-    // Summed here and copied out once, so no thread writes near another's sums.
-    auto my_du = at::zeros({16, s.C, s.K}, du.options());
-    std::vector<float> my_dbias(s.K, 0.f);
+extern "C" void cnnlab_winograd_pool_backward(const float* grad_out, const uint8_t* where, const float* x,
+                                              const float* u_t, float* dx, float* du, float* dbias, int64_t N,
+                                              int64_t C, int64_t H, int64_t W, int64_t K, int threads) {
+  const Shape s{N, H, W, C, K, (H - 2) / 2, (W - 2) / 2};
+  const int64_t all = chunks(N), most = kImagesPerChunk * s.tiles(), per = 16 * C * K + K;
+  const int nt = cnnlab_parallel::threads_for(all, 1, threads);
+  std::vector<float> partial(nt * per);  // each thread's dU, then its bias gradient
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < nt; t++) {
+    int64_t begin, end;
+    cnnlab_parallel::share(all, static_cast<int>(t), nt, &begin, &end);
+    std::vector<float> v(16 * most * C), dv(16 * most * C), dm(16 * most * K);
+    std::vector<float> mine(per, 0.f);  // summed here and copied out once: no thread writes near another's sums
     for (int64_t chunk = begin; chunk < end; chunk++) {
-      const int64_t n0 = chunk * kImagesPerChunk, n1 = std::min(s.N, n0 + kImagesPerChunk);
+      const int64_t n0 = chunk * kImagesPerChunk, n1 = std::min(N, n0 + kImagesPerChunk);
       const int64_t T = (n1 - n0) * s.tiles();
-      auto vt = at::from_blob(v.data_ptr<float>(), {16, T, s.C}, v.options());
-      auto dvt = at::from_blob(dv.data_ptr<float>(), {16, T, s.C}, dv.options());
-      auto dmt = at::from_blob(dm.data_ptr<float>(), {16, T, s.K}, dm.options());
-      output_grads(s, gp, wp, n0, n1, dmt.data_ptr<float>(), my_dbias.data());
-      input_blocks(s, xp, n0, n1, vt.data_ptr<float>());  // recomputed: cheaper than keeping them
-      my_du.baddbmm_(vt.transpose(1, 2), dmt);
-      if (input_grad) {
-        at::bmm_out(dvt, dmt, u_t);
-        input_grads(s, dvt.data_ptr<float>(), n0, n1, dxp);
+      output_grads(s, grad_out, where, n0, n1, dm.data(), mine.data() + 16 * C * K);
+      input_blocks(s, x, n0, n1, v.data());  // recomputed: cheaper than keeping them
+      for (int e = 0; e < 16; e++)
+        matmul(true, v.data() + e * T * C, dm.data() + e * T * K, mine.data() + e * C * K, C, K, T, true);
+      if (dx != nullptr) {
+        for (int e = 0; e < 16; e++)
+          matmul(false, dm.data() + e * T * K, u_t + e * K * C, dv.data() + e * T * C, T, C, K, false);
+        input_grads(s, dv.data(), n0, n1, dx);
       }
     }
-    du[me].add_(my_du);
-    float* db = dbias[me].data_ptr<float>();
-    for (int64_t k = 0; k < s.K; k++) db[k] += my_dbias[k];
-  });
-  return {dx, du.sum(0), dbias.sum(0)};
+    std::copy(mine.begin(), mine.end(), partial.begin() + t * per);
+  }
+  for (int64_t e = 0; e < per; e++) {  // in a fixed order: the same sums whichever thread finished first
+    float sum = 0.f;
+    for (int t = 0; t < nt; t++) sum += partial[t * per + e];
+    (e < 16 * C * K ? du[e] : dbias[e - 16 * C * K]) = sum;
+  }
 }

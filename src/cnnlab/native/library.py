@@ -1,0 +1,166 @@
+"""The compiled kernels behind ctypes: the C functions of ``kernels.h``, with torch tensors in and out.
+
+Torch allocates every output; the C functions get the data pointers, the sizes and torch's thread count. The
+checks a C function does not do (dtype, layout, matching sizes) happen here, so a wrong call raises a
+ValueError instead of reading past a buffer.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+from pathlib import Path
+
+import torch
+
+_PTR, _SIZE, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+SIGNATURES = {
+    "cnnlab_max_pool_forward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
+    "cnnlab_max_pool_backward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
+    "cnnlab_conv_pool_forward": [_PTR] * 5 + [_SIZE] * 6 + [_INT],
+    "cnnlab_conv_pool_backward": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
+    "cnnlab_winograd_pool_forward": [_PTR] * 5 + [_SIZE] * 5 + [_INT],
+    "cnnlab_winograd_pool_backward": [_PTR] * 7 + [_SIZE] * 5 + [_INT],
+    "cnnlab_use_sgemm": [_PTR],
+}
+CHANNELS_LAST = torch.channels_last
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"native kernels: {what}")
+
+
+def _float_map(x: torch.Tensor, fmt: torch.memory_format, what: str) -> None:
+    layout = "channels-last" if fmt == CHANNELS_LAST else "contiguous"
+    _require(x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
+             and x.is_contiguous(memory_format=fmt), f"{what} must be a 4-d float32 CPU tensor, {layout}")
+
+
+def blas_sgemm() -> int | None:
+    """The address of the Fortran ``sgemm_`` that torch's CPU library exports (MKL or OpenBLAS), or None."""
+    suffix = {"Darwin": ".dylib", "Windows": ".dll"}.get(platform.system(), ".so")
+    name = ("" if platform.system() == "Windows" else "lib") + "torch_cpu" + suffix
+    try:
+        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / name))  # already loaded by torch
+        return ctypes.cast(library.sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+class Kernels:
+    """The kernels of one compiled library file, called with tensors."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lib = ctypes.CDLL(str(path))
+        for name, args in SIGNATURES.items():
+            function = getattr(self._lib, name)
+            function.argtypes, function.restype = args, None
+        self.gemm = "loops"
+
+    def use_gemm(self, gemm: str) -> None:
+        """The Winograd step's matrix products: ``"loops"`` (the library's own) or ``"blas"`` (torch's sgemm_)."""
+        address = blas_sgemm() if gemm == "blas" else None
+        _require(gemm == "loops" or address is not None, f"no sgemm_ for gemm {gemm!r}")
+        self._lib.cnnlab_use_sgemm(address)
+        self.gemm = gemm
+
+    def max_pool_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """2x2 stride-2 max-pool of a channels-last map: (output, window positions)."""
+        _float_map(x, CHANNELS_LAST, "max_pool_forward: x")
+        n, c, h, w = x.shape
+        out = torch.empty(n, c, h // 2, w // 2, memory_format=CHANNELS_LAST)
+        where = torch.empty(n, h // 2, w // 2, c, dtype=torch.uint8)
+        self._lib.cnnlab_max_pool_forward(_ptr(x), _ptr(out), _ptr(where), n, c, h, w, torch.get_num_threads())
+        return out, where
+
+    def max_pool_backward(self, grad: torch.Tensor, where: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The gradient of ``max_pool_forward`` for an input of ``height`` x ``width``."""
+        grad = grad.float().contiguous(memory_format=CHANNELS_LAST)
+        n, c, h, w = grad.shape
+        _require((height // 2, width // 2) == (h, w) and where.shape == (n, h, w, c),
+                 "max_pool_backward: input size does not match the gradient")
+        grad_in = torch.empty(n, c, height, width, memory_format=CHANNELS_LAST)
+        self._lib.cnnlab_max_pool_backward(_ptr(grad), _ptr(where), _ptr(grad_in), n, c, height, width,
+                                           torch.get_num_threads())
+        return grad_in
+
+    def conv_pool_forward(self, x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor,
+                          filters: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-channel conv + bias + 2x2 max-pool; ``wt`` (K*K, filters padded to 32s), ``bias`` padded alike."""
+        x = x.contiguous()
+        _float_map(x, torch.contiguous_format, "conv_pool_forward: x")
+        n, _, h, w = x.shape
+        k = self._kernel_size(x, wt, filters, bias)
+        out = torch.empty(n, filters, (h - k + 1) // 2, (w - k + 1) // 2, memory_format=CHANNELS_LAST)
+        where = torch.empty(n, out.shape[2], out.shape[3], filters, dtype=torch.uint8)
+        self._lib.cnnlab_conv_pool_forward(_ptr(x), _ptr(wt), _ptr(bias), _ptr(out), _ptr(where), n, h, w, k,
+                                           filters, wt.shape[1], torch.get_num_threads())
+        return out, where
+
+    def conv_pool_backward(self, grad: torch.Tensor, where: torch.Tensor, x: torch.Tensor,
+                           wt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of ``conv_pool_forward``: (weights as (K*K, padded), bias padded)."""
+        x, grad = x.contiguous(), grad.float().contiguous(memory_format=CHANNELS_LAST)
+        n, _, h, w = x.shape
+        filters = grad.shape[1]
+        k = self._kernel_size(x, wt, filters)
+        _require(grad.shape == (n, filters, (h - k + 1) // 2, (w - k + 1) // 2) and where.shape[0] == n,
+                 "conv_pool_backward: the gradient does not match")
+        total = torch.empty((k * k + 1) * wt.shape[1])
+        self._lib.cnnlab_conv_pool_backward(_ptr(grad), _ptr(where), _ptr(x), _ptr(total), n, h, w, k, filters,
+                                            wt.shape[1], torch.get_num_threads())
+        return total[:k * k * wt.shape[1]].view(k * k, wt.shape[1]), total[k * k * wt.shape[1]:]
+
+    @staticmethod
+    def _kernel_size(x: torch.Tensor, wt: torch.Tensor, filters: int, bias: torch.Tensor | None = None) -> int:
+        padded = wt.shape[1] if wt.dim() == 2 else 0
+        k = round(wt.shape[0] ** 0.5) if wt.dim() == 2 else 0
+        _require(x.shape[1] == 1 and wt.dtype == torch.float32 and wt.is_contiguous() and padded % 32 == 0
+                 and padded - 32 < filters <= padded and k * k == wt.shape[0] and k <= min(x.shape[2:]),
+                 "conv_pool: the weights must be a contiguous float32 (K*K, C padded to a multiple of 32) "
+                 "matrix of a one-channel input's filters")
+        _require(bias is None or (bias.numel() == padded and bias.is_contiguous() and bias.dtype == torch.float32),
+                 "conv_pool: bias must be padded as the weights")
+        return k
+
+    def winograd_pool_forward(self, x: torch.Tensor, u: torch.Tensor,
+                              bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """3x3 conv + bias + 2x2 max-pool by Winograd F(2x2, 3x3); ``u`` the transformed filters (16, C, K)."""
+        n, c, h, w, k = self._winograd_shape(x, u)
+        _require(bias.shape == (k,) and bias.is_contiguous() and bias.dtype == torch.float32,
+                 "winograd_pool: bias must have one value per filter")
+        out = torch.empty(n, k, (h - 2) // 2, (w - 2) // 2, memory_format=CHANNELS_LAST)
+        where = torch.empty(n, out.shape[2], out.shape[3], k, dtype=torch.uint8)
+        self._lib.cnnlab_winograd_pool_forward(_ptr(x), _ptr(u), _ptr(bias), _ptr(out), _ptr(where), n, c, h, w, k,
+                                               torch.get_num_threads())
+        return out, where
+
+    def winograd_pool_backward(self, grad: torch.Tensor, where: torch.Tensor, x: torch.Tensor, u: torch.Tensor,
+                               u_t: torch.Tensor, input_grad: bool):
+        """Gradients of ``winograd_pool_forward``: (input or None, transformed filters (16, C, K), bias)."""
+        n, c, h, w, k = self._winograd_shape(x, u)
+        grad = grad.float().contiguous(memory_format=CHANNELS_LAST)
+        _require(grad.shape == (n, k, (h - 2) // 2, (w - 2) // 2) and where.shape == (n, grad.shape[2],
+                 grad.shape[3], k), "winograd_pool_backward: the gradient does not match")
+        _require(u_t.shape == (16, k, c) and u_t.is_contiguous(), "winograd_pool_backward: u_t must be u "
+                 "transposed, (16, K, C)")
+        dx = torch.zeros(n, h, w, c).permute(0, 3, 1, 2) if input_grad else None  # zeroed, channels-last
+        du, dbias = torch.empty(16, c, k), torch.empty(k)
+        self._lib.cnnlab_winograd_pool_backward(_ptr(grad), _ptr(where), _ptr(x), _ptr(u_t), _ptr(dx), _ptr(du),
+                                                _ptr(dbias), n, c, h, w, k, torch.get_num_threads())
+        return dx, du, dbias
+
+    @staticmethod
+    def _winograd_shape(x: torch.Tensor, u: torch.Tensor) -> tuple[int, int, int, int, int]:
+        _float_map(x, CHANNELS_LAST, "winograd_pool: x")
+        _require(u.dim() == 3 and u.shape[:2] == (16, x.shape[1]) and u.is_contiguous() and u.dtype == torch.float32,
+                 "winograd_pool: the filters must be a (16, C, K) tensor")
+        _require(min(x.shape[2:]) >= 4, "winograd_pool: the input must be at least 4x4")
+        n, c, h, w = x.shape
+        return n, c, h, w, u.shape[2]
