@@ -171,7 +171,6 @@ class EarlyStopping(Callback):
         return f"EarlyStopping[monitor={self.monitor}, patience={self.patience}, min_delta={self.min_delta}]"
 
 
-
 class RunSaver(Callback):
     """Saves the run folder after every completed epoch; keeps ``best.safetensors`` when asked.
 
@@ -208,7 +207,6 @@ class RunSaver(Callback):
             store.replace_weights(self.run_dir, self.trainer.model)
             if self.echo:
                 self.echo(f"restored the best weights: epoch {self.best_epoch}, {self.monitor} {self.best:.6g}")
-
 
 
 class ProgressFile(Callback):
