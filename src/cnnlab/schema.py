@@ -77,6 +77,15 @@ def expected_table(path: str, value: Any, what: str = "a table") -> CnnlabError:
 # Rules for one value
 
 
+# type -> (the test a value of it passes, what the error says was expected); bools are never numbers
+_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (lambda v: isinstance(v, int), "an integer"),
+    "number": (lambda v: isinstance(v, (int, float)), "a number"),
+}
+
+
 @dataclass(frozen=True)
 class Rule:
     """How to check one value: its type, its range or its choices; ``optional`` also accepts None."""
@@ -101,19 +110,11 @@ class Rule:
             return check_choice(path, value, self.choices)
         if self.type == "any":
             return self.convert(path, value) if self.convert else value
-        if self.type == "bool":
-            if not isinstance(value, bool):
-                raise CnnlabError(f"{path}: expected true or false, got {show(value)}")
+        is_kind, expected = _TYPES[self.type]
+        if isinstance(value, bool) != (self.type == "bool") or not is_kind(value):
+            raise CnnlabError(f"{path}: expected {expected}, got {show(value)}")
+        if self.type in ("bool", "str"):
             return value
-        if self.type == "str":
-            if not isinstance(value, str):
-                raise CnnlabError(f"{path}: expected a string, got {show(value)}")
-            return value
-        if self.type == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise CnnlabError(f"{path}: expected an integer, got {show(value)}")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CnnlabError(f"{path}: expected a number, got {show(value)}")
         self._check_range(path, value)
         return float(value) if as_float else value
 

@@ -92,15 +92,17 @@ class Explorer:
             return loaded
 
 
+def _check_list(value: Any, rule: str, items: str) -> None:
+    if not isinstance(value, list) or len(value) != SIZE:
+        got = f"{len(value)} {items}" if isinstance(value, list) else type(value).__name__
+        raise BadInput(f"{rule}; got {got}")
+
+
 def check_pixels(value: Any) -> np.ndarray:
     """Return ``value`` (28 lists of 28 integers 0..255) as uint8 (28, 28), or raise ``BadInput`` saying why."""
-    if not isinstance(value, list) or len(value) != SIZE:
-        got = f"{len(value)} rows" if isinstance(value, list) else type(value).__name__
-        raise BadInput(f"pixels must be a list of {SIZE} rows of {SIZE} integers 0..255; got {got}")
+    _check_list(value, f"pixels must be a list of {SIZE} rows of {SIZE} integers 0..255", "rows")
     for r, row in enumerate(value):
-        if not isinstance(row, list) or len(row) != SIZE:
-            got = f"{len(row)} values" if isinstance(row, list) else type(row).__name__
-            raise BadInput(f"pixels row {r} must hold {SIZE} integers 0..255; got {got}")
+        _check_list(row, f"pixels row {r} must hold {SIZE} integers 0..255", "values")
         for c, v in enumerate(row):
             if type(v) is not int or not 0 <= v <= 255:
                 raise BadInput(f"pixels[{r}][{c}] = {v!r}: each pixel must be an integer 0..255 "

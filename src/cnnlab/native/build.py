@@ -131,21 +131,21 @@ class Builder:
         ``compile_module(name, folder)`` compiles and opens the library (``compile_kernels``); ``say`` gets the lines
         a user must see while it happens (a build starting, a wait for another process, a stale lock).
         """
+        known = self._known_outcome()
+        if known is not None:
+            return known
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._exclusive(say):
+            # another process may have built it (or failed to) while this one waited
+            return self._known_outcome() or self._build(say, compile_module)
+
+    def _known_outcome(self) -> tuple[Any, str] | None:
+        """A finished build opened, or the recorded failure; None when neither exists yet."""
         module = self._import_built()
         if module is not None:
             return module, f"ready in {self.folder}"
         failed = self.failure()
-        if failed is not None:
-            return None, self._failure_line(failed)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._exclusive(say):
-            module = self._import_built()  # another process may have built it while this one waited
-            if module is not None:
-                return module, f"ready in {self.folder}"
-            failed = self.failure()
-            if failed is not None:
-                return None, self._failure_line(failed)
-            return self._build(say, compile_module)
+        return None if failed is None else (None, self._failure_line(failed))
 
     def _build(self, say: Say, compile_module: Compile) -> tuple[Any, str]:
         for stale in sorted(self.folder.glob(f"*{PARTIAL}")):  # no other process builds (this one holds the
