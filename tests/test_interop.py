@@ -525,3 +525,14 @@ def test_export_without_the_onnx_extra_names_the_pip_command(saved, tmp_path, mo
     assert err.startswith("cnnlab: error: ONNX export needs the Python package 'onnxruntime'")
     assert err.rstrip().endswith("install it with: pip install 'cnnlab[onnx]'") and err.count("\n") == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_import_without_the_keras_extra_names_the_pip_command(saved, tmp_path, monkeypatch, capsys, fmt):
+    _, path = saved["flat_input", fmt]
+    monkeypatch.setitem(sys.modules, "h5py", None)  # as if the extra were not installed
+    assert main(["import-keras", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnlab: error: cnnlab import-keras needs the Python package 'h5py', which is not installed")
+    assert err.rstrip().endswith("install it with: pip install 'cnnlab[keras]'") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
