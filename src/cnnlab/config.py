@@ -82,6 +82,7 @@ class TrainConfig:
     channels_last: bool = _key(True, boolean())
     precision: str = _choice("fp32", "bf16", "auto", default="fp32")  # auto = bf16 where the CPU has it natively
     shift: int = _int(0, 0, 4)  # random shifts of training images by up to this many pixels (0 = off)
+    flip: bool = _key(False, boolean())  # mirror half the training images left to right (not for digits)
     log_loss: bool = _key(False, boolean())  # draw the loss curves on a log scale
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import native
-from cnnlab.augment import pad_images, random_shift
+from cnnlab.augment import pad_images, random_flip, random_shift
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import evaluate
 from cnnlab.speed import autocast, keep_freed_memory
@@ -111,6 +111,7 @@ class Trainer:
             ``fit`` runs; weights that were in the standard order go back to it after.
         precision: ``fp32`` or ``bf16`` (autocast of the forward pass; weights and optimizer stay fp32).
         shift: shift each training image by up to this many pixels (0 = no augmentation).
+        flip: mirror each training image left to right with probability 1/2 (after any shift).
 
     Process-wide, on purpose: the trainer asks glibc's allocator to keep freed blocks for reuse
     (``cnnlab.speed.keep_freed_memory``), which cannot be read back or undone; it changes no result.
@@ -119,7 +120,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, batch_size: int,
                  seed: int = 0, penalty: Callable[[], torch.Tensor] | None = None, label_smoothing: float = 0.0,
                  callbacks: list[Callback] | None = None, state: TrainState | None = None,
-                 channels_last: bool = False, precision: str = "fp32", shift: int = 0):
+                 channels_last: bool = False, precision: str = "fp32", shift: int = 0,
+                 flip: bool = False):
         keep_freed_memory()
         native.prepare()  # training starts: load the kernels (compiling them, once, says so on stderr)
         self.model = model
@@ -139,6 +141,7 @@ class Trainer:
             self._restore_rng(state)
         self.precision = precision
         self.shift = shift
+        self.flip = flip
         self.train_x = data.train_x.contiguous(memory_format=self.memory_format)
         self.padded_x = pad_images(data.train_x, shift) if shift else None
         for cb in self.callbacks:
@@ -219,9 +222,11 @@ class Trainer:
                 "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - start}
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
-        if not self.shift:
+        if not self.shift and not self.flip:
             return self.train_x[idx]
-        x = random_shift(self.padded_x, idx, self.shift, self.generator)
+        x = random_shift(self.padded_x, idx, self.shift, self.generator) if self.shift else self.data.train_x[idx]
+        if self.flip:
+            x = random_flip(x, self.generator)
         return x.contiguous(memory_format=self.memory_format)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

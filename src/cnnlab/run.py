@@ -229,7 +229,7 @@ def _fit(run_dir: Path, cfg: Config, precision: str, model: CnnModel, data: Any,
     trainer = Trainer(model, optimizer, data, cfg.train.batch_size, seed=cfg.train.seed, penalty=penalty,
                       label_smoothing=cfg.train.label_smoothing, callbacks=listeners, state=state,
                       channels_last=cfg.train.channels_last, precision=precision,
-                      shift=cfg.train.shift)
+                      shift=cfg.train.shift, flip=cfg.train.flip)
     started = _now()
     with _sigint_stops(trainer) as interrupted, threads(cfg.train.threads):
         trainer.fit(epochs)
