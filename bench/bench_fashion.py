@@ -42,7 +42,8 @@ def one_run(preset: str, seed: int, overrides: list[str]) -> dict[str, float]:
         config = (run_dir / "config.toml").read_text()
     if "validation = 0\n" not in config:
         raise SystemExit(f"{preset}: validation is not on the test set; this bench reports test accuracy")
-    return {"wall": wall, "accuracy": history[-1]["val_accuracy"], "epochs": len(history)}
+    return {"wall": wall, "accuracy": history[-1]["val_accuracy"], "epochs": len(history),
+            "epoch_seconds": sum(row["seconds"] for row in history)}
 
 
 def baseline_epoch(images: int) -> float:
@@ -76,9 +77,10 @@ def main() -> None:
         budget = BASELINE_EPOCHS * (before + after) / 2
         ratios.append(run["wall"] / budget)
         accuracies.append(run["accuracy"])
-        print(f"  seed {seed}: test accuracy {100 * run['accuracy']:.2f}% after {run['epochs']} epochs, "
-              f"{run['wall']:.1f} s = {ratios[-1]:.2f} of {BASELINE_EPOCHS} baseline epochs ({budget:.1f} s; "
-              f"epochs {before:.1f} s before, {after:.1f} s after); {load()}", flush=True)
+        print(f"  seed {seed}: test accuracy {100 * run['accuracy']:.2f}% after {run['epochs']} epochs "
+              f"({run['epoch_seconds']:.1f} s in them), {run['wall']:.1f} s = {ratios[-1]:.2f} of {BASELINE_EPOCHS} "
+              f"baseline epochs ({budget:.1f} s; epochs {before:.1f} s before, {after:.1f} s after); {load()}",
+              flush=True)
         before = after
     print(f"test accuracy mean {100 * statistics.mean(accuracies):.2f}%, worst {100 * min(accuracies):.2f}%, "
           f"best {100 * max(accuracies):.2f}%; wall time median {statistics.median(ratios):.2f}, "
