@@ -13,7 +13,6 @@ Run: ``.venv/bin/python bench/bench_fashion.py [--preset fashion] [--seeds 5]`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import cnnlab  # noqa: E402
 from bench_train import machine, measure_in_child  # noqa: E402
 
 BASELINE_EPOCHS = 3  # the budget: the time of three plain-loop seed epochs
@@ -38,9 +38,9 @@ def one_run(preset: str, seed: int, overrides: list[str]) -> dict[str, float]:
         start = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         wall = time.perf_counter() - start
-        history = json.loads((run_dir / "history.json").read_text())
-        config = (run_dir / "config.toml").read_text()
-    if "validation = 0\n" not in config:
+        run = cnnlab.load(run_dir)  # the history lives in the run's checkpoint
+        history = run.history
+    if run.config.data.validation != 0:
         raise SystemExit(f"{preset}: validation is not on the test set; this bench reports test accuracy")
     return {"wall": wall, "accuracy": history[-1]["val_accuracy"], "epochs": len(history),
             "epoch_seconds": sum(row["seconds"] for row in history)}
