@@ -521,7 +521,20 @@ def test_export_without_the_onnx_extra_names_the_pip_command(saved, tmp_path, mo
     run_dir = import_keras(path, out=tmp_path / "run").run_dir
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
     assert main(["export", str(run_dir), "--onnx", str(tmp_path / "m.onnx")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("cnnlab: error: ONNX export needs the Python package 'onnxruntime'")
-    assert err.rstrip().endswith("install it with: pip install 'cnnlab[onnx]'") and err.count("\n") == 1
+    assert_names_the_extra(capsys.readouterr().err, "ONNX export", "onnxruntime", "onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def assert_names_the_extra(err: str, feature: str, package: str, extra: str) -> None:
+    """The CLI's error for a missing optional package: one line, the package, the pip command."""
+    assert err.startswith(f"cnnlab: error: {feature} needs the Python package '{package}', which is not installed")
+    assert err.rstrip().endswith(f"install it with: pip install 'cnnlab[{extra}]'") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_import_without_the_keras_extra_names_the_pip_command(saved, tmp_path, monkeypatch, capsys, fmt):
+    _, path = saved["flat_input", fmt]
+    monkeypatch.setitem(sys.modules, "h5py", None)  # as if the extra were not installed
+    assert main(["import-keras", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert_names_the_extra(capsys.readouterr().err, "cnnlab import-keras", "h5py", "keras")
+    assert not (tmp_path / "run").exists()

@@ -165,8 +165,20 @@ def test_shift_augmentation_moves_each_image_within_the_pad():
         assert torch.equal(out[k], padded[i, :, dy[k]:dy[k] + 4, dx[k]:dx[k] + 6])
 
 
+def test_flip_augmentation_mirrors_the_drawn_half_of_the_batch():
+    from cnnlab.augment import random_flip
+
+    x = torch.arange(64 * 2 * 3 * 4, dtype=torch.float32).reshape(64, 2, 3, 4)
+    out = random_flip(x, torch.Generator().manual_seed(3))
+    drawn = torch.rand(64, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert out.shape == x.shape and 16 < int(drawn.sum()) < 48
+    for k in range(64):
+        # columns reversed in every channel and row of a drawn image; the others untouched
+        assert torch.equal(out[k], x[k, :, :, [3, 2, 1, 0]] if drawn[k] else x[k])
+
+
 def test_augmented_run_resumes_bit_for_bit(real_mnist, tmp_path):
-    overrides = ["train.shift=2", "train.label_smoothing=0.1"]
+    overrides = ["train.shift=2", "train.flip=true", "train.label_smoothing=0.1"]
     three = train_tiny(tmp_path / "three", epochs=3, overrides=overrides)
     one = train_tiny(tmp_path / "one", epochs=1, overrides=overrides)
     resumed = cnnlab.resume(one.path, 2, echo=None)

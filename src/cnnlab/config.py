@@ -83,6 +83,7 @@ class TrainConfig:
     precision: str = _choice("fp32", "bf16", "auto", default="fp32")  # auto = bf16 where the CPU has it natively
     device: str = _choice("auto", "cpu", "cuda", default="auto")  # auto = CUDA where torch sees a GPU, else CPU
     shift: int = _int(0, 0, 4)  # random shifts of training images by up to this many pixels (0 = off)
+    flip: bool = _key(False, boolean())  # mirror half the training images left to right (not for digits)
     log_loss: bool = _key(False, boolean())  # draw the loss curves on a log scale
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 

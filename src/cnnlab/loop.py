@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import native
-from cnnlab.augment import pad_images, random_shift
+from cnnlab.augment import pad_images, random_flip, random_shift
 from cnnlab.device import get_cuda_rng, model_device, reproducible, set_cuda_rng, uses_native_kernels
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import evaluate
@@ -121,6 +121,7 @@ class Trainer:
             are. The model (and any optimizer state) moves there; the data go there once, and every batch is a
             slice of them there. The shuffle order and the shifts are drawn on the CPU (so a run draws the same
             ones on every device); dropout draws from the device's generator, kept with the run's state.
+        flip: mirror each training image left to right with probability 1/2 (after any shift).
 
     Process-wide, on purpose: the trainer asks glibc's allocator to keep freed blocks for reuse
     (``cnnlab.speed.keep_freed_memory``), which cannot be read back or undone; it changes no result.
@@ -130,7 +131,7 @@ class Trainer:
                  seed: int = 0, penalty: Callable[[], torch.Tensor] | None = None, label_smoothing: float = 0.0,
                  callbacks: list[Callback] | None = None, state: TrainState | None = None,
                  channels_last: bool = False, precision: str = "fp32", shift: int = 0,
-                 device: torch.device | str | None = None):
+                 flip: bool = False, device: torch.device | str | None = None):
         keep_freed_memory()
         self.device = model_device(model) if device is None else torch.device(device)
         if uses_native_kernels(self.device):
@@ -155,6 +156,7 @@ class Trainer:
             self._restore_rng(state)
         self.precision = precision
         self.shift = shift
+        self.flip = flip
         self.train_x = data.train_x.to(self.device).contiguous(memory_format=self.memory_format)
         self.train_y = data.train_y.to(self.device)
         self.val_x, self.val_y = data.val_x.to(self.device), data.val_y.to(self.device)
@@ -241,9 +243,11 @@ class Trainer:
                 "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - start}
 
     def _batch(self, idx: torch.Tensor) -> torch.Tensor:
-        if not self.shift:
+        if not self.shift and not self.flip:
             return self.train_x[idx]
-        x = random_shift(self.padded_x, idx, self.shift, self.generator)
+        x = random_shift(self.padded_x, idx, self.shift, self.generator) if self.shift else self.train_x[idx]
+        if self.flip:
+            x = random_flip(x, self.generator)
         return x.contiguous(memory_format=self.memory_format)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -260,7 +260,7 @@ def _fit(run_dir: Path, cfg: Config, where: tuple[torch.device, str], model: Cnn
     trainer = Trainer(model, optimizer, data, cfg.train.batch_size, seed=cfg.train.seed, penalty=penalty,
                       label_smoothing=cfg.train.label_smoothing, callbacks=listeners, state=state,
                       channels_last=cfg.train.channels_last, precision=precision,
-                      shift=cfg.train.shift, device=device)
+                      shift=cfg.train.shift, flip=cfg.train.flip, device=device)
     started = _now()
     with _sigint_stops(trainer) as interrupted, threads(cfg.train.threads):
         trainer.fit(epochs)

@@ -33,9 +33,9 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from cnnlab import store
@@ -43,11 +43,15 @@ from cnnlab import layers as kinds
 from cnnlab.config import Config, from_dict
 from cnnlab.data import NORMALIZE_MODES, fit_normalizer, load_mnist
 from cnnlab.errors import CnnlabError
+from cnnlab.extras import require
 from cnnlab.layers import KerasLayer
 from cnnlab.model import CnnModel, build_model
 from cnnlab.optim_specs import OPTIMIZER_DEFAULTS
 from cnnlab.run import default_out, record_provenance, software, start_run
 from cnnlab.schema import check_choice
+
+if TYPE_CHECKING:
+    import h5py
 
 # What the Keras model may expect as input: x/255, raw 0..255 or a per-pixel z-score ("global" has no fit to record).
 IMPORT_NORMALIZE = tuple(mode for mode in NORMALIZE_MODES if mode != "global")
@@ -159,11 +163,12 @@ def read_keras_file(path: str | Path) -> KerasFile:
                           "save the model with model.save('model.keras') or model.save('model.h5')")
     if not path.is_file():
         raise CnnlabError(f"{path} does not exist; give a .keras or .h5 file saved with model.save(...)")
+    _h5py()  # both formats keep their weights in HDF5: say at once when the reader is missing
     with path.open("rb") as f:
         head = f.read(8)
     if head.startswith(_ZIP_MAGIC):
         return _read_keras_zip(path)
-    if head == _HDF5_MAGIC or h5py.is_hdf5(path):
+    if head == _HDF5_MAGIC or _h5py().is_hdf5(path):
         return _read_legacy_h5(path)
     raise CnnlabError(f"{path} is not a Keras model file: it is neither a .keras archive (zip) nor an HDF5 "
                       f"file (it starts with {head[:4].hex() or 'nothing'})")
@@ -219,6 +224,11 @@ def load_keras_weights(model: CnnModel, converted: list[tuple[dict[str, Any], Ke
 # Reading the two formats
 
 
+def _h5py() -> ModuleType:
+    """h5py, which the ``keras`` extra brings (imported on first use, so the core install does without it)."""
+    return require("h5py", "keras", "cnnlab import-keras")
+
+
 def _read_keras_zip(path: Path) -> KerasFile:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -238,7 +248,7 @@ def _read_keras_zip(path: Path) -> KerasFile:
     compile_config = config.get("compile_config") or None
     optimizer = compile_config.get("optimizer") if isinstance(compile_config, dict) else None
     try:
-        with h5py.File(io.BytesIO(weights), "r") as h5:
+        with _h5py().File(io.BytesIO(weights), "r") as h5:
             layers = _keras_zip_weights(h5, entries, config["class_name"] == "Sequential", path.name)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CnnlabError(f"{path}: model.weights.h5 is damaged or truncated ({exc}); save the model again") from None
@@ -248,7 +258,7 @@ def _read_keras_zip(path: Path) -> KerasFile:
 
 def _read_legacy_h5(path: Path) -> KerasFile:
     try:
-        with h5py.File(path, "r") as h5:
+        with _h5py().File(path, "r") as h5:
             attrs = dict(h5.attrs)
             if "model_config" not in attrs:
                 raise CnnlabError(_no_model_config(path, h5))
@@ -410,9 +420,10 @@ def _legacy_layer(weights_root: h5py.Group, entry: dict[str, Any], where: str) -
     if layer.name not in weights_root:
         raise CnnlabError(f"{where}: model_weights has no group for layer {layer.name!r}")
     found: dict[str, np.ndarray] = {}
+    dataset = _h5py().Dataset
 
     def collect(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
+        if isinstance(obj, dataset):
             found[name.rsplit("/", 1)[-1].split(":")[0]] = np.asarray(obj[()])  # kernel:0 (TF2) or kernel
 
     weights_root[layer.name].visititems(collect)
@@ -596,7 +607,7 @@ def _imported(kfile: KerasFile, normalize: str, fit_record: dict[str, Any] | Non
     return {"source": str(kfile.path.resolve()), "file": kfile.path.name, "sha256": kfile.sha256,
             "bytes": kfile.path.stat().st_size, "format": FORMAT_LABELS[kfile.format],
             "keras_version": kfile.keras_version, "keras_backend": kfile.backend, "normalize": normalize,
-            "normalizer_fit": fit_record, **software(), "h5py": h5py.__version__,
+            "normalizer_fit": fit_record, **software(), "h5py": _h5py().__version__,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
