@@ -158,6 +158,7 @@ def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> Training:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM)
             page = browser.new_page()
+            _goto_when_up(page, f"http://127.0.0.1:{port}/#runs")  # the lab's own start-up ends before training
             lab_before = _running_cpu_seconds(lab.pid)
             trainer = subprocess.Popen(child, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while not (out / "progress.json").exists():
