@@ -52,7 +52,7 @@ def timed(cmd: list[str], cwd: Path) -> float:
 def main() -> None:
     """Print the sweep's overhead per trial and a plain tiny run's wall time beside it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--trials", type=int, default=20, help="trials (default 20, as examples/sweep_seed.toml)")
     parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
     from cnnlab import store
