@@ -157,10 +157,11 @@ class Trainer:
         self.precision = precision
         self.shift = shift
         self.flip = flip
-        self.train_x = data.train_x.to(self.device).contiguous(memory_format=self.memory_format)
+        train_x = data.train_x.to(self.device)  # one copy to the device, whatever the layouts made from it
+        self.train_x = train_x.contiguous(memory_format=self.memory_format)
         self.train_y = data.train_y.to(self.device)
         self.val_x, self.val_y = data.val_x.to(self.device), data.val_y.to(self.device)
-        self.padded_x = pad_images(data.train_x.to(self.device), shift) if shift else None
+        self.padded_x = pad_images(train_x, shift) if shift else None
         for cb in self.callbacks:
             cb.trainer = self
             saved = _saved_state(self.state.callbacks, cb, self.callbacks)
