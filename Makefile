@@ -2,8 +2,10 @@
 # Both create .venv on first use. The demo needs the core install only (torch, numpy, matplotlib...), then the
 # native kernels are built (one compiler call, seconds); the tests add the `test` extra on top. --no-compile:
 # pip would byte-compile every module of torch & co. up front (15-30 s of a fresh set-up); Python compiles the
-# few hundred that are imported on first use instead.
+# few hundred that are imported on first use instead, and keeps them: some environments set
+# PYTHONDONTWRITEBYTECODE, which would make every later command compile torch's modules again (about 2 s each).
 PY ?= python3.11
+unexport PYTHONDONTWRITEBYTECODE
 VENV := .venv
 BIN := $(VENV)/bin
 CORE := $(VENV)/.installed-core

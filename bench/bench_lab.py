@@ -120,23 +120,39 @@ class Training:
     seconds: float
     trainer_cpu: float
     lab_cpu: float = 0.0
+    others_cpu: float = 0.0  # every other process while it trained: the lab, chromium, Playwright's driver...
+    browser_cpu: float = 0.0
 
 
-def _cpu_seconds(proc: subprocess.Popen, meanwhile=None) -> float:
-    """Wait for ``proc`` (calling ``meanwhile()`` between polls, if given), check it ended well where it
-    ended by itself, and return its own user + system CPU seconds."""
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG if meanwhile else 0)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_utime + usage.ru_stime
-        meanwhile()
+def _cpu_seconds(proc: subprocess.Popen) -> float:
+    """Wait for ``proc`` and return its own user + system CPU seconds."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _running_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a live process has used so far (Linux: /proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (Linux: /proc/stat, all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _browser_cpu_seconds() -> float:
+    """CPU seconds used so far by the live chromium processes (Linux: /proc/PID/comm)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if "chrom" in (stat.parent / "comm").read_text():
+                total += _running_cpu_seconds(int(stat.parent.name))
+        except (OSError, ValueError):  # the process ended meanwhile
+            continue
+    return total
 
 
 def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> Training:
@@ -164,7 +180,10 @@ def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> Training:
             while not (out / "progress.json").exists():
                 time.sleep(0.1)
             _goto_when_up(page, f"http://127.0.0.1:{port}/#live/{out.name}")
-            trainer_cpu = _cpu_seconds(trainer, lambda: page.wait_for_timeout(500))
+            busy_before, browser_before = _machine_busy_seconds(), _browser_cpu_seconds()
+            trainer_cpu = _cpu_seconds(trainer)  # Playwright idles meanwhile: the page runs as a user's would
+            others_cpu = _machine_busy_seconds() - busy_before - trainer_cpu
+            browser_cpu = _browser_cpu_seconds() - browser_before
             lab_cpu = _running_cpu_seconds(lab.pid) - lab_before
             assert trainer.returncode == 0
             assert page.text_content("#live-epoch") == str(epochs), page.text_content("#live-epoch")
@@ -172,7 +191,7 @@ def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> Training:
     finally:
         lab.terminate()
         lab.wait()
-    return Training(_epoch_seconds(out), trainer_cpu, lab_cpu)
+    return Training(_epoch_seconds(out), trainer_cpu, lab_cpu, others_cpu, browser_cpu)
 
 
 def _epoch_seconds(out: Path) -> float:
@@ -222,7 +241,9 @@ def main() -> None:
                 watched.append(train_seconds(Path(tmp) / f"watched-{i}", args.preset, args.epochs, watch=True))
                 print(f"  pair {i + 1}: epochs' seconds alone {alone[-1].seconds:.2f}, watched "
                       f"{watched[-1].seconds:.2f}; trainer CPU s {alone[-1].trainer_cpu:.2f} / "
-                      f"{watched[-1].trainer_cpu:.2f}; lab process CPU s {watched[-1].lab_cpu:.2f}", flush=True)
+                      f"{watched[-1].trainer_cpu:.2f}; lab process CPU s {watched[-1].lab_cpu:.2f}; all other "
+                      f"processes {watched[-1].others_cpu:.2f}, chromium's of them {watched[-1].browser_cpu:.2f}",
+                      flush=True)
         report_training(args, alone, watched)
 
 
@@ -238,7 +259,10 @@ def report_training(args: argparse.Namespace, alone: list[Training], watched: li
           f"(pairs {ratios[0]:.3f}-{ratios[-1]:.3f})")
     ta, tw = median(alone, "trainer_cpu"), median(watched, "trainer_cpu")
     print(f"trainer's own CPU seconds: alone {ta:.2f}, watched {tw:.2f}: ratio {tw / ta:.3f}; the lab process used "
-          f"{median(watched, 'lab_cpu'):.2f} CPU s while it watched ({median(watched, 'lab_cpu') / w:.1%} of a core)")
+          f"{median(watched, 'lab_cpu'):.2f} CPU s while it watched ({median(watched, 'lab_cpu') / w:.1%} of a core); "
+          f"all processes but the trainer (lab, chromium, Playwright, the rest of the machine) "
+          f"{median(watched, 'others_cpu'):.2f} CPU s ({median(watched, 'others_cpu') / w:.1%} of a core), chromium's "
+          f"processes {median(watched, 'browser_cpu'):.2f} CPU s ({median(watched, 'browser_cpu') / w:.1%} of a core)")
 
 
 if __name__ == "__main__":
