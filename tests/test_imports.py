@@ -124,3 +124,13 @@ def test_a_lazy_module_is_imported_on_first_use():
             "before = 'colorsys' in sys.modules; value = m.rgb_to_hsv(1.0, 0.0, 0.0); "
             "print(before, 'colorsys' in sys.modules, value, repr(m))")
     assert fresh_python(code).stdout.strip() == "False True (0.0, 1.0, 1.0) <lazy module 'colorsys' (imported)>"
+
+
+def test_training_and_resuming_with_a_keras_optimizer_never_imports_dynamo(tmp_path):
+    """torch's Optimizer imports torch._dynamo (about 1 s) on its first zero_grad/state_dict; cnnlab's own
+    optimizers call those methods without the dynamo wrapper, and the state still round-trips."""
+    code = ("import sys, cnnlab; run = cnnlab.train('tiny', out=sys.argv[1], epochs=1, echo=None); "
+            "cnnlab.resume(sys.argv[1], 1, echo=None); "
+            "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo')), "
+            "len(cnnlab.load(sys.argv[1]).history))")
+    assert fresh_python(code, str(tmp_path / "run")).stdout.strip() == "[] 2"

@@ -260,10 +260,22 @@ class _Scheduled:
         return config
 
 
+def _undecorated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` without the ``functools.wraps`` wrapper around it (itself where there is none)."""
+    return getattr(method, "__wrapped__", method)
+
+
 class _KerasOptimizer(_Scheduled, torch.optim.Optimizer):
     """Base of the Keras-3 update rules: lazy zero state, closure handling, foreach lists."""
 
     slots: tuple[str, ...] = ()
+
+    # torch wraps these four in torch._disable_dynamo, whose first call imports torch._dynamo (about 1 s of a
+    # command's start-up) only to keep torch.compile from tracing them; cnnlab compiles no optimizer.
+    zero_grad = _undecorated(torch.optim.Optimizer.zero_grad)
+    add_param_group = _undecorated(torch.optim.Optimizer.add_param_group)
+    state_dict = _undecorated(torch.optim.Optimizer.state_dict)
+    load_state_dict = _undecorated(torch.optim.Optimizer.load_state_dict)
 
     def __init__(self, params: Any, hyper: dict[str, Any]) -> None:
         """Create the optimizer over ``params`` with hyper-parameters ``hyper`` (already validated)."""
