@@ -494,3 +494,17 @@ def test_split_indices_are_the_ones_prepare_uses():
     assert np.array_equal(val, prepared.val_indices)
     assert (len(train), len(val), len(test)) == (25, 5, 8)
     assert split_indices(40, 12)[1] is None
+
+
+@pytest.mark.parametrize("split, validation", [("standard", 0), ("reshuffle", 5), ("reshuffle", 0)])
+def test_prepare_test_gives_prepares_test_tensors_with_a_stored_normalizer(split, validation):
+    from cnnlab.data import Mnist, Normalizer, prepare, prepare_test
+
+    rng = np.random.default_rng(1)
+    mnist = Mnist(rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), np.arange(40) % 10,
+                  rng.integers(0, 256, (12, 28, 28), dtype=np.uint8), (np.arange(12) + 3) % 10, md5={}, origin="t")
+    prepared = prepare(mnist, split=split, validation=validation, seed=3, limit_train=30, limit_test=8)
+    stored = Normalizer.from_dict(json.loads(json.dumps(prepared.normalizer.to_dict())))  # as a run folder has it
+    x, y = prepare_test(mnist, stored, split=split, validation=validation, seed=3, limit_train=30, limit_test=8)
+    assert torch.equal(x, prepared.test_x) and torch.equal(y, prepared.test_y)
+    assert x.shape == (8, 1, 28, 28) and y.dtype == torch.int64

@@ -132,7 +132,11 @@ def test_predict_and_evaluate(real_mnist, tmp_path):
     probs = run.predict(real_mnist.test_images[:5])
     assert probs.shape == (5, 10)
     assert probs.sum(1) == pytest.approx([1.0] * 5, abs=1e-5)
-    result = run.evaluate()
+    loaded = cnnlab.load(run.path)
+    test_x, test_y = loaded.test_data()  # the stored normalizer, no training set prepared
+    assert loaded._data is None
+    assert torch.equal(test_x, run.data().test_x) and torch.equal(test_y, run.data().test_y)
+    result = loaded.evaluate()
     assert result["images"] == 256
     assert result["accuracy"] == pytest.approx(run.history[-1]["val_accuracy"], abs=1e-9)
     with pytest.raises(CnnlabError, match="uint8 of shape"):

@@ -270,23 +270,31 @@ def _class_labels(classes: Any, k: int) -> list[str]:
 
 
 def gallery_figure(images: Any, captions: list[str], title: str = "", cols: int = 8) -> Any:
-    """Return a gallery of images (K, 28, 28), pixel values 0..255, each with a caption above it."""
+    """Return a gallery of images (K, 28, 28), pixel values 0..255, each with a caption above it.
+
+    The tiles are one mosaic on one axes (dark strokes on white, a light frame round each image): a layout
+    engine placing one axes per image spends about half a second on 24 of them.
+    """
     import numpy as np
 
     images = np.asarray(images)
     n = max(len(images), 1)
     cols = max(1, min(cols, n))
     rows = -(-n // cols)
+    h, w = images.shape[1:3] if len(images) else (28, 28)
+    pad_x, pad_top = 3, 9  # mosaic pixels round each tile: room for its caption above it
+    cell_h, cell_w = h + pad_top + 1, w + 2 * pad_x
+    mosaic = np.full((rows * cell_h, cols * cell_w, 3), 255, dtype=np.uint8)
+    frame = np.array(matplotlib.colors.to_rgb(GRID_LINE)) * 255
     fig = new_figure((cols * 1.25, rows * 1.45 + 0.4))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i < len(images):
-            ax.imshow(images[i], cmap=INPUT_CMAP, vmin=0, vmax=255, interpolation="nearest")
-            ax.set_title(captions[i], fontsize=7)
-        else:
-            ax.axis("off")
+    ax = fig.subplots()
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        top, left = (i // cols) * cell_h + pad_top, (i % cols) * cell_w + pad_x
+        mosaic[top - 1:top + h + 1, left - 1:left + w + 1] = frame
+        mosaic[top:top + h, left:left + w] = (255 - np.clip(image, 0, 255))[..., None]  # binary: 255 is black
+        ax.text(left + w / 2, top - 2, caption, ha="center", va="bottom", fontsize=7)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
     return fig
 

@@ -84,8 +84,7 @@ _TEST_PASSES: "weakref.WeakKeyDictionary[Run, SharedPass]" = weakref.WeakKeyDict
 def test_pass(run: Run) -> SharedPass:
     """The run's test images as its model sees them, shared by every picture of that run (one forward pass)."""
     if run not in _TEST_PASSES:
-        data = run.data()
-        _TEST_PASSES[run] = SharedPass(run.model, data.test_x, data.test_y, chunk=2000)  # see ev.evaluate
+        _TEST_PASSES[run] = SharedPass(run.model, *run.test_data(), chunk=2000)  # see ev.evaluate
     return _TEST_PASSES[run]
 
 
@@ -299,7 +298,8 @@ def evaluation_pictures(run: Run | str | Path, mistakes: int = 24, out: str | Pa
     if mistakes < 1:
         raise CnnlabError(f"--mistakes {mistakes}: give at least 1 image for the gallery of mistakes")
     run = as_run(run)
-    result = ev.from_logits(test_pass(run).logits(), run.data().test_y, run.model.num_classes)
+    shared = test_pass(run)
+    result = ev.from_logits(shared.logits(), shared.labels, run.model.num_classes)
     json_path, confusion_png, gallery_png = output_paths(
         run, ["evaluation.json", "evaluation_confusion.png", "evaluation_mistakes.png"], out)
     record = result.to_dict(run.classes)

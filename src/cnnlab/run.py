@@ -19,7 +19,7 @@ import torch
 from cnnlab import __version__, native, runlock, store
 from cnnlab import callbacks as cb
 from cnnlab.config import RUN_LENGTH_KEYS, Config, apply_override, from_dict, from_toml, load_config, run_steps
-from cnnlab.data import Normalizer, load_data, prepare
+from cnnlab.data import Normalizer, load_data, prepare, prepare_test
 from cnnlab.device import describe, model_device, resolve_device, uses_native_kernels
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
@@ -91,11 +91,20 @@ class Run:
             self._data = _prepare_data(self.config, echo=None)
         return self._data
 
+    def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the run's test images as its model sees them and their labels: ``data()``'s ``test_x`` and
+        ``test_y``, normalized by the run's stored normalizer, without preparing the training set."""
+        if self._data is not None:
+            return self._data.test_x, self._data.test_y
+        d = self.config.data
+        return prepare_test(load_data(d), self.normalizer, split=d.split, validation=d.validation,
+                            seed=self.config.train.seed, limit_train=d.limit_train, limit_test=d.limit_test)
+
     def evaluate(self) -> dict[str, float]:
         """Return test loss and accuracy of the model on the run's test set."""
-        data = self.data()
-        loss, acc = evaluate(self.model, data.test_x, data.test_y)
-        return {"loss": loss, "accuracy": acc, "images": len(data.test_y)}
+        test_x, test_y = self.test_data()
+        loss, acc = evaluate(self.model, test_x, test_y)
+        return {"loss": loss, "accuracy": acc, "images": len(test_y)}
 
     def activations(self, layer: str, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """Return what ``layer``'s activation function produced for uint8 images (N, 28, 28).

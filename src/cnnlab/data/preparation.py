@@ -227,6 +227,26 @@ def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", val
                     origin=mnist.origin, md5=dict(mnist.md5), dataset=mnist.dataset, classes=tuple(mnist.classes))
 
 
+def prepare_test(mnist: Mnist, normalizer: Normalizer, split: str = "standard", validation: int = 0,
+                 seed: int = 0, limit_train: int = 0, limit_test: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images and labels ``prepare`` gives with the same arguments, normalized by ``normalizer`` (a
+    run's own, fitted when it trained) instead of a new fit: a look at the test set prepares nothing else."""
+    n_train = len(mnist.train_images)
+    _, _, idx = split_indices(n_train, len(mnist.test_images), split, validation, seed, limit_train, limit_test)
+    images = _from_pool(mnist.train_images, mnist.test_images, idx)
+    labels = _from_pool(mnist.train_labels, mnist.test_labels, idx).astype(np.int64)
+    return normalizer.apply(images), torch.from_numpy(labels)
+
+
+def _from_pool(train: np.ndarray, test: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``concatenate([train, test])[idx]`` without the copy of the whole pool."""
+    out = np.empty((len(idx), *train.shape[1:]), dtype=train.dtype)
+    in_train = idx < len(train)
+    out[in_train] = train[idx[in_train]]
+    out[~in_train] = test[idx[~in_train] - len(train)]
+    return out
+
+
 def split_indices(n_train: int, n_test: int, split: str = "standard", validation: int = 0, seed: int = 0,
                   limit_train: int = 0, limit_test: int = 0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Return the indices into concat(train, test) of the training, validation and test images of a run.
