@@ -18,6 +18,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from cnnlab import store  # noqa: E402
 from cnnlab.callbacks import ProgressFile  # noqa: E402
+from cnnlab.errors import CnnlabError  # noqa: E402
 from cnnlab.inspection.activations import map_means  # noqa: E402
 from cnnlab.inspection.images import ImageSets  # noqa: E402
 from cnnlab.inspection.saliency import saliency  # noqa: E402
@@ -464,3 +465,17 @@ def test_cli_lab_says_in_one_line_when_the_port_is_taken(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot serve on 127.0.0.1:" in err and "choose another --port" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_lab_serves_on_the_device_it_is_given_and_refuses_an_unknown_one(root, run, test_images, tmp_path, capsys):
+    from cnnlab.cli import main
+
+    pixels = test_images[0][3]
+    with TestClient(create_app(root, device="cpu"), base_url=LOCAL) as cpu_client:
+        body = cpu_client.post("/api/runs/tiny/predict", json={"pixels": pixels.tolist()}).json()
+    np.testing.assert_allclose(body["probabilities"], run.predict(pixels[None])[0], atol=1e-5, rtol=0)
+    with pytest.raises(CnnlabError, match=r"--device: 'tpu' is not one of auto, cpu, cuda"):
+        create_app(root, device="tpu")
+    assert main(["lab", "--root", str(tmp_path), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and "cuda" in err and len(err.strip().splitlines()) == 1

@@ -20,6 +20,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument("--run", help="open the page on this run's Explore view (a name under --root)")
+    p.add_argument("--device", default="auto",
+                   help="where the models run: auto (CUDA where torch sees a GPU, else the CPU), cpu or cuda")
 
 
 @command("lab")
@@ -27,5 +29,5 @@ def _lab(args: argparse.Namespace) -> int:
     from cnnlab.lab.server import serve
 
     serve(args.root, host=args.host, port=args.port, open_browser=args.open, run=args.run,
-          echo=lambda line: print(line, flush=True))
+          echo=lambda line: print(line, flush=True), device=args.device)
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from cnnlab import store
+from cnnlab.device import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.extras import require
 from cnnlab.lab import explore, runs
@@ -64,7 +65,8 @@ class LabJSON(JSONResponse):
         return json.dumps(_finite(content), separators=(",", ":")).encode("utf-8")
 
 
-def create_app(root: str | Path, token: str | None = None, worker: Worker | None = None) -> Starlette:
+def create_app(root: str | Path, token: str | None = None, worker: Worker | None = None,
+               device: str = "auto") -> Starlette:
     """Build the lab's app for the run folders under ``root``.
 
     Args:
@@ -72,11 +74,13 @@ def create_app(root: str | Path, token: str | None = None, worker: Worker | None
         token: when set, every request must carry it (``?token=``, ``Authorization: Bearer``, or the cookie
             the page gets on its first load); without it, only requests to a local host name are answered.
         worker: the thread that does the torch work (a new one by default).
+        device: where the runs' models run: ``auto`` (CUDA where torch sees a GPU, else the CPU), ``cpu`` or
+            ``cuda``.
     """
     root = Path(root).resolve()
     if not root.is_dir():
         raise CnnlabError(f"--root {root}: no such folder; give the folder that holds your run folders")
-    lab = _Lab(root, worker or Worker(), explore.Explorer())
+    lab = _Lab(root, worker or Worker(), explore.Explorer(device=resolve_device(device, "--device")))
     routes = [
         Route("/", lab.page), Route("/static/{file}", lab.static),
         Route("/api/runs", lab.list_runs), Route("/api/compare", lab.compare),

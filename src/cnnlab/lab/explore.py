@@ -73,8 +73,8 @@ class LoadedRun:
 class Explorer:
     """Loads runs on demand and keeps the last few, each reloaded when its weights file changes."""
 
-    def __init__(self, cached: int = CACHED_RUNS):
-        self.cached = cached
+    def __init__(self, cached: int = CACHED_RUNS, device: Any = "auto"):
+        self.cached, self.device = cached, device
         self.runs: OrderedDict[Path, LoadedRun] = OrderedDict()
         self.lock = threading.Lock()
 
@@ -84,7 +84,7 @@ class Explorer:
         with self.lock:
             loaded = self.runs.get(folder)
             if loaded is None or loaded.stamp != stamp:
-                loaded = LoadedRun(_load(folder), stamp)
+                loaded = LoadedRun(_load(folder, self.device), stamp)
                 self.runs[folder] = loaded
             self.runs.move_to_end(folder)
             while len(self.runs) > self.cached:
@@ -245,9 +245,9 @@ def _stamp(folder: Path) -> tuple:
     return marker.st_mtime_ns, marker.st_size
 
 
-def _load(folder: Path) -> Run:
+def _load(folder: Path, device: Any) -> Run:
     try:
-        return load(folder)
+        return load(folder, device)
     except CnnlabError as exc:
         raise RunChanging(f"the run could not be loaded ({exc})") from None
     except OSError as exc:

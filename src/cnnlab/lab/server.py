@@ -28,7 +28,7 @@ def url(host: str, port: int, token: str | None, run: str | None = None) -> str:
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, open_browser: bool = False,
-          run: str | None = None, echo: Callable[[str], None] = print) -> None:
+          run: str | None = None, echo: Callable[[str], None] = print, device: str = "auto") -> None:
     """Serve the lab for the run folders under ``root`` until Ctrl-C.
 
     Args:
@@ -38,6 +38,7 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, o
         open_browser: open the page in the default browser.
         run: a run name to open the page on.
         echo: where the address goes.
+        device: where the runs' models run (``auto``, ``cpu`` or ``cuda``).
     """
     uvicorn = require("uvicorn", "lab", "cnnlab lab")
     from cnnlab.lab.api import create_app
@@ -46,7 +47,7 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, o
         raise CnnlabError(f"--port {port}: give a TCP port 1..65535 (default {DEFAULT_PORT})")
     _check_free(host, port)
     token = secrets.token_urlsafe(24) if needs_token(host) else None
-    app = create_app(root, token=token)
+    app = create_app(root, token=token, device=device)
     address = url(host, port, token, run)
     # an open event stream must not hold Ctrl-C up: open connections get 2 s to finish
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
