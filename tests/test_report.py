@@ -178,3 +178,21 @@ class _Browser:
         self.proc.stderr.close()
         os.close(self._write)
         os.close(self._read)
+
+
+def test_a_series_of_map_grids_laid_out_once_gives_the_pixels_of_a_figure_each():
+    """The class-pattern pictures share one laid-out figure; each must equal a picture made on its own."""
+    from PIL import Image
+
+    from cnnlab import plots
+
+    rng = np.random.default_rng(0)
+    maps, images = rng.random((3, 12, 5, 5)), rng.integers(0, 256, (3, 28, 28))
+    titles = [f"class {k} ({10 * k + 1} images)" for k in range(3)]
+    series = list(plots.activation_grid_pngs(zip(maps, images, titles), 0.0, 1.0, cols=4))
+    assert len(series) == 3
+    for k, png in enumerate(series):
+        alone = plots.png_bytes(plots.activation_grid_figure(maps[k], images[k], titles[k], 4, vmin=0.0, vmax=1.0))
+        a, b = (np.asarray(Image.open(io.BytesIO(data))) for data in (png, alone))
+        assert a.shape == b.shape and np.array_equal(a, b), k
+    assert not np.array_equal(*(np.asarray(Image.open(io.BytesIO(d))) for d in series[:2]))  # the data did change

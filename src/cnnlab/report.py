@@ -110,7 +110,12 @@ def write_npz(path: str | Path, **arrays: Any) -> Path:
 
 
 def _save(fig: Any, png: Path, arrays: dict[str, Any], written: Written) -> None:
-    written.paths.append(plots.save_figure(fig, png))
+    _keep(plots.png_bytes(fig), png, arrays, written)
+
+
+def _keep(png_bytes: bytes, png: Path, arrays: dict[str, Any], written: Written) -> None:
+    """Write a picture and, beside it, the arrays it shows (``.npz``)."""
+    written.paths.append(write_bytes(png, png_bytes))
     written.paths.append(write_npz(png.with_suffix(".npz"), **arrays))
 
 
@@ -273,15 +278,15 @@ def _class_map_pictures(run: Run, classes: pat.ClassPatterns, data: Any, paths: 
                         cmap: str, written: Written) -> None:
     raw = ImageSets(run.config).images("test")
     labels = data.test_y.numpy()
-    top = float(classes.map_images.max())
-    for k, png in enumerate(paths):
-        mean_image = raw[labels == k].mean(axis=0) if classes.counts[k] else np.zeros((28, 28))
-        title = (f"{classes.layer}: average maps of class {_name(run, k)} ({classes.counts[k]} test images), "
-                 f"shape {tuple(classes.map_images.shape[1:])}")
-        fig = plots.activation_grid_figure(classes.map_images[k], mean_image, title, cols, cmap, 0.0, top,
-                                           "mean activation (scale shared by all classes)", "average input")
-        _save(fig, png, {"map_images": classes.map_images[k], "mean_image": mean_image, "class": k,
-                         "count": classes.counts[k], "layer": classes.layer}, written)
+    means = [raw[labels == k].mean(axis=0) if classes.counts[k] else np.zeros((28, 28)) for k in range(len(paths))]
+    titles = [f"{classes.layer}: average maps of class {_name(run, k)} ({classes.counts[k]} test images), "
+              f"shape {tuple(classes.map_images.shape[1:])}" for k in range(len(paths))]
+    pictures = plots.activation_grid_pngs(zip(classes.map_images, means, titles), 0.0,
+                                          float(classes.map_images.max()), cols, cmap,
+                                          "mean activation (scale shared by all classes)", "average input")
+    for k, (png, picture) in enumerate(zip(paths, pictures)):
+        _keep(picture, png, {"map_images": classes.map_images[k], "mean_image": means[k], "class": k,
+                             "count": classes.counts[k], "layer": classes.layer}, written)
 
 
 # ---------------------------------------------------------------------------------------------------------
