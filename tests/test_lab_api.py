@@ -98,6 +98,9 @@ def test_status_of_a_training_a_killed_and_a_pruned_run(root, tmp_path):
     history = store.read_history(folder)
     alive = {**progress, "status": "training", "pid": os.getpid(), "updated": time.time()}
     assert lab_runs.status(folder, history, alive) == "training"
+    assert lab_runs.status(folder, lambda: pytest.fail("read the history"), alive) == "training"  # not needed
+    unsaid = {k: v for k, v in progress.items() if k != "status"}
+    assert lab_runs.status(folder, lambda: history, unsaid) == "done"  # the history tells: 2 of 2 epochs
     assert lab_runs.status(folder, history, {**alive, "pid": 2 ** 22 + 12345}) == "stopped"  # no such process
     assert lab_runs.status(folder, history, {**alive, "updated": time.time() - 3600}) == "stopped"
     (folder / "trial.json").write_text(json.dumps({"state": "PRUNED"}))

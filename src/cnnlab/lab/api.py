@@ -50,7 +50,7 @@ MAX_BODY = 64 * 1024  # bytes; a 28 x 28 image as JSON is under 4 KB
 STATIC = ("index.html", "app.js", "style.css")
 FILE_TYPES = {".png": "image/png", ".html": "text/html", ".json": "application/json", ".csv": "text/csv",
               ".toml": "text/plain"}
-POLL = 0.25  # seconds between two looks at a watched run's files
+POLL = 0.5  # seconds between two looks at a watched run's files (training rewrites its progress once a second)
 HEARTBEAT = 15.0
 TOKEN_COOKIE = "cnnlab_lab_token"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
@@ -409,7 +409,7 @@ def _event_payload(kind: str, folder: Path, path: Path) -> Any:
     try:
         if kind == "progress":
             progress = runs.read_progress(folder)
-            history = runs.read_history(folder)
+            history = lambda: runs.read_history(folder)  # noqa: E731 - read only where the progress does not tell
             return None if progress is None else {**progress, "state": runs.status(folder, history, progress)}
         return runs.read_history(folder)
     except (CnnlabError, OSError):

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cnnlab import store
 from cnnlab.errors import CnnlabError
@@ -103,8 +103,13 @@ def group_of(name: str) -> str | None:
     return parent if parent and leaf.startswith(TRIAL_PREFIX) else None
 
 
-def status(folder: Path, history: list[dict[str, Any]], progress: dict[str, Any] | None) -> str:
-    """``training`` (a live process is writing it), ``done``, ``stopped`` (ended early or killed) or ``pruned``."""
+def status(folder: Path, history: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]],
+           progress: dict[str, Any] | None) -> str:
+    """``training`` (a live process is writing it), ``done``, ``stopped`` (ended early or killed) or ``pruned``.
+
+    ``history`` may be a function that reads it: the history is only needed where the progress file does not
+    tell (the Live view asks once a second while a run trains).
+    """
     if _pruned(folder):
         return "pruned"
     if progress is not None:
@@ -113,7 +118,8 @@ def status(folder: Path, history: list[dict[str, Any]], progress: dict[str, Any]
         if progress.get("status") in STATUSES:
             return progress["status"]
     planned = planned_epochs(folder, progress)
-    return "done" if planned is not None and len(history) >= planned else "stopped"
+    rows = history() if callable(history) else history
+    return "done" if planned is not None and len(rows) >= planned else "stopped"
 
 
 def planned_epochs(folder: Path, progress: dict[str, Any] | None) -> int | None:
