@@ -506,6 +506,7 @@ class Regularizer:
     """A Keras weight penalty on kernels; ``applies_to`` says which layers' kernels (dense, conv, all)."""
 
     kind: str = ""
+    keras_name: str = ""  # Keras's class of the same penalty, which ``repr`` shows (default: the class's name)
 
     def __init__(self, applies_to: str = "dense", **params: float) -> None:
         """Store the validated parameters.
@@ -529,40 +530,29 @@ class Regularizer:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "kind")
-        return f"{type(self).__name__}({args})"
+        return f"{self.keras_name or type(self).__name__}({args})"
 
 
-class L1(Regularizer):
-    """``factor * sum(|w|)``."""
-
-    kind = "l1"
-
-    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        """Return ``factor * sum(|w|)``."""
-        return self.factor * weight.abs().sum()
-
-
-class L2(Regularizer):
-    """``factor * sum(w**2)`` (Keras: no one-half, unlike torch's weight_decay)."""
-
-    kind = "l2"
-
-    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        """Return ``factor * sum(w**2)``."""
-        return self.factor * weight.square().sum()
+# The built-in kinds: Keras's class of the same penalty, and the penalty of one kernel ``w`` given the factors
+# (Keras's L2 has no one-half, unlike torch's weight_decay).
+_PENALTIES: dict[str, tuple[str, Callable[..., torch.Tensor]]] = {
+    "l1": ("L1", lambda w, factor: factor * w.abs().sum()),
+    "l2": ("L2", lambda w, factor: factor * w.square().sum()),
+    "l1_l2": ("L1L2", lambda w, l1, l2: l1 * w.abs().sum() + l2 * w.square().sum()),
+}
 
 
-class L1L2(Regularizer):
-    """``l1 * sum(|w|) + l2 * sum(w**2)``."""
+class _BuiltIn(Regularizer):
+    """A built-in kind, ``l1``, ``l2`` or ``l1_l2``: its penalty from ``_PENALTIES``."""
 
-    kind = "l1_l2"
+    def __init__(self, kind: str, applies_to: str = "dense", **params: float) -> None:
+        super().__init__(applies_to, **params)
+        self.kind = kind
+        self.keras_name, self._penalty = _PENALTIES[kind]
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        """Return ``l1 * sum(|w|) + l2 * sum(w**2)``."""
-        return self.l1 * weight.abs().sum() + self.l2 * weight.square().sum()
-
-
-_REGULARIZERS: dict[str, type[Regularizer]] = {cls.kind: cls for cls in (L1, L2, L1L2)}
+        """Return the penalty of one kernel as a 0-dim tensor."""
+        return self._penalty(weight, **self._params)
 
 
 def get_regularizer(spec: str | Mapping[str, Any] | Regularizer | None) -> Regularizer | None:
@@ -585,7 +575,7 @@ def get_regularizer(spec: str | Mapping[str, Any] | Regularizer | None) -> Regul
     kind = params.pop("kind")
     if kind == "none":
         return None
-    return _REGULARIZERS[kind](**params)
+    return _BuiltIn(kind, **params)
 
 
 def regularization_loss(regularizer: Callable[[torch.Tensor], torch.Tensor] | None,

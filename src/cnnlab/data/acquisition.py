@@ -47,31 +47,23 @@ from cnnlab.files import home_dir, write_bytes, write_json
 
 Log = Callable[[str], None]
 
-# Size and md5 of the DECOMPRESSED canonical IDX files.
-FILES: dict[str, tuple[int, str]] = {
-    TRAIN_IMAGES: (47_040_016, "6bbc9ace898e44ae57da46a324031adb"),
-    TRAIN_LABELS: (60_008, "a25bea736e30d166cdddb491f175f624"),
-    TEST_IMAGES: (7_840_016, "2646ac647ad5339dbf082846283269ea"),
-    TEST_LABELS: (10_008, "27ae3e4e09519cfbb04c329615203637"),
+# Per IDX file: its size once decompressed (both sets have 60,000 + 10,000 images of 28x28), the md5 of MNIST's
+# and of Fashion-MNIST's decompressed file, and the md5 of Fashion-MNIST's upstream .gz as its mirror serves it.
+IDX_TABLE: dict[str, tuple[int, str, str, str]] = {
+    TRAIN_IMAGES: (47_040_016, "6bbc9ace898e44ae57da46a324031adb", "f4a8712d7a061bf5bd6d2ca38dc4d50a", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    TRAIN_LABELS: (60_008, "a25bea736e30d166cdddb491f175f624", "9018921c3c673c538a1fc5bad174d6f9", "25c81989df183df01b3e8a0aad5dffbe"),
+    TEST_IMAGES: (7_840_016, "2646ac647ad5339dbf082846283269ea", "8181f5470baa50b63fa0f6fddb340f0a", "bef4ecab320f06d8554ea6380940ec79"),
+    TEST_LABELS: (10_008, "27ae3e4e09519cfbb04c329615203637", "15d484375f8d13e6eb1aabb0c3f46965", "bb300cfdad3c16e7a12a480ee83cd310"),
 }
+FILES: dict[str, tuple[int, str]] = {name: (size, md5) for name, (size, md5, _, _) in IDX_TABLE.items()}
+FASHION_FILES: dict[str, tuple[int, str]] = {name: (size, md5) for name, (size, _, md5, _) in IDX_TABLE.items()}
+FASHION_GZ_MD5: dict[str, str] = {name: gz_md5 for name, (*_, gz_md5) in IDX_TABLE.items()}
 
 MIRRORS: tuple[str, ...] = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
 
-FASHION_FILES: dict[str, tuple[int, str]] = {
-    TRAIN_IMAGES: (47_040_016, "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-    TRAIN_LABELS: (60_008, "9018921c3c673c538a1fc5bad174d6f9"),
-    TEST_IMAGES: (7_840_016, "8181f5470baa50b63fa0f6fddb340f0a"),
-    TEST_LABELS: (10_008, "15d484375f8d13e6eb1aabb0c3f46965"),
-}
-FASHION_GZ_MD5: dict[str, str] = {  # upstream's .gz files, as the mirror serves them
-    TRAIN_IMAGES: "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-    TRAIN_LABELS: "25c81989df183df01b3e8a0aad5dffbe",
-    TEST_IMAGES: "bef4ecab320f06d8554ea6380940ec79",
-    TEST_LABELS: "bb300cfdad3c16e7a12a480ee83cd310",
-}
 FASHION_MIRRORS: tuple[str, ...] = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cnnlab.inspection.activations import CHUNK, check_layer, chunked_activations, map_means
+from cnnlab.inspection.activations import CHUNK, map_means
+from cnnlab.inspection.shared import SharedPass
 from cnnlab.model import CnnModel
 
 
@@ -56,29 +57,16 @@ class NearestPattern:
 
 def class_patterns(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, layer: str,
                    num_classes: int | None = None, chunk: int = CHUNK) -> ClassPatterns:
-    """Average the activation output of ``layer`` over the images of each class.
-
-    Args:
-        model: the network.
-        x: normalized images (N, 1, 28, 28).
-        y: their labels (N,).
-        layer: a layer name.
-        num_classes: the number of classes (default: the model's).
-        chunk: images per forward pass (only one chunk's maps are in memory at a time).
+    """Average the activation output of ``layer`` (a layer name) over the images of each class: the one-layer
+    case of ``SharedPass``, whose arguments the others are. Only one chunk's maps are in memory at a time.
 
     Returns:
         Per class the count, the average map images and the mean activation of every map. A class without
         images has zeros.
     """
-    check_layer(model, layer)
-    k = num_classes or model.num_classes
-    labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-    sums = torch.zeros((k, *model.output_shapes[layer]), dtype=torch.float64)
-    features = np.empty((len(labels), model.output_shapes[layer][0]), dtype=np.float32)
-    for start, acts in chunked_activations(model, x, layer, None, chunk):
-        sums.index_add_(0, labels[start:start + len(acts)], acts.double())
-        features[start:start + len(acts)] = (acts.mean(dim=(2, 3)) if acts.ndim == 4 else acts).numpy()
-    return patterns_from_sums(layer, sums, labels, features)
+    shared = SharedPass(model, x, y, chunk=chunk, num_classes=num_classes)
+    shared.want(means=[layer], class_sums=[layer])
+    return patterns_from_sums(layer, shared.class_sums(layer), shared.labels, shared.means(layer))
 
 
 def patterns_from_sums(layer: str, sums: torch.Tensor, labels: torch.Tensor | np.ndarray,

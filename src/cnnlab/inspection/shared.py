@@ -23,10 +23,13 @@ class SharedPass:
         x: normalized images (N, 1, 28, 28).
         y: their labels (N,).
         chunk: images per forward pass.
+        num_classes: the rows of the per-class sums (default: the model's classes).
     """
 
-    def __init__(self, model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, chunk: int = CHUNK):
+    def __init__(self, model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, chunk: int = CHUNK,
+                 num_classes: int | None = None):
         self.model, self.x, self.chunk = model, x, chunk
+        self.num_classes = num_classes or model.num_classes
         self.labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
         self._logits: torch.Tensor | None = None
         self._means: dict[str, np.ndarray] = {}
@@ -44,7 +47,8 @@ class SharedPass:
             return
         n, k, shapes = len(self.labels), self.model.num_classes, self.model.output_shapes
         got_means = {layer: np.empty((n, shapes[layer][0]), dtype=np.float32) for layer in new_means}
-        got_sums = {layer: torch.zeros((k, *shapes[layer]), dtype=torch.float64) for layer in new_sums}
+        got_sums = {layer: torch.zeros((self.num_classes, *shapes[layer]), dtype=torch.float64)
+                    for layer in new_sums}
         parts = []
         for start, scores, outputs in chunked_outputs(self.model, self.x, layers, new_logits, chunk=self.chunk):
             if scores is not None:

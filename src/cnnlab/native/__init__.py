@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,21 @@ def _native_input(x: torch.Tensor) -> bool:
             and x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
+def _fused_forward(ctx, forward: Callable, x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None,
+                   *args: Any) -> torch.Tensor:
+    """Run a fused conv-pool kernel, ``forward(x, filters, bias, *args)``, and keep what its backward pass needs.
+
+    The kernel gets the bias zero-padded to the filters' last dimension (its output channels, padding included)
+    or zeros without one; the input, the filters and where each maximum came from are saved.
+    """
+    channels = filters.shape[-1]
+    b = F.pad(bias.detach(), (0, channels - len(bias))) if bias is not None else filters.new_zeros(channels)
+    out, where = forward(x, filters, b.contiguous(), *args)
+    ctx.save_for_backward(x, filters, where)
+    ctx.has_bias = bias is not None
+    return out
+
+
 class _MaxPool2x2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -127,12 +142,8 @@ class _ConvMaxPool(torch.autograd.Function):
         c = weight.shape[0]
         padded = -(-c // 32) * 32
         wt = F.pad(weight.detach().reshape(c, -1).t(), (0, padded - c)).contiguous()
-        b = F.pad(bias.detach(), (0, padded - c)) if bias is not None else weight.new_zeros(padded)
-        out, where = kernels().conv_pool_forward(x, wt, b.contiguous(), c)
-        ctx.save_for_backward(x, wt, where)
-        ctx.has_bias = bias is not None
         ctx.weight_shape = weight.shape
-        return out
+        return _fused_forward(ctx, kernels().conv_pool_forward, x, wt, bias, c)
 
     @staticmethod
     @once_differentiable
@@ -199,12 +210,7 @@ def _winograd_filters(weight: torch.Tensor) -> torch.Tensor:
 class _WinogradMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
-        u = _winograd_filters(weight)
-        b = bias.detach().contiguous() if bias is not None else weight.new_zeros(weight.shape[0])
-        out, where = kernels().winograd_pool_forward(x, u, b)
-        ctx.save_for_backward(x, u, where)
-        ctx.has_bias = bias is not None
-        return out
+        return _fused_forward(ctx, kernels().winograd_pool_forward, x, _winograd_filters(weight), bias)
 
     @staticmethod
     @once_differentiable
