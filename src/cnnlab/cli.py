@@ -25,7 +25,7 @@ _COMMAND_MODULES: list[str] = ["cnnlab.cli_interop", "cnnlab.cli_inspect", "cnnl
 
 
 def command(name: str) -> Callable:
-    """Register a function as the handler of ``cnnlab NAME``."""
+    """Register a function as the handler of ``cnnlab NAME``: it returns the exit code, or None for 0."""
 
     def register(func: Callable) -> Callable:
         _COMMANDS[name] = func
@@ -116,16 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().print_help()
             return 0
         return _COMMANDS[args.command](args) or 0
-    except NoSpaceError as exc:
-        if debug:
-            raise
-        print(f"cnnlab: error: {exc}", file=sys.stderr)
-        return EXIT_NO_SPACE
     except CnnlabError as exc:
         if debug:
             raise
         print(f"cnnlab: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_NO_SPACE if isinstance(exc, NoSpaceError) else EXIT_USER_ERROR
     except OSError as exc:  # a write outside files.atomic_write (a library's own file): the same one line
         if debug or exc.errno not in NO_SPACE_ERRNOS:
             raise
@@ -153,7 +148,7 @@ def warn(line: str) -> None:
 
 
 @command("data")
-def _data(args: argparse.Namespace) -> int:
+def _data(args: argparse.Namespace) -> None:
     from cnnlab.data import DATASETS, load_dataset
 
     dataset = getattr(args, "dataset", "mnist")
@@ -166,21 +161,18 @@ def _data(args: argparse.Namespace) -> int:
         what = "images" if "images" in name else "labels"
         echo(f"  {name:<26} {count:>6} {what}  md5 {data.md5[name]}")
     echo(f"  classes: {', '.join(data.classes)}")
-    return 0
 
 
 @command("config")
-def _config(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> None:
     sys.stdout.write(_load_config(args).to_toml())
-    return 0
 
 
 @command("summary")
-def _summary(args: argparse.Namespace) -> int:
+def _summary(args: argparse.Namespace) -> None:
     from cnnlab.layers.table import format_table  # torch-free: the table comes from the layer kinds
 
     echo(format_table(_load_config(args).model.layers))
-    return 0
 
 
 def _train_call(func: Callable, *args, **kwargs) -> int:
@@ -214,12 +206,11 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 @command("reset")
-def _reset(args: argparse.Namespace) -> int:
+def _reset(args: argparse.Namespace) -> None:
     from cnnlab.run import reset
 
     run = reset(args.run)
     echo(f"{run.path} is back at its initial weights, with an empty optimizer state and step 0")
-    return 0
 
 
 @command("demo")

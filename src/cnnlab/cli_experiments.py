@@ -43,7 +43,7 @@ def _write_or_print(target: str | None, text: str) -> None:
 
 
 @command("compare")
-def _compare(args: argparse.Namespace) -> int:
+def _compare(args: argparse.Namespace) -> None:
     from cnnlab import compare as cmp
 
     result = cmp.comparison(args.runs)
@@ -60,7 +60,6 @@ def _compare(args: argparse.Namespace) -> int:
     for path in cmp.write_curves(result, args.out or default, x=args.x):
         if not quiet:
             echo(f"wrote {path}")
-    return 0
 
 
 @command("sweep")

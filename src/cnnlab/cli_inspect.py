@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,8 +33,7 @@ def parse_indices(text: str, option: str = "--image") -> list[int]:
 def add_parsers(sub: Any) -> None:
     """Add the inspection subcommands to the ``cnnlab`` parser."""
     p = sub.add_parser("activations", help="grid of every map's activation of a layer for an image (+ .npz)")
-    _run_arg(p)
-    p.add_argument("--layer", required=True, help="a layer name (see cnnlab summary), or 'all' for every conv/pool")
+    _run_arg(p, layer="a layer name (see cnnlab summary), or 'all' for every conv/pool")
     p.add_argument("--image", required=True, help="index into the set: 19, or several: 19,20,21 or 19-21")
     _split_arg(p)
     p.add_argument("--cols", type=int, default=8, help="maps per row (default 8)")
@@ -44,8 +43,7 @@ def add_parsers(sub: Any) -> None:
     _out_arg(p)
 
     p = sub.add_parser("filters", help="per map, an input found by gradient ascent that maximizes it (+ .npz)")
-    _run_arg(p)
-    p.add_argument("--layer", required=True, help="a layer name, e.g. Conv2D_2")
+    _run_arg(p, layer="a layer name, e.g. Conv2D_2")
     p.add_argument("--maps", help="which maps: 0-15 or 0,3,7 (default: all)")
     p.add_argument("--steps", type=int, default=None, help="gradient-ascent steps (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
@@ -53,8 +51,7 @@ def add_parsers(sub: Any) -> None:
     _out_arg(p)
 
     p = sub.add_parser("patterns", help="mean activation of every map per class; nearest-class-pattern accuracy")
-    _run_arg(p)
-    p.add_argument("--layer", required=True, help="a layer name, e.g. Conv2D_3")
+    _run_arg(p, layer="a layer name, e.g. Conv2D_3")
     p.add_argument("--cols", type=int, default=8, help="maps per row in the per-class pictures (default 8)")
     p.add_argument("--cmap", default="viridis", help="matplotlib colour map (default viridis)")
     _out_arg(p, folder=True)
@@ -75,10 +72,13 @@ def add_parsers(sub: Any) -> None:
     _run_arg(p)
 
 
-def _run_arg(p: argparse.ArgumentParser) -> None:
+def _run_arg(p: argparse.ArgumentParser, layer: str = "") -> None:
+    """The run folder and ``--device``; with ``layer`` (its help), also the required ``--layer``."""
     p.add_argument("run", type=Path, help="the run folder")
     p.add_argument("--device", default="auto",
                    help="where the model runs: auto (CUDA where torch sees a GPU, else the CPU), cpu or cuda")
+    if layer:
+        p.add_argument("--layer", required=True, help=layer)
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -116,24 +116,31 @@ def _out_arg(p: argparse.ArgumentParser, folder: bool = False) -> None:
     p.add_argument("--out", type=Path, help=f"{where} for the output (default: RUN/inspect/)")
 
 
+def _pictures(name: str) -> Callable:
+    """Register ``cnnlab NAME`` for a function ``args -> Written`` that makes pictures of a run and prints what
+    they show; the command then lists the files written."""
 
-def _print_paths(written: Any) -> None:
-    for path in written.paths:
-        echo(f"wrote {path}")
+    def register(func: Callable) -> Callable:
+        @command(name)
+        def run_command(args: argparse.Namespace) -> None:
+            for path in func(args).paths:
+                echo(f"wrote {path}")
+
+        return func
+
+    return register
 
 
-@command("activations")
-def _activations(args: argparse.Namespace) -> int:
+@_pictures("activations")
+def _activations(args: argparse.Namespace) -> Any:
     from cnnlab.report import activation_pictures
 
-    written = activation_pictures(_load(args), args.layer, parse_indices(args.image), _split(args),
-                                  cols=args.cols, cmap=args.cmap, scale=args.scale, out=args.out)
-    _print_paths(written)
-    return 0
+    return activation_pictures(_load(args), args.layer, parse_indices(args.image), _split(args), cols=args.cols,
+                               cmap=args.cmap, scale=args.scale, out=args.out)
 
 
-@command("filters")
-def _filters(args: argparse.Namespace) -> int:
+@_pictures("filters")
+def _filters(args: argparse.Namespace) -> Any:
     from cnnlab.inspection.filters import STEPS
     from cnnlab.report import filter_pictures
 
@@ -152,12 +159,11 @@ def _filters(args: argparse.Namespace) -> int:
               f"min {ratio.min():.3g}, median {np.median(ratio):.3g}; the pattern beats every test image on "
               f"{int((np.asarray(s['ratio_max'])[live] > 1).sum())} of {int(live.sum())} maps"
               + (f" ({int((~live).sum())} maps no test image activates)" if (~live).any() else ""))
-    _print_paths(written)
-    return 0
+    return written
 
 
-@command("patterns")
-def _patterns(args: argparse.Namespace) -> int:
+@_pictures("patterns")
+def _patterns(args: argparse.Namespace) -> Any:
     from cnnlab.report import pattern_pictures
 
     written = pattern_pictures(_load(args), args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
@@ -165,12 +171,11 @@ def _patterns(args: argparse.Namespace) -> int:
     echo(f"{s['layer']}: nearest-class-pattern classifier (cosine to the class means of the map means, fitted on "
           f"{s['train_images']} training images): test accuracy {s['nearest_accuracy']:.4f}; "
           f"the network: {s['network_accuracy']:.4f}")
-    _print_paths(written)
-    return 0
+    return written
 
 
-@command("evaluate")
-def _evaluate(args: argparse.Namespace) -> int:
+@_pictures("evaluate")
+def _evaluate(args: argparse.Namespace) -> Any:
     from cnnlab.report import evaluation_pictures
 
     written = evaluation_pictures(_load(args), mistakes=args.mistakes, out=args.out)
@@ -178,12 +183,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     echo(f"test: accuracy {s['accuracy']:.4f} ({s['correct']} of {s['images']}), loss {s['loss']:.4f}")
     echo("per class: " + "  ".join(f"{c} {'-' if a is None else f'{a:.4f}'}"
                                     for c, a in s["per_class_accuracy"].items()))
-    _print_paths(written)
-    return 0
+    return written
 
 
-@command("saliency")
-def _saliency(args: argparse.Namespace) -> int:
+@_pictures("saliency")
+def _saliency(args: argparse.Namespace) -> Any:
     from cnnlab.report import saliency_pictures
 
     split = _split(args)
@@ -191,13 +195,11 @@ def _saliency(args: argparse.Namespace) -> int:
     s = written.summary
     for i, label, pred, p in zip(s["indices"], s["label_names"], s["predicted_names"], s["probability"]):
         echo(f"{split} image {i}: label {label}, predicted {pred} (p = {p:.3f}); Grad-CAM on {s['layer']}")
-    _print_paths(written)
-    return 0
+    return written
 
 
 @command("report")
-def _report(args: argparse.Namespace) -> int:
+def _report(args: argparse.Namespace) -> None:
     from cnnlab.report import write_report
 
     write_report(_load(args), echo=echo)
-    return 0

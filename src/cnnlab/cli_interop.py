@@ -33,7 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 @command("import-keras")
-def _import_keras(args: argparse.Namespace) -> int:
+def _import_keras(args: argparse.Namespace) -> None:
     from cnnlab.interop import import_keras
     from cnnlab.interop.keras_import import FORMAT_LABELS
     from cnnlab.model import build_model, count_parameters
@@ -53,7 +53,6 @@ def _import_keras(args: argparse.Namespace) -> int:
         echo(f"  note: {note}")
     echo(f"next: cnnlab summary --config {report.run_dir / 'config.toml'}")
     echo(f"      cnnlab export {report.run_dir} --onnx {report.source.stem}.onnx")
-    return 0
 
 
 @command("export")

@@ -25,9 +25,8 @@ def add_parsers(sub: Any) -> None:
 
 
 @command("lab")
-def _lab(args: argparse.Namespace) -> int:
+def _lab(args: argparse.Namespace) -> None:
     from cnnlab.lab.server import serve
 
     serve(args.root, host=args.host, port=args.port, open_browser=args.open, run=args.run,
           echo=lambda line: print(line, flush=True), device=args.device)
-    return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import math
@@ -29,7 +30,7 @@ import time
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from cnnlab import store
 from cnnlab.device import resolve_device
@@ -97,8 +98,8 @@ def create_app(root: str | Path, token: str | None = None, worker: Worker | None
         yield
         lab.worker.close()
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _unexpected},
-                    lifespan=lifespan)
+    handlers = {HTTPException: _http_error, CnnlabError: _user_error, Exception: _unexpected}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     app.state.lab = lab
     return _Guard(app, token)
 
@@ -139,6 +140,23 @@ class _Guard:
             return None
         return error(401, "this lab needs its access token: open the URL it printed (…/?token=…), "
                           "or send 'Authorization: Bearer TOKEN'")
+
+
+def _answered(method: Callable[[Any, Request], Awaitable[Any]]) -> Callable[[Any, Request], Awaitable[Response]]:
+    """A route handler from a method that reads the request and asks the worker: its result as JSON with a
+    ``Server-Timing`` header (the milliseconds from the request to the encoded answer), or its error."""
+
+    @functools.wraps(method)
+    async def handler(self: Any, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            response = LabJSON(await method(self, request))
+        except (CnnlabError, OSError) as exc:
+            return _error_for(exc)
+        response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
+        return response
+
+    return handler
 
 
 class _Lab:
@@ -194,11 +212,7 @@ class _Lab:
         return await _answer(rows)
 
     async def events(self, request: Request) -> Response:
-        try:
-            folder = self._folder(request)
-        except CnnlabError as exc:
-            return _error_for(exc)
-        return StreamingResponse(self._stream(request, folder), media_type="text/event-stream",
+        return StreamingResponse(self._stream(request, self._folder(request)), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def _stream(self, request: Request, folder: Path) -> AsyncIterator[str]:
@@ -222,58 +236,44 @@ class _Lab:
 
     # -- explore ----------------------------------------------------------------------------------------
 
-    async def predict(self, request: Request) -> Response:
-        async def work() -> Any:
-            body = await _json_body(request)
-            pixels = explore.check_pixels(_field(body, "pixels"))
-            loaded = await self._loaded(request)
-            return await self.worker.call(explore.predict, loaded, pixels)
+    @_answered
+    async def predict(self, request: Request) -> Any:
+        pixels = explore.check_pixels(_field(await _json_body(request), "pixels"))
+        return await self._on_run(request, explore.predict, pixels)
 
-        return await _answer_async(work)
+    @_answered
+    async def gradcam(self, request: Request) -> Any:
+        body = await _json_body(request)
+        pixels = explore.check_pixels(_field(body, "pixels"))
+        target = _optional_int(body.get("class"), "class")
+        layer = body.get("layer")
+        if layer is not None and not isinstance(layer, str):
+            raise explore.BadInput(f"layer must be a layer name (a string), got {layer!r}")
+        return await self._on_run(request, explore.grad_cam, pixels, target, layer)
 
-    async def gradcam(self, request: Request) -> Response:
-        async def work() -> Any:
-            body = await _json_body(request)
-            pixels = explore.check_pixels(_field(body, "pixels"))
-            target = _optional_int(body.get("class"), "class")
-            layer = body.get("layer")
-            if layer is not None and not isinstance(layer, str):
-                raise explore.BadInput(f"layer must be a layer name (a string), got {layer!r}")
-            loaded = await self._loaded(request)
-            return await self.worker.call(explore.grad_cam, loaded, pixels, target, layer)
+    @_answered
+    async def image(self, request: Request) -> Any:
+        q = request.query_params
+        index, label = _query_int(q, "index"), _query_int(q, "label")
+        nth = _query_int(q, "nth", default=0)
+        return await self._on_run(request, explore.test_image, index, label, nth)
 
-        return await _answer_async(work)
+    @_answered
+    async def mistakes(self, request: Request) -> Any:
+        count = _query_int(request.query_params, "count", default=24)
+        return await self._on_run(request, explore.mistakes, count)
 
-    async def image(self, request: Request) -> Response:
-        async def work() -> Any:
-            q = request.query_params
-            index, label = _query_int(q, "index"), _query_int(q, "label")
-            nth = _query_int(q, "nth", default=0)
-            loaded = await self._loaded(request)
-            return await self.worker.call(explore.test_image, loaded, index, label, nth)
+    @_answered
+    async def map_story(self, request: Request) -> Any:
+        raw = request.path_params["map"]
+        if not raw.isdigit():
+            raise runs.NotFound(f"map {raw!r}: a map is a number 0, 1, 2, ...")
+        return await self._on_run(request, explore.map_story, request.path_params["layer"], int(raw))
 
-        return await _answer_async(work)
-
-    async def mistakes(self, request: Request) -> Response:
-        async def work() -> Any:
-            count = _query_int(request.query_params, "count", default=24)
-            loaded = await self._loaded(request)
-            return await self.worker.call(explore.mistakes, loaded, count)
-
-        return await _answer_async(work)
-
-    async def map_story(self, request: Request) -> Response:
-        async def work() -> Any:
-            raw = request.path_params["map"]
-            if not raw.isdigit():
-                raise runs.NotFound(f"map {raw!r}: a map is a number 0, 1, 2, ...")
-            loaded = await self._loaded(request)
-            return await self.worker.call(explore.map_story, loaded, request.path_params["layer"], int(raw))
-
-        return await _answer_async(work)
-
-    async def _loaded(self, request: Request) -> explore.LoadedRun:
-        return await self.worker.call(self.explorer.get, self._folder(request))
+    async def _on_run(self, request: Request, func: Callable[..., Any], *inputs: Any) -> Any:
+        """``func(the request's run, loaded, *inputs)`` on the worker thread."""
+        loaded = await self.worker.call(self.explorer.get, self._folder(request))
+        return await self.worker.call(func, loaded, *inputs)
 
     # -- files ------------------------------------------------------------------------------------------
 
@@ -291,11 +291,7 @@ class _Lab:
         return await _answer(listing)
 
     async def file(self, request: Request) -> Response:
-        try:
-            folder = self._folder(request)
-            path = _inside(folder, request.path_params["file"])
-        except CnnlabError as exc:
-            return _error_for(exc)
+        path = _inside(self._folder(request), request.path_params["file"])
         headers = {"Content-Security-Policy": "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'"}
         return FileResponse(path, media_type=FILE_TYPES[path.suffix], headers=headers)
 
@@ -312,18 +308,6 @@ async def _answer(func: Callable[[], Any]) -> Response:
         return LabJSON(func())
     except (CnnlabError, OSError) as exc:
         return _error_for(exc)
-
-
-async def _answer_async(func: Callable[[], Any]) -> Response:
-    """Await ``func()`` (which reads the body and asks the worker) and answer as JSON with a ``Server-Timing``
-    header: the milliseconds from here to the encoded answer."""
-    started = time.perf_counter()
-    try:
-        response = LabJSON(await func())
-    except (CnnlabError, OSError) as exc:
-        return _error_for(exc)
-    response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.2f}"
-    return response
 
 
 def _error_for(exc: Exception) -> Response:
@@ -435,6 +419,11 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     messages = {404: f"no such address: {request.url.path}; the API is listed at GET /api/runs and in the README",
                 405: f"{request.method} is not allowed on {request.url.path}"}
     return error(exc.status_code, messages.get(exc.status_code, str(exc.detail)))
+
+
+async def _user_error(request: Request, exc: CnnlabError) -> Response:
+    """A handler's refusal (an unknown run, a bad input) that it did not answer itself: its error answer."""
+    return _error_for(exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
