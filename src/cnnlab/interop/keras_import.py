@@ -45,6 +45,7 @@ from cnnlab.data import NORMALIZE_MODES, fit_normalizer, load_mnist
 from cnnlab.errors import CnnlabError
 from cnnlab.extras import require
 from cnnlab.layers import KerasLayer
+from cnnlab.layers.keras import check_data_format
 from cnnlab.model import CnnModel, build_model
 from cnnlab.optim_specs import OPTIMIZER_DEFAULTS
 from cnnlab.run import default_out, record_provenance, software, start_run
@@ -198,6 +199,7 @@ def convert_layers(kfile: KerasFile, notes: list[str] | None = None
         kind = kinds.by_keras_class(layer.class_name)
         if kind is None:
             raise _unsupported(layer, where)
+        check_data_format(layer, where)
         converted.append((kind.from_keras(layer, where), layer))
     return _fold_final_activation(converted, notes)
 

@@ -75,7 +75,7 @@ class LayerKind:
         """Initialize the op as Keras would (nothing to do for a kind without weights)."""
 
     def from_keras(self, layer: KerasLayer, where: str) -> dict[str, Any]:
-        """Return the config spec of a Keras layer of one of ``keras_classes``."""
+        """Return the config spec of a Keras layer of one of ``keras_classes`` (its data format already checked)."""
         raise NotImplementedError
 
     def keras_weight_names(self, config: dict[str, Any]) -> list[str]:

@@ -36,8 +36,11 @@ def check_data_format(layer: KerasLayer, where: str) -> None:
         raise CnnlabError(f"{where}: layer {layer.name!r} uses data_format {fmt!r}; cnnlab reads channels_last models")
 
 
-def square(value: Any, key: str, layer: KerasLayer, where: str) -> int:
-    """Return the one size of a Keras ``[3, 3]``-style size; refuse unequal sizes."""
+def square(layer: KerasLayer, key: str, default: int | None, where: str) -> int:
+    """Return the one size of the layer's Keras ``[3, 3]``-style ``key`` (``default`` where it is missing or
+    null); refuse unequal sizes."""
+    value = layer.config.get(key)
+    value = default if value is None else value
     values = value if isinstance(value, list) else [value]
     if not values or any(not isinstance(v, int) for v in values) or len(set(values)) != 1:
         raise CnnlabError(f"{where}: layer {layer.name!r} has {key} {value}; cnnlab supports equal sizes in both "

@@ -87,12 +87,11 @@ class Conv(_WithKernel):
 
     def from_keras(self, layer, where):  # noqa: D102
         cfg = layer.config
-        kr.check_data_format(layer, where)
-        if kr.square(cfg.get("dilation_rate", 1), "dilation_rate", layer, where) != 1 or cfg.get("groups", 1) != 1:
+        if kr.square(layer, "dilation_rate", 1, where) != 1 or cfg.get("groups", 1) != 1:
             raise CnnlabError(f"{where}: layer {layer.name!r} uses dilation or groups, which cnnlab does not support")
         return {"type": "conv", "name": layer.name, "filters": int(cfg["filters"]),
-                "kernel": kr.square(cfg["kernel_size"], "kernel_size", layer, where),
-                "stride": kr.square(cfg.get("strides", 1), "strides", layer, where),
+                "kernel": kr.square(layer, "kernel_size", None, where),
+                "stride": kr.square(layer, "strides", 1, where),
                 "padding": kr.padding(layer, where), "activation": kr.activation(cfg.get("activation"), layer, where),
                 "use_bias": bool(cfg.get("use_bias", True))}
 
@@ -118,13 +117,9 @@ class _Pool(LayerKind):
         raise NotImplementedError
 
     def from_keras(self, layer, where):  # noqa: D102
-        cfg = layer.config
-        kr.check_data_format(layer, where)
-        size = kr.square(cfg.get("pool_size", 2), "pool_size", layer, where)
-        strides = cfg.get("strides")
+        size = kr.square(layer, "pool_size", 2, where)
         return {"type": self.name, "name": layer.name, "size": size,
-                "stride": size if strides is None else kr.square(strides, "strides", layer, where),
-                "padding": kr.padding(layer, where)}
+                "stride": kr.square(layer, "strides", size, where), "padding": kr.padding(layer, where)}
 
 
 @register
@@ -164,7 +159,6 @@ class Flatten(LayerKind):
         return nn.Flatten()
 
     def from_keras(self, layer, where):  # noqa: D102
-        kr.check_data_format(layer, where)
         return {"type": "flatten", "name": layer.name}
 
 
@@ -285,7 +279,6 @@ class GlobalAveragePool(LayerKind):
         return ops.GlobalAvgPool()
 
     def from_keras(self, layer, where):  # noqa: D102
-        kr.check_data_format(layer, where)
         if layer.config.get("keepdims"):
             raise CnnlabError(f"{where}: layer {layer.name!r} keeps the pooled dimensions (keepdims); cnnlab's "
                               "global average pooling gives flat features: save it with keepdims=False")
