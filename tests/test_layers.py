@@ -180,3 +180,43 @@ def test_global_average_pooling_is_the_mean_of_each_map():
     op = kinds.get("globalavgpool").build(kinds.resolve({"type": "globalavgpool"}, "layer"), (2, 2, 3))
     x = torch.arange(12.0).reshape(1, 2, 2, 3)  # map 0: 0..5, map 1: 6..11
     torch.testing.assert_close(op(x), torch.tensor([[2.5, 8.5]]))
+
+
+# -- Keras configs the conversions refuse or fill in -----------------------------------------------------------
+
+
+def _convert(class_name, config):
+    from pathlib import Path
+
+    from cnnlab.interop.keras_import import KerasFile, convert_layers
+    from cnnlab.layers import KerasLayer
+
+    dense = KerasLayer("Dense", "out", {"units": 10, "activation": "softmax"})
+    kfile = KerasFile(Path("m.keras"), "keras", "", "", "", (28, 28, 1), [KerasLayer(class_name, "l", config), dense],
+                      None)
+    return convert_layers(kfile)[0][0]
+
+
+@pytest.mark.parametrize("class_name, config", [
+    ("Conv2D", {"filters": 4, "kernel_size": [3, 3], "data_format": "channels_first"}),
+    ("MaxPooling2D", {"pool_size": [2, 2], "data_format": "channels_first"}),
+    ("Flatten", {"data_format": "channels_first"}),
+    ("GlobalAveragePooling2D", {"data_format": "channels_first"}),
+])
+def test_keras_import_refuses_channels_first_layers(class_name, config):
+    with pytest.raises(CnnlabError) as err:
+        _convert(class_name, config)
+    assert str(err.value) == ("m.keras: layer 'l' uses data_format 'channels_first'; cnnlab reads channels_last "
+                              "models")
+
+
+def test_keras_import_reads_square_sizes_and_fills_in_missing_strides():
+    assert _convert("MaxPooling2D", {"pool_size": [3, 3], "strides": None}) == {
+        "type": "maxpool", "name": "l", "size": 3, "stride": 3, "padding": "valid"}
+    assert _convert("AveragePooling2D", {"pool_size": 2, "strides": [1, 1], "padding": "same"})["stride"] == 1
+    conv = _convert("Conv2D", {"filters": 4, "kernel_size": [5, 5], "activation": "relu"})
+    assert (conv["kernel"], conv["stride"]) == (5, 1)
+    with pytest.raises(CnnlabError) as err:
+        _convert("Conv2D", {"filters": 4, "kernel_size": [3, 5]})
+    assert str(err.value) == ("m.keras: layer 'l' has kernel_size [3, 5]; cnnlab supports equal sizes in both "
+                              "directions only, e.g. [3, 3]")
