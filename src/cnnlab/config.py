@@ -61,7 +61,12 @@ class DataConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    """Stop when ``train.monitor`` has not improved for ``patience`` epochs (0 = off)."""
+    """``[train.early_stopping]``: stop when ``train.monitor`` has not improved for ``patience`` epochs.
+
+    ``patience = 0`` (the default) never stops. An epoch improves on the best so far when the monitored value is
+    better by more than ``min_delta`` (lower for a loss, higher for an accuracy). ``restore_best`` puts the best
+    epoch's weights back at the end of training where a later epoch was worse (Keras' ``restore_best_weights``).
+    """
 
     patience: int = _int(0, 0)
     min_delta: float = _float(0.0, 0.0)

@@ -124,7 +124,12 @@ class _Pool(LayerKind):
 
 @register
 class MaxPool(_Pool):
-    """Max pooling (Keras ``MaxPooling2D``); 2x2 windows, stride 2 use the native kernel where it serves."""
+    """Max pooling (Keras ``MaxPooling2D``): the largest value of each window.
+
+    2x2 windows at stride 2 without padding, the seed model's, use the native kernel where it serves (float32,
+    channels-last; the same values and gradients as torch's). ``same`` padding pads with -inf at the bottom and
+    the right, as TensorFlow does, so a padded cell never wins.
+    """
 
     name, label, keras_name, keras_classes = "maxpool", "MaxPool2D", "max_pooling2d", ("MaxPooling2D",)
 
@@ -137,7 +142,11 @@ class MaxPool(_Pool):
 
 @register
 class AvgPool(_Pool):
-    """Average pooling (Keras ``AveragePooling2D``); with ``same`` padding, padded cells do not count."""
+    """Average pooling (Keras ``AveragePooling2D``): the mean of each window.
+
+    With ``same`` padding, the padded cells at the bottom and the right do not count in the mean (each window
+    averages the cells it covers), as in TensorFlow.
+    """
 
     name, label, keras_name, keras_classes = "avgpool", "AvgPool2D", "average_pooling2d", ("AveragePooling2D",)
 

@@ -38,11 +38,14 @@ function route() {
   return { view: ["runs", "live", "explore", "report"].includes(view) ? view : "runs", name };
 }
 
+const VIEW_TITLES = { live: "Live", explore: "Explore", report: "Report" };
+
 async function show() {
   const { view, name } = route();
   if (name && name !== state.run) await chooseRun(name);
   if (!name && view !== "runs" && state.run) { location.replace(`#${view}/${state.run}`); return; }
   state.view = view;
+  $("#view-title").textContent = view === "runs" ? "Runs" : `${VIEW_TITLES[view]}: ${state.run || "–"}`;
   for (const v of ["runs", "live", "explore", "report"]) {
     $(`#view-${v}`).hidden = v !== view;
     $(`#nav-${v}`).classList.toggle("active", v === view);
@@ -63,7 +66,6 @@ async function chooseRun(name) {
     state.detail = await api(runUrl(name));
     say("");
   } catch (err) { say(err.message); }
-  for (const id of ["#live-name", "#explore-name", "#report-name"]) $(id).textContent = name;
 }
 
 async function loadRuns() {
@@ -146,8 +148,9 @@ async function showCompare() {
   const series = (key) => details.map((d, i) => d && {
     label: names[i], color: COLORS[i % COLORS.length],
     points: d.history.map((h) => [h.epoch, h[key]]) }).filter(Boolean);
-  lineChart($("#compare-acc"), series("val_accuracy"), "val_accuracy by epoch");
-  lineChart($("#compare-loss"), series("val_loss"), "val_loss by epoch");
+  const [accuracy, loss] = chartPair($("#compare-charts"));
+  lineChart(accuracy, series("val_accuracy"), "val_accuracy by epoch");
+  lineChart(loss, series("val_loss"), "val_loss by epoch");
   const head = $("#compare-table thead");
   const body = $("#compare-table tbody");
   head.innerHTML = "";
@@ -210,14 +213,21 @@ function setLiveFacts(p, history) {
 
 function drawLiveCurves(history) {
   const pick = (key) => history.map((h) => [h.epoch, h[key]]);
-  lineChart($("#live-acc-chart"), [{ label: "accuracy", color: COLORS[0], points: pick("accuracy") },
+  const [accuracy, loss] = chartPair($("#live-charts"));
+  lineChart(accuracy, [{ label: "accuracy", color: COLORS[0], points: pick("accuracy") },
     { label: "val_accuracy", color: COLORS[1], points: pick("val_accuracy") }], "accuracy by epoch");
-  lineChart($("#live-loss-chart"), [{ label: "loss", color: COLORS[0], points: pick("loss") },
+  lineChart(loss, [{ label: "loss", color: COLORS[0], points: pick("loss") },
     { label: "val_loss", color: COLORS[1], points: pick("val_loss") }], "loss by epoch");
 }
 
 // ---------------------------------------------------------------------------------------------------
 // Charts
+
+// A view's accuracy and loss charts, side by side: two canvases made in ``box`` on first use.
+function chartPair(box) {
+  while (box.children.length < 2) box.append(Object.assign(document.createElement("canvas"), { width: 560, height: 300 }));
+  return [...box.children];
+}
 
 function lineChart(canvas, series, title) {
   const ctx = canvas.getContext("2d");
