@@ -176,11 +176,11 @@ def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> Training:
             page = browser.new_page()
             _goto_when_up(page, f"http://127.0.0.1:{port}/#runs")  # the lab's own start-up ends before training
             lab_before = _running_cpu_seconds(lab.pid)
+            busy_before, browser_before = _machine_busy_seconds(), _browser_cpu_seconds()
             trainer = subprocess.Popen(child, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while not (out / "progress.json").exists():
                 time.sleep(0.1)
             _goto_when_up(page, f"http://127.0.0.1:{port}/#live/{out.name}")
-            busy_before, browser_before = _machine_busy_seconds(), _browser_cpu_seconds()
             trainer_cpu = _cpu_seconds(trainer)  # Playwright idles meanwhile: the page runs as a user's would
             others_cpu = _machine_busy_seconds() - busy_before - trainer_cpu
             browser_cpu = _browser_cpu_seconds() - browser_before
