@@ -143,7 +143,7 @@ def _machine_busy_seconds() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def _browser_cpu_seconds() -> float:
+def browser_cpu_seconds() -> float:
     """CPU seconds used so far by the live chromium processes (Linux: /proc/PID/comm)."""
     total = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -176,14 +176,14 @@ def train_seconds(out: Path, preset: str, epochs: int, watch: bool) -> Training:
             page = browser.new_page()
             _goto_when_up(page, f"http://127.0.0.1:{port}/#runs")  # the lab's own start-up ends before training
             lab_before = _running_cpu_seconds(lab.pid)
-            busy_before, browser_before = _machine_busy_seconds(), _browser_cpu_seconds()
+            busy_before, browser_before = _machine_busy_seconds(), browser_cpu_seconds()
             trainer = subprocess.Popen(child, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while not (out / "progress.json").exists():
                 time.sleep(0.1)
             _goto_when_up(page, f"http://127.0.0.1:{port}/#live/{out.name}")
             trainer_cpu = _cpu_seconds(trainer)  # Playwright idles meanwhile: the page runs as a user's would
             others_cpu = _machine_busy_seconds() - busy_before - trainer_cpu
-            browser_cpu = _browser_cpu_seconds() - browser_before
+            browser_cpu = browser_cpu_seconds() - browser_before
             lab_cpu = _running_cpu_seconds(lab.pid) - lab_before
             assert trainer.returncode == 0
             assert page.text_content("#live-epoch") == str(epochs), page.text_content("#live-epoch")

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_lab import CHROMIUM, _browser_cpu_seconds, serve_in_thread  # noqa: E402
+from bench_lab import CHROMIUM, browser_cpu_seconds, serve_in_thread  # noqa: E402
 from bench_train import machine  # noqa: E402
 
 OLD_TRANSITION = ".bar div { transition: width .3s; }"
@@ -61,9 +61,9 @@ def page_cpu(base: str, progress: Path, seconds: float, updating: bool, style: s
         if updating:
             threading.Thread(target=write_progress, args=(progress, stop), daemon=True).start()
         page.wait_for_timeout(1500)
-        before, start = _browser_cpu_seconds(), time.monotonic()
+        before, start = browser_cpu_seconds(), time.monotonic()
         time.sleep(seconds)  # Playwright idles: the page runs as a user's would
-        used = (_browser_cpu_seconds() - before) / (time.monotonic() - start)
+        used = (browser_cpu_seconds() - before) / (time.monotonic() - start)
         stop.set()
         shown = page.text_content("#live-batch")
         browser.close()
