@@ -196,3 +196,55 @@ def test_a_series_of_map_grids_laid_out_once_gives_the_pixels_of_a_figure_each()
         a, b = (np.asarray(Image.open(io.BytesIO(data))) for data in (png, alone))
         assert a.shape == b.shape and np.array_equal(a, b), k
     assert not np.array_equal(*(np.asarray(Image.open(io.BytesIO(d))) for d in series[:2]))  # the data did change
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def _every_figure(rng: np.random.Generator) -> dict:
+    from cnnlab import plots
+
+    history = [dict(epoch=e, step=10 * e, lr=1e-3, accuracy=0.9 + e / 100, val_accuracy=0.91, loss=0.3 / e,
+                    val_loss=0.2) for e in range(1, 4)]
+    return {"curves": lambda: plots.curves_figure(history),
+            "grid": lambda: plots.activation_grid_figure(rng.random((20, 5, 5)), rng.integers(0, 256, (28, 28)), "g"),
+            "bars": lambda: plots.activation_bars_figure(rng.random(30), rng.integers(0, 256, (28, 28)), "b"),
+            "filters": lambda: plots.filter_grid_figure(rng.random((12, 28, 28)) * 255, range(12), rng.random(12) * 20),
+            "heat map": lambda: plots.class_heatmap_figure(rng.random((10, 24)), "h"),
+            "confusion": lambda: plots.confusion_figure(rng.integers(0, 900, (10, 10)), "c", [f"c{k}" for k in range(10)]),
+            "gallery": lambda: plots.gallery_figure(rng.integers(0, 256, (5, 28, 28)), list("abcde"), "m"),
+            "saliency": lambda: plots.saliency_figure(rng.integers(0, 256, (28, 28)), rng.random((28, 28)),
+                                                      rng.random((28, 28)), "s", "Conv2D_2")}
+
+
+@pytest.mark.parametrize("kind", list(_every_figure(np.random.default_rng(0))))
+def test_png_bytes_draws_each_figure_once_to_the_pixels_of_savefig(kind, monkeypatch):
+    """savefig lays a constrained figure out in a first draw that paints nothing; png_bytes draws once."""
+    from matplotlib.figure import Figure
+
+    from cnnlab import plots
+
+    make = _every_figure(np.random.default_rng(0))[kind]
+    buf = io.BytesIO()
+    make().savefig(buf, format="png", dpi=100)
+    draws = []
+    draw = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda fig, renderer: draws.append(fig) or draw(fig, renderer))
+    fast = plots.png_bytes(_every_figure(np.random.default_rng(0))[kind]())
+    assert len(draws) == 1
+    assert np.array_equal(_pixels(fast), _pixels(buf.getvalue()))
+
+
+def test_png_bytes_keeps_savefig_where_the_settings_ask_for_more(monkeypatch):
+    import matplotlib
+
+    from cnnlab import plots
+
+    fig = plots.gallery_figure(np.zeros((2, 28, 28)), ["a", "b"], "t")
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.facecolor", "red")
+    assert tuple(_pixels(plots.png_bytes(fig))[0, 0]) == (255, 0, 0, 255)  # the corner: figure background
+    assert _pixels(plots.png_bytes(fig, dpi=50)).shape[:2] == (int(fig.get_figheight() * 50),
+                                                               int(fig.get_figwidth() * 50))
