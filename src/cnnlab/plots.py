@@ -119,10 +119,12 @@ def _map_grid(ax: Any, maps: Any, cols: int, cmap: str, vmin: float, vmax: float
     for r in range(1, rows):
         ax.axhline(r * h - 0.5, color=GRID_LINE, linewidth=0.6)
     size = 6 if cols > 8 else 7
+    # the labels lie inside the axes, so the layout engine need not measure them (their extents cost more
+    # than the rest of the layout)
     for i, text in enumerate(labels if labels is not None else [str(i) for i in range(m)]):
         r, c = divmod(i, cols)
         ax.text(c * w - 0.3, r * h - 0.3, text, color="white", fontsize=size, va="top", ha="left",
-                path_effects=[pe.withStroke(linewidth=1.5, foreground="black")])
+                path_effects=[pe.withStroke(linewidth=1.5, foreground="black")], in_layout=False)
     ax.set_xticks([])
     ax.set_yticks([])
     return image
@@ -291,10 +293,10 @@ def confusion_figure(confusion: Any, title: str = "", classes: Any = None) -> An
     ax = fig.subplots()
     # log colours: the few mistakes stay visible next to the thousand correct ones on the diagonal
     drawn = ax.imshow(np.maximum(cm, 0.5), cmap="Blues", norm=LogNorm(vmin=0.5, vmax=max(cm.max(), 1)))
-    for (r, c), n in np.ndenumerate(cm):
+    for (r, c), n in np.ndenumerate(cm):  # the counts lie inside their cells: nothing for the layout to measure
         if n:
             ax.text(c, r, str(n), ha="center", va="center", fontsize=7,
-                    color="white" if n > max(cm.max(), 1) ** 0.7 else "black")
+                    color="white" if n > max(cm.max(), 1) ** 0.7 else "black", in_layout=False)
     labels = _class_labels(classes, k)
     wide = max(len(label) for label in labels) > 2
     ax.set_xticks(range(k), labels=labels, rotation=45 if wide else 0, ha="right" if wide else "center")
