@@ -49,24 +49,37 @@ def curves_figure(history: list[dict[str, float]], log_loss: bool = False) -> An
     return fig
 
 
-# what savefig does differently from the Agg canvas's own print_png where these settings differ
+# what savefig does differently from the Agg canvas's own draw where these settings differ
 _PLAIN_SAVEFIG = {"savefig.bbox": None, "savefig.transparent": False, "savefig.facecolor": "auto",
                   "savefig.edgecolor": "auto"}
 
 
 def png_bytes(fig: Any, dpi: int = 100) -> bytes:
-    """Render ``fig`` as PNG, drawn once where it can be.
+    """Render ``fig`` as PNG, drawn once and quickly encoded where it can be.
 
     ``savefig`` draws a figure with a layout engine twice: once, painting nothing, to lay it out, then again
-    to paint it. The Agg canvas's ``print_png`` lays the figure out within its one draw, to the same pixels; it
-    serves whenever ``savefig`` would add nothing (an Agg canvas at ``dpi``, the default savefig settings).
+    to paint it. The Agg canvas lays the figure out within its one draw, to the same pixels; it serves whenever
+    ``savefig`` would add nothing (an Agg canvas at ``dpi``, the default savefig settings).
     """
-    buf = io.BytesIO()
     plain = all(matplotlib.rcParams[key] == value for key, value in _PLAIN_SAVEFIG.items())
-    if plain and type(fig.canvas) is FigureCanvasAgg and fig.dpi == dpi:
-        fig.canvas.print_png(buf)
-    else:
+    if not (plain and type(fig.canvas) is FigureCanvasAgg and fig.dpi == dpi):
+        buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
+        return buf.getvalue()
+    fig.canvas.draw()
+    return _encode_png(fig.canvas.buffer_rgba(), dpi)
+
+
+def _encode_png(rgba: Any, dpi: int) -> bytes:
+    """An opaque picture as RGB at zlib's fastest level: the pixels of savefig's RGBA PNG in half the encoding
+    time, about as many bytes (the alpha channel it drops was all 255)."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.asarray(rgba)
+    pixels = np.ascontiguousarray(rgba[..., :3]) if (rgba[..., 3] == 255).all() else rgba
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="png", compress_level=1, dpi=(dpi, dpi))
     return buf.getvalue()
 
 
