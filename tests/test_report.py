@@ -269,3 +269,17 @@ def test_labels_inside_the_axes_are_left_out_of_the_layout_without_changing_a_pi
     for t in texts:
         t.set_in_layout(True)
     assert np.array_equal(_pixels(plots.png_bytes(fast)), _pixels(plots.png_bytes(measured)))
+
+
+def test_png_bytes_keeps_the_alpha_channel_of_a_see_through_figure():
+    from PIL import Image
+
+    from cnnlab import plots
+
+    fig = plots.gallery_figure(np.zeros((2, 28, 28)), ["a", "b"], "t")
+    fig.patch.set_alpha(0.0)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    fast = plots.png_bytes(fig)
+    assert Image.open(io.BytesIO(fast)).mode == "RGBA" and _pixels(fast)[0, 0, 3] == 0
+    assert np.array_equal(_pixels(fast), _pixels(buf.getvalue()))
