@@ -78,14 +78,26 @@ def check_writable(folder: Path, option: str) -> None:
                       f"for example {option.split()[0]} {instead}")
 
 
-_TEST_PASSES: "weakref.WeakKeyDictionary[Run, SharedPass]" = weakref.WeakKeyDictionary()
+_PER_RUN: "weakref.WeakKeyDictionary[Run, dict[str, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _per_run(run: Run, key: str, make: Callable[[], Any]) -> Any:
+    """``make()`` once per run and key, kept as long as the run is."""
+    kept = _PER_RUN.setdefault(run, {})
+    if key not in kept:
+        kept[key] = make()
+    return kept[key]
 
 
 def test_pass(run: Run) -> SharedPass:
     """The run's test images as its model sees them, shared by every picture of that run (one forward pass)."""
-    if run not in _TEST_PASSES:
-        _TEST_PASSES[run] = SharedPass(run.model, *run.test_data(), chunk=2000)  # see ev.evaluate
-    return _TEST_PASSES[run]
+    return _per_run(run, "test pass", lambda: SharedPass(run.model, *run.test_data(), chunk=2000))  # see ev.evaluate
+
+
+def image_sets(run: Run) -> ImageSets:
+    """The run's raw test and training images in its order, shared by every picture of that run (the report
+    loaded the data set five times)."""
+    return _per_run(run, "image sets", lambda: ImageSets(run.config))
 
 
 def output_paths(run: Run, names: list[str], out: str | Path | None) -> list[Path]:
@@ -146,7 +158,7 @@ def activation_pictures(run: Run | str | Path, layer: str, images: list[int], im
     plots.check_cmap(cmap)
     if cols < 1:
         raise CnnlabError(f"--cols {cols}: give at least 1 column")
-    picked = ImageSets(run.config).pick(image_set, images)
+    picked = image_sets(run).pick(image_set, images)
     x = run.prepare(picked.images)
     jobs = [(name, i) for name in layers for i in range(len(picked.indices))]
     tag = "_scaled" if scale else ""
@@ -276,7 +288,7 @@ def pattern_pictures(run: Run | str | Path, layer: str, cols: int = 8, cmap: str
 
 def _class_map_pictures(run: Run, classes: pat.ClassPatterns, data: Any, paths: list[Path], cols: int,
                         cmap: str, written: Written) -> None:
-    raw = ImageSets(run.config).images("test")
+    raw = image_sets(run).images("test")
     labels = data.test_y.numpy()
     means = [raw[labels == k].mean(axis=0) if classes.counts[k] else np.zeros((28, 28)) for k in range(len(paths))]
     titles = [f"{classes.layer}: average maps of class {_name(run, k)} ({classes.counts[k]} test images), "
@@ -314,7 +326,7 @@ def evaluation_pictures(run: Run | str | Path, mistakes: int = 24, out: str | Pa
           {"confusion": result.confusion, "labels": result.labels, "predictions": result.predictions,
            "probabilities": result.probabilities}, written)
     worst = ev.confident_mistakes(result, mistakes)
-    raw = ImageSets(run.config).images("test")[worst]
+    raw = image_sets(run).images("test")[worst]
     confidence = result.probabilities[worst, result.predictions[worst]]
     captions = [f"#{i} {_name(run, result.labels[i])}->{_name(run, result.predictions[i])} ({c:.2f})"
                 for i, c in zip(worst, confidence)]
@@ -343,7 +355,7 @@ def saliency_pictures(run: Run | str | Path, images: list[int], image_set: str =
         The paths; ``summary`` has per image ``predicted`` and ``probability``.
     """
     run = as_run(run)
-    picked = ImageSets(run.config).pick(image_set, images)
+    picked = image_sets(run).pick(image_set, images)
     result = sal.saliency(run.model, run.prepare(picked.images), layer=layer)
     names = [f"saliency_{image_set}{i}.png" for i in picked.indices]
     written = Written(summary={"layer": result.layer, "predicted": result.targets.tolist(),
@@ -383,7 +395,7 @@ def write_report(run_dir: str | Path | Run, echo: Echo | None = print) -> Path:
     """
     say = echo or (lambda _line: None)
     run = as_run(run_dir)
-    image = REPORT_IMAGE if ImageSets(run.config).size("test") > REPORT_IMAGE else 0
+    image = REPORT_IMAGE if image_sets(run).size("test") > REPORT_IMAGE else 0
     convs = [name for name, layer in run.model.layers.items() if layer.kind == "conv"]
     if convs:  # one pass over the test set for every section below
         test_pass(run).want(means=convs, class_sums=[convs[-1]], logits=True)

@@ -42,10 +42,10 @@ class ImageSets:
     """
 
     def __init__(self, config: Config, mnist: Mnist | None = None):
-        self.mnist = mnist if mnist is not None else load_data(config.data)
-        self._pool = np.concatenate([self.mnist.train_images, self.mnist.test_images])
-        self._pool_labels = np.concatenate([self.mnist.train_labels, self.mnist.test_labels]).astype(np.int64)
-        self.indices = _split_indices(config, self.mnist)
+        mnist = mnist if mnist is not None else load_data(config.data)  # not kept: the pool holds its images
+        self._pool = np.concatenate([mnist.train_images, mnist.test_images])
+        self._pool_labels = np.concatenate([mnist.train_labels, mnist.test_labels]).astype(np.int64)
+        self.indices = _split_indices(config, mnist)
 
     def size(self, image_set: str) -> int:
         """The number of images in ``image_set``."""
