@@ -108,6 +108,15 @@ def test_image_sets_follow_the_runs_own_split(run):
         assert picked.labels.tolist() == y[[0, 19, len(y) - 1]].tolist()
 
 
+def test_the_pictures_of_a_run_share_one_load_of_its_images(run, raw_test, monkeypatch):
+    from cnnlab import report
+
+    first = report.image_sets(run)
+    monkeypatch.setattr(report, "ImageSets", lambda config: pytest.fail("loaded the images again"))
+    assert report.image_sets(run) is first and np.array_equal(first.images("test"), raw_test)
+    report.evaluation_pictures(run, mistakes=3, out=run.path / "shared")  # its gallery uses them too
+
+
 def test_scale_maps_is_the_articles_standardize_and_clip():
     maps = np.array([[[0.0, 1.0], [2.0, 9.0]], [[3.0, 3.0], [3.0, 3.0]]], dtype=np.float32)
     z = (maps[0] - maps[0].mean()) / maps[0].std()
