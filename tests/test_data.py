@@ -508,3 +508,21 @@ def test_prepare_test_gives_prepares_test_tensors_with_a_stored_normalizer(split
     x, y = prepare_test(mnist, stored, split=split, validation=validation, seed=3, limit_train=30, limit_test=8)
     assert torch.equal(x, prepared.test_x) and torch.equal(y, prepared.test_y)
     assert x.shape == (8, 1, 28, 28) and y.dtype == torch.int64
+
+
+def test_prepare_with_a_stored_normalizer_gives_the_fitted_tensors_and_refuses_another_mode():
+    from cnnlab.data import Mnist, Normalizer, prepare
+
+    rng = np.random.default_rng(2)
+    mnist = Mnist(rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), np.arange(40) % 10,
+                  rng.integers(0, 256, (12, 28, 28), dtype=np.uint8), np.arange(12) % 10, md5={}, origin="t")
+    fitted = prepare(mnist, split="reshuffle", validation=5, seed=3)
+    stored = Normalizer.from_dict(json.loads(json.dumps(fitted.normalizer.to_dict())))  # as a run folder has it
+    again = prepare(mnist, split="reshuffle", validation=5, seed=3, normalizer=stored)
+    assert again.normalizer is stored
+    for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        assert torch.equal(getattr(again, name), getattr(fitted, name)), name
+    with pytest.raises(CnnlabError) as info:
+        prepare(mnist, normalize="global", normalizer=stored)
+    assert str(info.value) == ("normalize = 'global', but the given normalizer is 'pixel'; pass one fitted with "
+                               "the same mode")

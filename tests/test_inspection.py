@@ -306,3 +306,12 @@ def test_split_picks_the_image_set_and_the_old_set_spelling_still_works_with_a_w
         assert main(["saliency", str(run.path), "--image", "0", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
+
+
+def test_fit_centroids_are_class_means_with_zeros_for_a_class_without_images():
+    from cnnlab.inspection.patterns import fit_centroids
+
+    features = np.array([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [0.5, 0.5]], dtype=np.float32)
+    centroids = fit_centroids(features, np.array([0, 0, 2, 3]), num_classes=4)
+    np.testing.assert_array_equal(centroids, [[2.0, 3.0], [0.0, 0.0], [10.0, 0.0], [0.5, 0.5]])
+    assert centroids.dtype == np.float32

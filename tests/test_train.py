@@ -136,6 +136,7 @@ def test_predict_and_evaluate(real_mnist, tmp_path):
     test_x, test_y = loaded.test_data()  # the stored normalizer, no training set prepared
     assert loaded._data is None
     assert torch.equal(test_x, run.data().test_x) and torch.equal(test_y, run.data().test_y)
+    assert torch.equal(loaded.data().train_x, run.data().train_x)  # the stored normalizer, not a new fit
     result = loaded.evaluate()
     assert result["images"] == 256
     assert result["accuracy"] == pytest.approx(run.history[-1]["val_accuracy"], abs=1e-9)

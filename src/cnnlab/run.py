@@ -88,7 +88,7 @@ class Run:
     def data(self):
         """Return the run's prepared data (same split, normalization and seed as in training); cached."""
         if self._data is None:
-            self._data = _prepare_data(self.config, echo=None)
+            self._data = _prepare_data(self.config, echo=None, normalizer=self.normalizer)
         return self._data
 
     def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,12 +313,13 @@ def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _prepare_data(cfg: Config, echo: Echo | None, model: CnnModel | None = None):
+def _prepare_data(cfg: Config, echo: Echo | None, model: CnnModel | None = None, normalizer: Any = None):
     mnist = load_data(cfg.data, log=(lambda m: echo(f"  data: {m}")) if echo else None)
     if model is not None:
         check_classes(model, mnist)
     return prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
-                   seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test)
+                   seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test,
+                   normalizer=normalizer)
 
 
 def check_classes(model: CnnModel, mnist: Any) -> None:

