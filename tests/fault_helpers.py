@@ -63,6 +63,10 @@ def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None, ui
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        try:  # the parent's fallback when the fork server loses the exit status
+            Path(f"{log}.exit").write_text(str(code))
+        except OSError:  # e.g. a child switched to a user who may not write there
+            pass
         os._exit(code)
 
 
@@ -83,4 +87,9 @@ def cli(args: list[str], log: str | Path, env: dict[str, str] | None = None, fsi
         proc.kill()
         proc.join()
         raise TimeoutError(f"cnnlab {' '.join(args)} did not end in {timeout} s")
-    return proc.exitcode, Path(log).read_text()
+    code, saved = proc.exitcode, Path(f"{log}.exit")
+    if code == 255 and saved.exists():
+        # CPython's forkserver Popen answers 255 when it cannot read a child's exit status from the fork server
+        # (seen once in a CI run, with children started from two threads); the child wrote its own code
+        code = int(saved.read_text())
+    return code, Path(log).read_text()
