@@ -94,7 +94,7 @@ def summary(root: Path, folder: Path) -> dict[str, Any]:
             "planned_epochs": planned_epochs(folder, progress),
             "val_accuracy": history[-1]["val_accuracy"] if history else None,
             "best_val_accuracy": max(accuracies) if accuracies else None,
-            "status": status(folder, history, progress), "updated": _mtime(folder)}
+            "status": status(folder, lambda: history, progress), "updated": _mtime(folder)}
 
 
 def group_of(name: str) -> str | None:
@@ -103,11 +103,10 @@ def group_of(name: str) -> str | None:
     return parent if parent and leaf.startswith(TRIAL_PREFIX) else None
 
 
-def status(folder: Path, history: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]],
-           progress: dict[str, Any] | None) -> str:
+def status(folder: Path, history: Callable[[], list[dict[str, Any]]], progress: dict[str, Any] | None) -> str:
     """``training`` (a live process is writing it), ``done``, ``stopped`` (ended early or killed) or ``pruned``.
 
-    ``history`` may be a function that reads it: the history is only needed where the progress file does not
+    ``history`` is a function that gives the run's history: it is only needed where the progress file does not
     tell (the Live view asks once a second while a run trains).
     """
     if _pruned(folder):
@@ -118,8 +117,7 @@ def status(folder: Path, history: list[dict[str, Any]] | Callable[[], list[dict[
         if progress.get("status") in STATUSES:
             return progress["status"]
     planned = planned_epochs(folder, progress)
-    rows = history() if callable(history) else history
-    return "done" if planned is not None and len(rows) >= planned else "stopped"
+    return "done" if planned is not None and len(history()) >= planned else "stopped"
 
 
 def planned_epochs(folder: Path, progress: dict[str, Any] | None) -> int | None:
