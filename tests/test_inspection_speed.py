@@ -1,5 +1,5 @@
-"""Inspection on the fast path: one forward pass for several views, filter patterns cached by the weights'
-hash, and no optimizer machinery (torch._dynamo) in commands that do not train."""
+"""Inspection on the fast path: one forward pass for several views, filter patterns and class centroids cached by
+the weights' hash, and no optimizer machinery (torch._dynamo) in commands that do not train."""
 
 import os
 import subprocess
@@ -13,6 +13,7 @@ import cnnlab
 from cnnlab import native
 from cnnlab.config import load_config
 from cnnlab.inspection import activations as act
+from cnnlab.inspection import cache
 from cnnlab.inspection import filters as flt
 from cnnlab.inspection import patterns as pat
 from cnnlab.inspection.shared import SharedPass
@@ -101,7 +102,7 @@ def test_filter_patterns_are_computed_once_per_weights(run, monkeypatch):
     compute = flt.filter_patterns
     monkeypatch.setattr(flt, "filter_patterns", lambda *a, **k: computed.append(a[1]) or compute(*a, **k))
     first = flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
-    files = sorted((run.path / flt.CACHE_DIR).glob("Conv2D_1-*.npz"))
+    files = sorted((run.path / cache.CACHE_DIR / "filters").glob("Conv2D_1-*.npz"))
     assert computed == ["Conv2D_1"] and len(files) == 1
     again = flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
     assert computed == ["Conv2D_1"]  # from the file
@@ -114,11 +115,11 @@ def test_filter_patterns_are_computed_once_per_weights(run, monkeypatch):
     files[0].write_bytes(b"damaged")
     flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
     assert computed == ["Conv2D_1"] * 3  # a damaged entry is computed again and replaced
-    before = flt.weights_hash(run.model)
+    before = cache.weights_hash(run.model)
     with torch.no_grad():
         run.model.layers["Conv2D_1"].op.weight[0, 0, 0, 0] += 1e-3
     try:
-        assert flt.weights_hash(run.model) != before
+        assert cache.weights_hash(run.model) != before
         flt.cached_filter_patterns(run.path, run.model, "Conv2D_1", bounds, maps=[0, 2], steps=4)
         assert computed == ["Conv2D_1"] * 4  # new weights (a resumed run): computed afresh
     finally:
@@ -128,9 +129,45 @@ def test_filter_patterns_are_computed_once_per_weights(run, monkeypatch):
 
 def test_weights_hash_ignores_the_memory_layout():
     model = build_model(load_config(preset="tiny").model.layers)
-    before = flt.weights_hash(model)
+    before = cache.weights_hash(model)
     model.to(memory_format=torch.channels_last)
-    assert flt.weights_hash(model) == before
+    assert cache.weights_hash(model) == before
+
+
+def test_pixel_bounds_from_raw_images_are_the_normalized_bounds(run):
+    from cnnlab.report import image_sets
+
+    raw = image_sets(run).images("train")
+    low, high = flt.pixel_bounds_raw(raw, run.prepare)
+    want_low, want_high = flt.pixel_bounds(run.data().train_x)
+    assert low.shape == want_low.shape == (1, 28, 28)
+    assert torch.equal(low, want_low) and torch.equal(high, want_high)
+    flipped = lambda x: -run.prepare(x)  # a negative scale swaps the ends
+    low, high = flt.pixel_bounds_raw(raw, flipped)
+    assert torch.equal(low, -want_high) and torch.equal(high, -want_low)
+
+
+def test_class_centroids_are_fitted_once_per_weights_and_images(run, monkeypatch):
+    from cnnlab.report import image_sets
+
+    sets = image_sets(run)
+    images, labels = sets.images("train"), sets.labels("train")
+    data = run.data()
+    want = pat.nearest_pattern(run.model, data.train_x, data.train_y, data.test_x, data.test_y, "Conv2D_2")
+    fits = []
+    fit = pat.fit_centroids
+    monkeypatch.setattr(pat, "fit_centroids", lambda *a: fits.append(len(a[1])) or fit(*a))
+    args = (run.path, run.model, "Conv2D_2")
+    first = pat.cached_centroids(*args, images, labels, run.prepare, "unit")
+    np.testing.assert_array_equal(first, want.centroids)  # raw images normalized a chunk at a time: the same
+    assert fits == [len(labels)] and len(list((run.path / cache.CACHE_DIR / "centroids").glob("Conv2D_2-*"))) == 1
+    np.testing.assert_array_equal(pat.cached_centroids(*args, images, labels, run.prepare, "unit"), first)
+    assert len(fits) == 1  # read back
+    pat.cached_centroids(*args, images[:-1], labels[:-1], run.prepare, "unit")
+    pat.cached_centroids(*args, images, labels, run.prepare, "other normalization")
+    assert len(fits) == 3  # other images, another normalization: fitted afresh
+    score = pat.score_nearest("Conv2D_2", first, act.map_means(run.model, data.test_x, "Conv2D_2"), data.test_y)
+    assert score.accuracy == want.accuracy and np.array_equal(score.predictions, want.predictions)
 
 
 def test_inspection_commands_import_no_compiler_machinery(run):

@@ -12,6 +12,7 @@ import base64
 import datetime as _dt
 import html
 import io
+import json
 import os
 import tempfile
 import time
@@ -217,9 +218,9 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
     run = as_run(run)
     act.check_layer(run.model, layer)
     chosen = flt.check_maps(run.model, layer, maps)
-    data = run.data()
+    bounds = flt.pixel_bounds_raw(image_sets(run).images("train"), run.prepare)
     started = time.perf_counter()
-    result = flt.cached_filter_patterns(run.path, run.model, layer, flt.pixel_bounds(data.train_x),
+    result = flt.cached_filter_patterns(run.path, run.model, layer, bounds,
                                         maps=chosen.tolist(), steps=steps, seed=seed,
                                         pixel_scale=(run.normalizer.mean, run.normalizer.std))
     seconds = time.perf_counter() - started
@@ -261,15 +262,17 @@ def pattern_pictures(run: Run | str | Path, layer: str, cols: int = 8, cmap: str
     run = as_run(run)
     act.check_layer(run.model, layer)
     plots.check_cmap(cmap)
-    data = run.data()
     shared = test_pass(run)
     shared.want(means=[layer], class_sums=[layer], logits=True)
-    classes = pat.patterns_from_sums(layer, shared.class_sums(layer), data.test_y, shared.means(layer))
-    nearest = pat.nearest_pattern(run.model, data.train_x, data.train_y, None, data.test_y, layer,
-                                  test_features=classes.features)
-    network = ev.from_logits(shared.logits(), data.test_y, run.model.num_classes).accuracy
+    classes = pat.patterns_from_sums(layer, shared.class_sums(layer), shared.labels, shared.means(layer))
+    sets = image_sets(run)
+    train_images, train_labels = sets.images("train"), sets.labels("train")
+    centroids = pat.cached_centroids(run.path, run.model, layer, train_images, train_labels, run.prepare,
+                                     json.dumps(run.normalizer.to_dict()))
+    nearest = pat.score_nearest(layer, centroids, classes.features, shared.labels)
+    network = ev.from_logits(shared.logits(), shared.labels, run.model.num_classes).accuracy
     summary = {"layer": layer, "nearest_accuracy": nearest.accuracy, "network_accuracy": network,
-               "test_images": int(len(data.test_y)), "train_images": int(len(data.train_y))}
+               "test_images": int(len(shared.labels)), "train_images": int(len(train_labels))}
     has_maps = classes.map_images.ndim == 4
     names = [f"patterns_{layer}.png"] + ([f"patterns_{layer}_class{k}.png" for k in range(len(classes.counts))]
                                          if has_maps else [])
@@ -282,14 +285,13 @@ def pattern_pictures(run: Run | str | Path, layer: str, cols: int = 8, cmap: str
            "centroids": nearest.centroids, "nearest_predictions": nearest.predictions,
            "nearest_accuracy": nearest.accuracy, "network_accuracy": network, "layer": layer}, written)
     if has_maps:
-        _class_map_pictures(run, classes, data, paths[1:], cols, cmap, written)
+        _class_map_pictures(run, classes, shared.labels.numpy(), paths[1:], cols, cmap, written)
     return written
 
 
-def _class_map_pictures(run: Run, classes: pat.ClassPatterns, data: Any, paths: list[Path], cols: int,
+def _class_map_pictures(run: Run, classes: pat.ClassPatterns, labels: np.ndarray, paths: list[Path], cols: int,
                         cmap: str, written: Written) -> None:
     raw = image_sets(run).images("test")
-    labels = data.test_y.numpy()
     means = [raw[labels == k].mean(axis=0) if classes.counts[k] else np.zeros((28, 28)) for k in range(len(paths))]
     titles = [f"{classes.layer}: average maps of class {_name(run, k)} ({classes.counts[k]} test images), "
               f"shape {tuple(classes.map_images.shape[1:])}" for k in range(len(paths))]

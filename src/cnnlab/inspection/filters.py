@@ -13,9 +13,8 @@ All maps of a layer are optimized together: image ``i`` of one batch serves map 
 from __future__ import annotations
 
 import hashlib
-import io
 import math
-import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
-from cnnlab.files import write_bytes
+from cnnlab.inspection import cache
 from cnnlab.inspection.activations import check_layer, eval_mode
 from cnnlab.model import CnnModel
 from cnnlab.speed import threads as torch_threads
@@ -63,6 +62,15 @@ class FilterPatterns:
 def pixel_bounds(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel minimum and maximum of the normalized training images, each (1, 28, 28)."""
     return train_x.amin(dim=0), train_x.amax(dim=0)
+
+
+def pixel_bounds_raw(images: np.ndarray, normalize: Callable[[np.ndarray], torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pixel_bounds`` of ``normalize(images)`` from the raw uint8 images (N, 28, 28), without normalizing them
+    all: normalizing is affine per pixel, so the normalized bounds are the normalized raw bounds (swapped where
+    a scale is negative). The same values, bit for bit."""
+    ends = normalize(np.stack([images.min(axis=0), images.max(axis=0)]))
+    return torch.minimum(ends[0], ends[1]), torch.maximum(ends[0], ends[1])
 
 
 def check_maps(model: CnnModel, layer: str, maps: list[int] | None) -> np.ndarray:
@@ -236,20 +244,7 @@ def _to_pixels(inputs: np.ndarray, pixel_scale: tuple[np.ndarray, np.ndarray] | 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The cache in the run folder
-
-
-CACHE_DIR = Path("cache") / "filters"  # inside the run folder
-
-
-def weights_hash(model: torch.nn.Module) -> str:
-    """A SHA-256 of the model's parameters and buffers (names, shapes, values; memory layout aside)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
-    return digest.hexdigest()
+# Kept in the run folder
 
 
 def cached_filter_patterns(run_dir: str | Path, model: CnnModel, layer: str,
@@ -258,34 +253,21 @@ def cached_filter_patterns(run_dir: str | Path, model: CnnModel, layer: str,
                            pixel_scale: tuple[np.ndarray, np.ndarray] | None = None) -> FilterPatterns:
     """``filter_patterns`` computed once per weights and settings, kept in ``<run_dir>/cache/filters/``.
 
-    The file's name holds a hash of the model's weights, the layer, the maps, the steps, the seed, the
-    recipe's constants and the pixel bounds: new weights (a resumed run) or other settings miss the cache
-    and compute afresh; a damaged file is computed again and replaced.
+    The key holds a hash of the model's weights, the layer, the maps, the steps, the seed, the recipe's
+    constants and the pixel bounds (see ``cnnlab.inspection.cache``).
     """
     chosen = check_maps(model, layer, maps)
     low, high = (b.detach().float().cpu().contiguous() for b in bounds)
-    key = hashlib.sha256("|".join([
-        weights_hash(model), layer, ",".join(str(m) for m in chosen), str(steps), str(seed),
+    path = cache.cache_path(run_dir, "filters", layer, [
+        cache.weights_hash(model), layer, ",".join(str(m) for m in chosen), str(steps), str(seed),
         repr((LR, L2, BLUR_EVERY, JITTER, START)), hashlib.sha256(low.numpy().tobytes() + high.numpy().tobytes())
-        .hexdigest(), repr(None if pixel_scale is None else [np.asarray(p).tolist() for p in pixel_scale])]).encode())
-    path = Path(run_dir) / CACHE_DIR / f"{layer}-{key.hexdigest()[:20]}.npz"
-    cached = _read_cached(path, layer, steps)
-    if cached is not None:
-        return cached
-    result = filter_patterns(model, layer, (low, high), maps=chosen.tolist(), steps=steps, seed=seed,
-                             pixel_scale=pixel_scale)
-    buf = io.BytesIO()
-    np.savez(buf, maps=result.maps, inputs=result.inputs, pixels=result.pixels, activation=result.activation)
-    try:
-        write_bytes(path, buf.getvalue())
-    except CnnlabError:  # a read-only run folder: the patterns are still right, only not kept
-        pass
-    return result
+        .hexdigest(), repr(None if pixel_scale is None else [np.asarray(p).tolist() for p in pixel_scale])])
 
+    def compute() -> dict[str, np.ndarray]:
+        result = filter_patterns(model, layer, (low, high), maps=chosen.tolist(), steps=steps, seed=seed,
+                                 pixel_scale=pixel_scale)
+        return {"maps": result.maps, "inputs": result.inputs, "pixels": result.pixels,
+                "activation": result.activation}
 
-def _read_cached(path: Path, layer: str, steps: int) -> FilterPatterns | None:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return FilterPatterns(layer, f["maps"], f["inputs"], f["pixels"], f["activation"], steps)
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
+    got = cache.cached_arrays(path, ("maps", "inputs", "pixels", "activation"), compute)
+    return FilterPatterns(layer, got["maps"], got["inputs"], got["pixels"], got["activation"], steps)

@@ -9,11 +9,13 @@ says how much of the decision is already readable from that layer's average map 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from cnnlab.inspection.activations import CHUNK, map_means
+from cnnlab.inspection import cache
+from cnnlab.inspection.activations import CHUNK, Prepare, map_means
 from cnnlab.inspection.shared import SharedPass
 from cnnlab.model import CnnModel
 
@@ -112,10 +114,32 @@ def nearest_pattern(model: CnnModel, train_x: torch.Tensor, train_y: torch.Tenso
         test_features: the test images' map means if already computed (``ClassPatterns.features``).
         chunk: images per forward pass.
     """
-    k = model.num_classes
-    centroids = fit_centroids(map_means(model, train_x, layer, chunk=chunk), np.asarray(train_y), k)
+    centroids = fit_centroids(map_means(model, train_x, layer, chunk=chunk), np.asarray(train_y), model.num_classes)
     if test_features is None:
         test_features = map_means(model, test_x, layer, chunk=chunk)
+    return score_nearest(layer, centroids, test_features, test_y)
+
+
+def score_nearest(layer: str, centroids: np.ndarray, test_features: np.ndarray,
+                  test_y: torch.Tensor | np.ndarray) -> NearestPattern:
+    """The nearest-class-pattern classifier of ``centroids`` (classes, maps) on test images' map means."""
     predictions = nearest_by_cosine(test_features, centroids)
     accuracy = float((predictions == np.asarray(test_y)).mean()) if len(predictions) else float("nan")
     return NearestPattern(layer, centroids, predictions, accuracy)
+
+
+def cached_centroids(run_dir: str | Path, model: CnnModel, layer: str, images: np.ndarray, labels: np.ndarray,
+                     prepare: Prepare, prepare_key: str, chunk: int = CHUNK) -> np.ndarray:
+    """``fit_centroids`` of the map means of raw training ``images`` (uint8 (N, 28, 28), normalized by
+    ``prepare`` a chunk at a time), computed once per weights and images, kept in ``<run_dir>/cache/centroids/``.
+
+    ``prepare_key`` names the normalization (e.g. the normalizer's record): another one misses the cache.
+    """
+    k = model.num_classes
+    path = cache.cache_path(run_dir, "centroids", layer, [
+        cache.weights_hash(model), layer, cache.arrays_hash(images, labels), prepare_key, str(k)])
+
+    def compute() -> dict[str, np.ndarray]:
+        return {"centroids": fit_centroids(map_means(model, images, layer, prepare, chunk), labels, k)}
+
+    return cache.cached_arrays(path, ("centroids",), compute)["centroids"]
