@@ -127,6 +127,24 @@ def test_filter_patterns_are_computed_once_per_weights(run, monkeypatch):
             run.model.layers["Conv2D_1"].op.weight[0, 0, 0, 0] -= 1e-3
 
 
+def test_filter_patterns_of_several_layers_side_by_side_are_those_of_one_at_a_time(run, tmp_path):
+    bounds = flt.pixel_bounds(run.data().train_x)
+    layers = [n for n, lay in run.model.layers.items() if lay.kind == "conv"]
+    assert len(layers) >= 2
+    threads = torch.get_num_threads()
+    run.model.train()  # the side-by-side computation puts the model in eval mode itself and restores it
+    got = flt.cached_filter_patterns_of_layers(tmp_path / "a", run.model, layers, bounds, steps=6, workers=2)
+    assert run.model.training
+    run.model.eval()
+    assert list(got) == sorted(layers, key=layers.index, reverse=True)  # the costliest (the deepest) first
+    for layer in layers:
+        alone = flt.filter_patterns(run.model, layer, bounds, steps=6)
+        np.testing.assert_array_equal(got[layer].inputs, alone.inputs)
+        np.testing.assert_array_equal(got[layer].activation, alone.activation)
+        assert got[layer].seconds > 0
+    assert torch.get_num_threads() == threads  # restored
+
+
 def test_weights_hash_ignores_the_memory_layout():
     model = build_model(load_config(preset="tiny").model.layers)
     before = cache.weights_hash(model)

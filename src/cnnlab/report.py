@@ -79,10 +79,10 @@ def check_writable(folder: Path, option: str) -> None:
                       f"for example {option.split()[0]} {instead}")
 
 
-_PER_RUN: "weakref.WeakKeyDictionary[Run, dict[str, Any]]" = weakref.WeakKeyDictionary()
+_PER_RUN: "weakref.WeakKeyDictionary[Run, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
-def _per_run(run: Run, key: str, make: Callable[[], Any]) -> Any:
+def _per_run(run: Run, key: Any, make: Callable[[], Any]) -> Any:
     """``make()`` once per run and key, kept as long as the run is."""
     kept = _PER_RUN.setdefault(run, {})
     if key not in kept:
@@ -92,7 +92,7 @@ def _per_run(run: Run, key: str, make: Callable[[], Any]) -> Any:
 
 def test_pass(run: Run) -> SharedPass:
     """The run's test images as its model sees them, shared by every picture of that run (one forward pass)."""
-    return _per_run(run, "test pass", lambda: SharedPass(run.model, *run.test_data(), chunk=2000))  # see ev.evaluate
+    return _per_run(run, "test pass", lambda: SharedPass(run.model, *run.test_data()))  # chunks: see ev.evaluate
 
 
 def image_sets(run: Run) -> ImageSets:
@@ -218,12 +218,13 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
     run = as_run(run)
     act.check_layer(run.model, layer)
     chosen = flt.check_maps(run.model, layer, maps)
-    bounds = flt.pixel_bounds_raw(image_sets(run).images("train"), run.prepare)
-    started = time.perf_counter()
-    result = flt.cached_filter_patterns(run.path, run.model, layer, bounds,
-                                        maps=chosen.tolist(), steps=steps, seed=seed,
-                                        pixel_scale=(run.normalizer.mean, run.normalizer.std))
-    seconds = time.perf_counter() - started
+    if len(chosen) == run.model.output_shapes[layer][0]:
+        result = every_map_patterns(run, [layer], steps, seed)[layer]
+    else:
+        started = time.perf_counter()
+        result = flt.cached_filter_patterns(run.path, run.model, layer, _pixel_bounds(run), maps=chosen.tolist(),
+                                            steps=steps, seed=seed, pixel_scale=_pixel_scale(run))
+        result.seconds = time.perf_counter() - started
     ratios = flt.pattern_ratios(result.activation, result.maps, test_pass(run).means(layer))
     every = len(chosen) == run.model.output_shapes[layer][0]
     name = f"filters_{layer}.png" if every else f"filters_{layer}_maps{_span(chosen)}.png"
@@ -233,13 +234,34 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
     written = Written(summary={"layer": layer, "maps": result.maps, "activation": result.activation,
                                "test_mean": ratios["data_mean"], "test_max": ratios["data_max"],
                                "ratio": ratios["ratio_mean"], "ratio_max": ratios["ratio_max"],
-                               "seconds": seconds, "steps": steps})
+                               "seconds": result.seconds, "steps": steps})
     fig = plots.filter_grid_figure(result.pixels, result.maps, ratios["ratio_mean"], title, cols)
     _save(fig, png, {"pixels": result.pixels, "inputs": result.inputs, "maps": result.maps,
                      "activation": result.activation, "test_mean": ratios["data_mean"],
                      "test_max": ratios["data_max"], "ratio": ratios["ratio_mean"],
                      "ratio_max": ratios["ratio_max"], "steps": steps, "seed": seed, "layer": layer}, written)
     return written
+
+
+def every_map_patterns(run: Run, layers: list[str], steps: int = flt.STEPS,
+                       seed: int = 0) -> dict[str, flt.FilterPatterns]:
+    """The filter patterns of every map of each of ``layers``, kept for the run: those not in the run folder's
+    cache are computed side by side (``cached_filter_patterns_of_layers``)."""
+    kept = _PER_RUN.setdefault(run, {})
+    missing = [layer for layer in layers if ("filters", layer, steps, seed) not in kept]
+    if missing:
+        got = flt.cached_filter_patterns_of_layers(run.path, run.model, missing, _pixel_bounds(run), steps=steps,
+                                                   seed=seed, pixel_scale=_pixel_scale(run))
+        kept.update({("filters", layer, steps, seed): result for layer, result in got.items()})
+    return {layer: kept[("filters", layer, steps, seed)] for layer in layers}
+
+
+def _pixel_bounds(run: Run) -> tuple[torch.Tensor, torch.Tensor]:
+    return _per_run(run, "pixel bounds", lambda: flt.pixel_bounds_raw(image_sets(run).images("train"), run.prepare))
+
+
+def _pixel_scale(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    return run.normalizer.mean, run.normalizer.std
 
 
 def _span(maps: np.ndarray) -> str:
@@ -458,7 +480,9 @@ def _section_filters(run: Run) -> str:
     parts = ["<h2>Filter patterns</h2><p>Per map, an input found by gradient ascent from noise that maximizes "
              "the map's mean activation; the label gives the map and the pattern's activation over the average "
              "test image's.</p>"]
-    for layer in [n for n, lay in run.model.layers.items() if lay.kind == "conv"]:
+    convs = [n for n, lay in run.model.layers.items() if lay.kind == "conv"]
+    every_map_patterns(run, convs)  # side by side; the pictures below take them from here
+    for layer in convs:
         written = filter_pictures(run, layer)
         s = written.summary
         parts.append(f"<h3>{html.escape(layer)}</h3>" + _facts(_ratio_facts(s)) + _img(written.pngs()[0], layer))

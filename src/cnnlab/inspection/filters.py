@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +28,9 @@ from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
 from cnnlab.inspection import cache
 from cnnlab.inspection.activations import check_layer, eval_mode
-from cnnlab.model import CnnModel
+from cnnlab.model import CnnModel, layer_table
 from cnnlab.speed import threads as torch_threads
+from cnnlab.speed import usable_cores
 
 STEPS = 128
 LR = 0.05  # Adam step on the unit pixel scale (0 = darkest, 1 = brightest value seen at that pixel)
@@ -49,6 +52,7 @@ class FilterPatterns:
         pixels: the same patterns in pixel values 0..255 (float32, (M, 28, 28)), for display.
         activation: each pattern's mean activation of its own map (M,).
         steps: gradient-ascent steps taken.
+        seconds: how long getting them took (computing, or reading them back from the run folder's cache).
     """
 
     layer: str
@@ -57,6 +61,7 @@ class FilterPatterns:
     pixels: np.ndarray
     activation: np.ndarray
     steps: int
+    seconds: float = 0.0
 
 
 def pixel_bounds(train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,3 +276,32 @@ def cached_filter_patterns(run_dir: str | Path, model: CnnModel, layer: str,
 
     got = cache.cached_arrays(path, ("maps", "inputs", "pixels", "activation"), compute)
     return FilterPatterns(layer, got["maps"], got["inputs"], got["pixels"], got["activation"], steps)
+
+
+def cached_filter_patterns_of_layers(run_dir: str | Path, model: CnnModel, layers: list[str],
+                                     bounds: tuple[torch.Tensor, torch.Tensor], steps: int = STEPS, seed: int = 0,
+                                     pixel_scale: tuple[np.ndarray, np.ndarray] | None = None,
+                                     workers: int = 0) -> dict[str, FilterPatterns]:
+    """``cached_filter_patterns`` of every map of each of ``layers``, the layers side by side.
+
+    One layer per thread on ``workers`` threads (0 = the usable cores), one torch thread each, the costliest
+    layer first (maps times the multiply-adds of the layers up to it): torch's ops release the GIL, so two
+    layers take about the time of the larger one. Each layer's values are those of computing it alone (it draws
+    from its own generator), and ``seconds`` says how long it took in its thread.
+    """
+    rows = {row.name: row for row in layer_table(model)}
+    cost = {name: rows[name].output_shape[0] * sum(rows[n].macs for n in model.layer_names[:i + 1])
+            for i, name in enumerate(model.layer_names)}
+    order = sorted(dict.fromkeys(check_layer(model, layer) for layer in layers), key=lambda n: -cost[n])
+
+    def one(layer: str) -> FilterPatterns:
+        started = time.perf_counter()
+        result = cached_filter_patterns(run_dir, model, layer, bounds, steps=steps, seed=seed,
+                                        pixel_scale=pixel_scale)
+        result.seconds = time.perf_counter() - started
+        return result
+
+    # the model's mode and torch's thread count are process-wide: set once here, not inside each thread
+    with eval_mode(model), torch_threads(THREADS), ThreadPoolExecutor(workers or usable_cores()) as pool:
+        done = {layer: pool.submit(one, layer) for layer in order}
+        return {layer: done[layer].result() for layer in order}
