@@ -198,6 +198,58 @@ def test_a_series_of_map_grids_laid_out_once_gives_the_pixels_of_a_figure_each()
     assert not np.array_equal(*(np.asarray(Image.open(io.BytesIO(d))) for d in series[:2]))  # the data did change
 
 
+@pytest.mark.parametrize("shape, cols, with_images", [((128, 3, 3), 16, True), ((24, 11, 11), 8, False)])
+def test_a_series_repeats_the_drawing_of_its_unchanging_parts_to_the_same_pixels(shape, cols, with_images,
+                                                                                 monkeypatch):
+    """After the first picture only the two images and the title are drawn anew (the map labels, grid lines,
+    colour bar and axes repeat the first picture's renderer calls), and every picture is still, pixel for
+    pixel, the figure drawn on its own; the pictures differ where the classes' maps do."""
+    from matplotlib.text import Text
+
+    from cnnlab import plots
+
+    rng = np.random.default_rng(1)
+    maps = rng.random((4, *shape))
+    images = rng.integers(0, 256, (4, 28, 28)) if with_images else [None] * 4
+    maps[2] = maps[1]  # the same maps under another title: only the title (and input) may differ
+    titles = [f"Conv2D_3: average maps of class {k}" for k in range(4)]
+    texts = []
+    draw = Text.draw
+    monkeypatch.setattr(Text, "draw", lambda text, renderer: texts.append(text.get_text()) or draw(text, renderer))
+    series = plots.activation_grid_pngs(zip(maps, images, titles), 0.0, 1.0, cols, "magma", "mean", "average")
+    pictures = [next(series)]
+    assert len(texts) > shape[0] and str(shape[0] - 1) in texts  # the first picture draws every label
+    for k in range(1, 4):
+        texts.clear()
+        pictures.append(next(series))
+        assert texts == [titles[k]], k  # later ones draw only the title as text
+    assert next(series, None) is None
+    monkeypatch.setattr(Text, "draw", draw)
+    decoded = [_pixels(png) for png in pictures]
+    for k, pixels in enumerate(decoded):
+        alone = plots.png_bytes(plots.activation_grid_figure(maps[k], images[k], titles[k], cols, "magma",
+                                                             0.0, 1.0, "mean", "average"))
+        assert np.array_equal(pixels, _pixels(alone)), k
+    assert (np.abs(decoded[0].astype(int) - decoded[1]) > 40).sum() > 1000  # other maps: many pixels far apart
+    changed = np.argwhere((decoded[1] != decoded[2]).any(axis=2))[:, 0]  # the rows of the pixels that differ
+    assert len(changed) and (with_images or changed.max() < 0.15 * len(decoded[1]))  # same maps: the title only
+
+
+def test_a_series_under_other_savefig_settings_still_gives_the_pictures_of_png_bytes(monkeypatch):
+    import matplotlib
+
+    from cnnlab import plots
+
+    rng = np.random.default_rng(2)
+    maps, images = rng.random((2, 12, 5, 5)), rng.integers(0, 256, (2, 28, 28))
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.facecolor", "red")
+    series = list(plots.activation_grid_pngs(zip(maps, images, "ab"), 0.0, 1.0, cols=4))
+    for k, png in enumerate(series):
+        alone = plots.png_bytes(plots.activation_grid_figure(maps[k], images[k], "ab"[k], 4, vmin=0.0, vmax=1.0))
+        assert np.array_equal(_pixels(png), _pixels(alone)), k
+        assert tuple(_pixels(png)[0, 0]) == (255, 0, 0, 255)
+
+
 def _pixels(png: bytes) -> np.ndarray:
     from PIL import Image
 

@@ -62,13 +62,18 @@ def png_bytes(fig: Any, dpi: int = 100) -> bytes:
     ``savefig`` would add nothing (an Agg canvas at ``dpi``, the default savefig settings), and its pixels are
     then encoded faster (``_encode_png``). Elsewhere this is ``savefig``.
     """
-    plain = all(matplotlib.rcParams[key] == value for key, value in _PLAIN_SAVEFIG.items())
-    if not (plain and type(fig.canvas) is FigureCanvasAgg and fig.dpi == dpi):
+    if not _draws_like_savefig(fig, dpi):
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
         return buf.getvalue()
     fig.canvas.draw()
     return _encode_png(fig.canvas.buffer_rgba(), dpi)
+
+
+def _draws_like_savefig(fig: Any, dpi: int) -> bool:
+    """Whether the figure's own Agg canvas draws the pixels of ``savefig`` at ``dpi`` (see ``png_bytes``)."""
+    plain = all(matplotlib.rcParams[key] == value for key, value in _PLAIN_SAVEFIG.items())
+    return plain and type(fig.canvas) is FigureCanvasAgg and fig.dpi == dpi
 
 
 def _encode_png(rgba: Any, dpi: int) -> bytes:
@@ -199,22 +204,84 @@ def activation_grid_pngs(grids: Iterable[tuple[Any, Any, str]], vmin: float, vma
                          cmap: str = "viridis", colorbar_label: str = "activation", image_title: str = "input",
                          dpi: int = 100) -> Iterator[bytes]:
     """Yield the PNG of ``activation_grid_figure`` for each ``(maps, image, title)`` of a series: maps of one
-    shape on one colour scale (``vmin`` to ``vmax``), and an image for each or for none. One figure is laid out
-    for the first and only its pixels and title change after (a third less time per picture)."""
+    shape on one colour scale (``vmin`` to ``vmax``), and an image for each or for none.
+
+    One figure is laid out and drawn for the first; only its two images and its title change after. The rest
+    (map labels, grid lines, colour bar, axes) paints the same pixels every time, so the first drawing keeps
+    its renderer calls and later pictures repeat them (``_Recording``): the pixels of ``png_bytes``, each
+    picture after the first in a little over half its time."""
     import numpy as np
 
-    fig = None
+    grids = iter(grids)
+    first = next(grids, None)
+    if first is None:
+        return
+    maps, image, title = first
+    fig, drawn_input, drawn_grid, drawn_title = _activation_grid(
+        maps, image, title, cols, cmap, vmin, vmax, colorbar_label, image_title)
+    changing = [artist for artist in (drawn_input, drawn_grid, drawn_title) if artist is not None]
+    recording = _Recording(fig, changing) if _draws_like_savefig(fig, dpi) else None
+    yield _encode_png(recording.pixels(), dpi) if recording else png_bytes(fig, dpi)
+    fig.set_layout_engine("none")  # keep the first picture's layout: the same shapes, the same places
     for maps, image, title in grids:
-        if fig is None:
-            fig, drawn_input, drawn_grid, drawn_title = _activation_grid(
-                maps, image, title, cols, cmap, vmin, vmax, colorbar_label, image_title)
-        else:
-            drawn_grid.set_data(mosaic(maps, max(1, min(cols, len(maps)))))
-            if drawn_input is not None:
-                drawn_input.set_data(np.asarray(image))
-            drawn_title.set_text(title)
-        yield png_bytes(fig, dpi)
-        fig.set_layout_engine("none")  # keep the first picture's layout: the same shapes, the same places
+        drawn_grid.set_data(mosaic(maps, max(1, min(cols, len(maps)))))
+        if drawn_input is not None:
+            drawn_input.set_data(np.asarray(image))
+        drawn_title.set_text(title)
+        yield _encode_png(recording.repaint(), dpi) if recording else png_bytes(fig, dpi)
+
+
+class _Recording:
+    """Draws a figure on its Agg canvas (what ``png_bytes`` paints) and keeps the drawing: the renderer calls
+    of its artists, and the turns of the ``changing`` artists. ``repaint`` repeats the calls and draws only
+    the changing artists anew, skipping the work behind the rest (text layout, text paths, path effects,
+    ticks): the same pixels while the figure's layout and its other artists stay as they were. For figures
+    drawn straight onto the canvas (no agg filters: their pixels would pass by the recording)."""
+
+    def __init__(self, fig: Any, changing: list[Any]) -> None:
+        self._renderer = fig.canvas.get_renderer()
+        self._steps: list[tuple[str, Any, tuple, dict]] = []
+        self._renderer.clear()
+        for artist in changing:  # their turn is kept, not their calls: they draw on the renderer itself
+            artist.draw = lambda renderer, artist=artist: self._draw_changing(artist)
+        try:
+            fig.draw(self)
+        finally:
+            for artist in changing:
+                del artist.draw
+
+    def __getattr__(self, name: str) -> Any:
+        """Stand in for the renderer while the figure draws: pass everything on, and keep the ``draw_*``
+        calls, each with a copy of its graphics context (the callers change and reuse theirs)."""
+        found = getattr(self._renderer, name)
+        if not name.startswith("draw_"):
+            return found
+
+        def draw_and_keep(gc: Any, *args: Any, **kwargs: Any) -> None:
+            kept = self._renderer.new_gc()
+            kept.copy_properties(gc)
+            self._steps.append((name, kept, args, kwargs))
+            found(gc, *args, **kwargs)
+        return draw_and_keep
+
+    def _draw_changing(self, artist: Any) -> None:
+        self._steps.append(("", artist, (), {}))
+        type(artist).draw(artist, self._renderer)
+
+    def pixels(self) -> Any:
+        """The RGBA pixels painted last."""
+        return self._renderer.buffer_rgba()
+
+    def repaint(self) -> Any:
+        """Paint the figure again: the kept calls, the changing artists as they are now; return the pixels."""
+        renderer = self._renderer
+        renderer.clear()
+        for name, target, args, kwargs in self._steps:
+            if name:
+                getattr(renderer, name)(target, *args, **kwargs)
+            else:
+                target.draw(renderer)
+        return renderer.buffer_rgba()
 
 
 def activation_bars_figure(values: Any, image: Any = None, title: str = "") -> Any:
