@@ -108,6 +108,29 @@ def test_image_sets_follow_the_runs_own_split(run):
         assert picked.labels.tolist() == y[[0, 19, len(y) - 1]].tolist()
 
 
+@pytest.mark.parametrize("split, validation", [("standard", 0), ("reshuffle", 300)])
+def test_whole_image_sets_are_the_prepared_sets_bit_for_bit(real_mnist, split, validation):
+    from cnnlab.config import load_config
+    from cnnlab.data import prepare
+
+    config = load_config(preset="tiny", overrides=[f"data.split={split}", f"data.validation={validation}"])
+    d = config.data
+    data = prepare(real_mnist, normalize="pixel", split=d.split, validation=d.validation, seed=config.train.seed,
+                   limit_train=d.limit_train, limit_test=d.limit_test)
+    sets = ImageSets(config, real_mnist)
+    for image_set, x, y in (("test", data.test_x, data.test_y), ("train", data.train_x, data.train_y)):
+        assert torch.equal(data.normalizer.apply(sets.images(image_set)), x)
+        assert sets.labels(image_set).dtype == np.int64 and np.array_equal(sets.labels(image_set), y.numpy())
+
+
+def test_the_reports_test_pass_sees_what_run_test_data_gives(run):
+    from cnnlab import report
+
+    x, y = run.test_data()
+    shared = report.test_pass(run)
+    assert torch.equal(shared.x, x) and torch.equal(shared.labels, y)
+
+
 def test_the_pictures_of_a_run_share_one_load_of_its_images(run, raw_test, monkeypatch):
     from cnnlab import report
 

@@ -92,7 +92,9 @@ def _per_run(run: Run, key: Any, make: Callable[[], Any]) -> Any:
 
 def test_pass(run: Run) -> SharedPass:
     """The run's test images as its model sees them, shared by every picture of that run (one forward pass)."""
-    return _per_run(run, "test pass", lambda: SharedPass(run.model, *run.test_data()))  # chunks: see ev.evaluate
+    sets = image_sets(run)  # the raw test images, normalized as Run.test_data does: one load of the data set
+    return _per_run(run, "test pass", lambda: SharedPass(run.model, run.prepare(sets.images("test")),
+                                                         sets.labels("test")))  # chunks: see ev.evaluate
 
 
 def image_sets(run: Run) -> ImageSets:

@@ -11,10 +11,10 @@ Two halves that read apart:
 from cnnlab.data.acquisition import (DATASET_NAMES, DATASETS, DIGITS, FASHION_CLASSES, FILES, HOW_TO_SUPPLY, MANIFEST,
                                      MIRRORS, DataSet, Mnist, cache_dir, load_data, load_dataset, load_mnist)
 from cnnlab.data.idx import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, idx_bytes, read_idx
-from cnnlab.data.preparation import (NORMALIZE_MODES, SPLITS, Normalizer, Prepared, fit_normalizer, prepare,
-                                     prepare_test, split_indices)
+from cnnlab.data.preparation import (NORMALIZE_MODES, SPLITS, Normalizer, Prepared, fit_normalizer, from_pool,
+                                     prepare, prepare_test, split_indices)
 
 __all__ = ["DATASET_NAMES", "DATASETS", "DIGITS", "FASHION_CLASSES", "FILES", "HOW_TO_SUPPLY", "MANIFEST", "MIRRORS",
            "DataSet", "Mnist", "cache_dir", "load_data", "load_dataset", "load_mnist", "TEST_IMAGES", "TEST_LABELS",
            "TRAIN_IMAGES", "TRAIN_LABELS", "idx_bytes", "read_idx", "NORMALIZE_MODES", "SPLITS", "Normalizer",
-           "Prepared", "fit_normalizer", "prepare", "prepare_test", "split_indices"]
+           "Prepared", "fit_normalizer", "from_pool", "prepare", "prepare_test", "split_indices"]

@@ -239,13 +239,14 @@ def prepare_test(mnist: Mnist, normalizer: Normalizer, split: str = "standard", 
     run's own, fitted when it trained) instead of a new fit: a look at the test set prepares nothing else."""
     n_train = len(mnist.train_images)
     _, _, idx = split_indices(n_train, len(mnist.test_images), split, validation, seed, limit_train, limit_test)
-    images = _from_pool(mnist.train_images, mnist.test_images, idx)
-    labels = _from_pool(mnist.train_labels, mnist.test_labels, idx).astype(np.int64)
+    images = from_pool(mnist.train_images, mnist.test_images, idx)
+    labels = from_pool(mnist.train_labels, mnist.test_labels, idx).astype(np.int64)
     return normalizer.apply(images), torch.from_numpy(labels)
 
 
-def _from_pool(train: np.ndarray, test: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``concatenate([train, test])[idx]`` without the copy of the whole pool."""
+def from_pool(train: np.ndarray, test: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``concatenate([train, test])[idx]`` (indices as ``split_indices`` gives them) without the copy of the whole
+    pool."""
     out = np.empty((len(idx), *train.shape[1:]), dtype=train.dtype)
     in_train = idx < len(train)
     out[in_train] = train[idx[in_train]]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnnlab.config import Config
-from cnnlab.data import Mnist, load_data, split_indices
+from cnnlab.data import Mnist, from_pool, load_data, split_indices
 from cnnlab.errors import CnnlabError
 
 SETS = ("test", "train")
@@ -42,9 +42,9 @@ class ImageSets:
     """
 
     def __init__(self, config: Config, mnist: Mnist | None = None):
-        mnist = mnist if mnist is not None else load_data(config.data)  # not kept: the pool holds its images
-        self._pool = np.concatenate([mnist.train_images, mnist.test_images])
-        self._pool_labels = np.concatenate([mnist.train_labels, mnist.test_labels]).astype(np.int64)
+        mnist = mnist if mnist is not None else load_data(config.data)
+        self._images = (mnist.train_images, mnist.test_images)  # the pool of split_indices, kept apart: no copy
+        self._labels = (mnist.train_labels, mnist.test_labels)
         self.indices = _split_indices(config, mnist)
 
     def size(self, image_set: str) -> int:
@@ -53,11 +53,11 @@ class ImageSets:
 
     def images(self, image_set: str) -> np.ndarray:
         """All uint8 images (N, 28, 28) of ``image_set``."""
-        return self._pool[self.indices[_check_set(image_set)]]
+        return from_pool(*self._images, self.indices[_check_set(image_set)])
 
     def labels(self, image_set: str) -> np.ndarray:
         """All int64 labels (N,) of ``image_set``."""
-        return self._pool_labels[self.indices[_check_set(image_set)]]
+        return from_pool(*self._labels, self.indices[_check_set(image_set)]).astype(np.int64)
 
     def pick(self, image_set: str, indices: list[int] | int, option: str = "--image") -> Picked:
         """Return the images at ``indices`` of ``image_set``.
@@ -72,7 +72,8 @@ class ImageSets:
             raise CnnlabError(f"{option} {bad[0]} is out of range: the {image_set} set of this run has {n} images, "
                               f"so use 0..{n - 1}")
         pool_idx = self.indices[image_set][indices]
-        return Picked(image_set, indices, self._pool[pool_idx], self._pool_labels[pool_idx])
+        return Picked(image_set, indices, from_pool(*self._images, pool_idx),
+                      from_pool(*self._labels, pool_idx).astype(np.int64))
 
 
 def _check_set(image_set: str) -> str:
