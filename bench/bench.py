@@ -188,8 +188,10 @@ def seed_training(args: argparse.Namespace, auto: str, keep: Path, full: bool) -
     honest = [p / i for p, i in zip(got["plain"], got["independent"])]
     print(f"   inner loop, {args.images} real images: baseline {spread(got['plain'])} img/s; an independently "
           f"written loop {spread(got['independent'])} img/s")
-    print(f"   baseline / independent loop: {spread(honest, 2)}x (goal 0.9-1.1: as fast) "
-          f"{mark(0.9 <= statistics.median(honest) <= 1.1)}")
+    # one-sided: a baseline slower than a loop written independently would flatter the engine's ratios; a faster
+    # one (the independent loop's DataLoader collates 64 samples a batch in Python) only makes them smaller
+    print(f"   baseline / independent loop: {spread(honest, 2)}x (goal >= 0.9: the baseline is not slower) "
+          f"{mark(statistics.median(honest) >= 0.9)}")
     for p in [name for name in runs if name in ("fp32", "bf16")]:
         ratio = [e / b for e, b in zip(got[p], got["plain"])]
         print(f"   inner loop, engine {p}: {spread(got[p])} img/s = {spread(ratio, 2)}x the baseline")

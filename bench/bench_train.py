@@ -8,7 +8,7 @@ The baseline is the loop a careful user writes: torch's own ``nn.Conv2d``/``nn.M
 ``nn.Sequential``, nothing of cnnlab's, fp32, NCHW, ``torch.optim.RMSprop``, the L2 term added to the loss, one
 in-memory tensor sliced by a fresh permutation per epoch. ``independent`` is a second loop written another way
 (an ``nn.Module`` with ``F.max_pool2d``, a ``DataLoader`` over a ``TensorDataset``): the bench checks that the
-baseline is as fast as it. Both train on the real MNIST pixels.
+baseline is not slower than it. Both train on the real MNIST pixels.
 Run it with `make bench` or `.venv/bin/python bench/bench_train.py [--images N] [--pairs R]`.
 """
 
