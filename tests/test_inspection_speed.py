@@ -145,6 +145,15 @@ def test_filter_patterns_of_several_layers_side_by_side_are_those_of_one_at_a_ti
     assert torch.get_num_threads() == threads  # restored
 
 
+def test_filter_patterns_do_not_depend_on_what_ran_before_in_the_process(run):
+    bounds = flt.pixel_bounds(run.data().train_x)
+    native.forget()  # as in a fresh process: nothing has loaded the native kernels yet
+    first = flt.filter_patterns(run.model, "Conv2D_2", bounds, maps=[0, 1, 2], steps=6)
+    act.map_means(run.model, run.data().test_x[:8], "Conv2D_2")  # an inference pass, which loads the kernels
+    again = flt.filter_patterns(run.model, "Conv2D_2", bounds, maps=[0, 1, 2], steps=6)
+    np.testing.assert_array_equal(first.inputs, again.inputs)
+
+
 def test_weights_hash_ignores_the_memory_layout():
     model = build_model(load_config(preset="tiny").model.layers)
     before = cache.weights_hash(model)
