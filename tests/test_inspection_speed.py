@@ -154,6 +154,18 @@ def test_filter_patterns_do_not_depend_on_what_ran_before_in_the_process(run):
     np.testing.assert_array_equal(first.inputs, again.inputs)
 
 
+def test_saliency_does_not_depend_on_what_ran_before_in_the_process(run):
+    from cnnlab.inspection.saliency import saliency
+
+    x = run.data().test_x[:4]
+    native.forget()
+    first = saliency(run.model, x)
+    act.map_means(run.model, x, "Conv2D_2")
+    again = saliency(run.model, x)
+    np.testing.assert_array_equal(first.grad_cam, again.grad_cam)
+    np.testing.assert_array_equal(first.gradient, again.gradient)
+
+
 def test_weights_hash_ignores_the_memory_layout():
     model = build_model(load_config(preset="tiny").model.layers)
     before = cache.weights_hash(model)
