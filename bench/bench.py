@@ -253,6 +253,9 @@ def time_to_accuracy(args: argparse.Namespace, auto: str, base: list[float] | No
 def inspection(args: argparse.Namespace, keep: Path) -> None:
     """Section 3: the inspection commands on the seed run in ``keep``, and the report's peak memory."""
     print(f"\n3. inspection of the seed run of 1. (2 epochs, fp32), whole commands, {args.inspect_runs} runs each")
+    floor, _ = command_seconds([sys.executable, "-c", "import torch, matplotlib.figure"], args.inspect_runs)
+    print(f"   (the floor of any command that imports torch and matplotlib, on this machine now: "
+          f"{spread(floor, 2)} s; it moves with the hour on shared machines)")
     cache = keep / "cache"
     report_peak = 0.0
     for label, cmd, goal, before in [
