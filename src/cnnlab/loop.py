@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from cnnlab import native
 from cnnlab.augment import pad_images, random_flip, random_shift
-from cnnlab.device import get_cuda_rng, model_device, reproducible, set_cuda_rng, uses_native_kernels
+from cnnlab.device import get_cuda_rng, model_device, reproducible, set_cuda_rng
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import evaluate
 from cnnlab.speed import autocast, keep_freed_memory
@@ -134,8 +134,7 @@ class Trainer:
                  flip: bool = False, device: torch.device | str | None = None):
         keep_freed_memory()
         self.device = model_device(model) if device is None else torch.device(device)
-        if uses_native_kernels(self.device):
-            native.prepare()  # training starts: load the kernels (compiling them, once, says so on stderr)
+        native.prepare_for(self.device)
         _move(model, optimizer, self.device)
         self.model = model
         self.optimizer = optimizer

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import native
-from cnnlab.device import model_device, uses_native_kernels
+from cnnlab.device import model_device
 
 
 def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256,
@@ -20,8 +20,7 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 25
     The images go to the model's device once and are sliced there; the logits stay on that device.
     """
     device = model_device(model)
-    if uses_native_kernels(device):
-        native.prepare()  # inference on the fast path starts: load the kernels (compiling them, once, says so)
+    native.prepare_for(device)
     x = x.to(device)
     was_training = model.training
     model.eval()

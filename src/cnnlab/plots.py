@@ -231,26 +231,27 @@ def activation_grid_pngs(grids: Iterable[tuple[Any, Any, str]], vmin: float, vma
         maps, image, title, cols, cmap, vmin, vmax, colorbar_label, image_title)
     changing = [artist for artist in (drawn_input, drawn_grid, drawn_title) if artist is not None]
     recording = _Recording(fig, changing) if _draws_like_savefig(fig, dpi) else None
-    if recording is None:
-        yield png_bytes(fig, dpi)
+    first_png = None if recording else png_bytes(fig, dpi)
     fig.set_layout_engine("none")  # keep the first picture's layout: the same shapes, the same places
 
-    def later_pixels() -> Iterator[Any]:
+    def later() -> Iterator[None]:
+        """Turn the figure into the next picture of the series, once per picture."""
         for maps, image, title in grids:
             drawn_grid.set_data(mosaic(maps, max(1, min(cols, len(maps)))))
             if drawn_input is not None:
                 drawn_input.set_data(np.asarray(image))
             drawn_title.set_text(title)
-            yield recording.repaint() if recording else None
+            yield
 
     if recording is None:
-        yield from (png_bytes(fig, dpi) for _ in later_pixels())
+        yield first_png
+        yield from (png_bytes(fig, dpi) for _ in later())
         return
     # Pillow encodes with the GIL released: each picture is encoded on a second thread while the next is drawn
     with ThreadPoolExecutor(1) as encoder:
         pending = encoder.submit(_encode_pixels, _png_pixels(recording.pixels()), dpi)
-        for rgba in later_pixels():
-            pixels = _png_pixels(rgba)  # a copy: the next picture repaints the canvas
+        for _ in later():
+            pixels = _png_pixels(recording.repaint())  # a copy: the next picture repaints the canvas
             yield pending.result()
             pending = encoder.submit(_encode_pixels, pixels, dpi)
         yield pending.result()

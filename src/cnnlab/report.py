@@ -92,9 +92,11 @@ def _per_run(run: Run, key: Any, make: Callable[[], Any]) -> Any:
 
 def test_pass(run: Run) -> SharedPass:
     """The run's test images as its model sees them, shared by every picture of that run (one forward pass)."""
-    sets = image_sets(run)  # the raw test images, normalized as Run.test_data does: one load of the data set
-    return _per_run(run, "test pass", lambda: SharedPass(run.model, run.prepare(sets.images("test")),
-                                                         sets.labels("test")))  # chunks: see ev.evaluate
+    def make() -> SharedPass:  # the raw test images normalized as Run.test_data does: one load of the data set
+        sets = image_sets(run)
+        return SharedPass(run.model, run.prepare(sets.images("test")), sets.labels("test"))  # chunks: ev.evaluate
+
+    return _per_run(run, "test pass", make)
 
 
 def image_sets(run: Run) -> ImageSets:
@@ -220,7 +222,8 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
     run = as_run(run)
     act.check_layer(run.model, layer)
     chosen = flt.check_maps(run.model, layer, maps)
-    if len(chosen) == run.model.output_shapes[layer][0]:
+    every = len(chosen) == run.model.output_shapes[layer][0]
+    if every:
         result = every_map_patterns(run, [layer], steps, seed)[layer]
     else:
         started = time.perf_counter()
@@ -228,7 +231,6 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
                                             steps=steps, seed=seed, pixel_scale=_pixel_scale(run))
         result.seconds = time.perf_counter() - started
     ratios = flt.pattern_ratios(result.activation, result.maps, test_pass(run).means(layer))
-    every = len(chosen) == run.model.output_shapes[layer][0]
     name = f"filters_{layer}.png" if every else f"filters_{layer}_maps{_span(chosen)}.png"
     (png,) = output_paths(run, [name], out)
     title = (f"{layer}: inputs that maximize each map's mean activation ({steps} steps, seed {seed}); "

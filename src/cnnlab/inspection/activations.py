@@ -17,7 +17,7 @@ import torch
 
 from cnnlab import layers as kinds
 from cnnlab import native
-from cnnlab.device import model_device, uses_native_kernels
+from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
 from cnnlab.model import CnnModel
 
@@ -142,8 +142,7 @@ def chunked_outputs(model: CnnModel, images: torch.Tensor | np.ndarray, layers: 
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     device = model_device(model)
-    if uses_native_kernels(device):
-        native.prepare()  # inference on the fast path starts: load the kernels (compiling them, once, says so)
+    native.prepare_for(device)
     if prepare is None:
         images = torch.as_tensor(images).to(device)
     with eval_mode(model), torch.inference_mode():

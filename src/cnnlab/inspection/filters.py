@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import native
-from cnnlab.device import model_device, uses_native_kernels
+from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
 from cnnlab.inspection import cache
 from cnnlab.inspection.activations import check_layer, eval_mode
@@ -128,10 +128,7 @@ def _ascend(model: CnnModel, layer: str, bounds: tuple[torch.Tensor, torch.Tenso
         raise CnnlabError(f"--steps {steps}: give at least 1 step")
     chosen = check_maps(model, layer, maps)
     device = model_device(model)  # the ascent runs there; the noise and the jitter are drawn on the CPU
-    if uses_native_kernels(device):
-        # the kernels serve wherever they apply once loaded, so load them now: the patterns must not depend on
-        # whether something earlier in this process (an inference pass) happened to load them
-        native.prepare()
+    native.prepare_for(device)  # the patterns must not depend on whether an earlier pass loaded the kernels
     low, high = (b.detach().float().to(device) for b in bounds)
     gen = torch.Generator().manual_seed(seed)
     # Optimize on the unit pixel scale: 0 = the lowest, 1 = the highest value the training images had there.

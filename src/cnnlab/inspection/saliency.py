@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import native
-from cnnlab.device import model_device, uses_native_kernels
+from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
 from cnnlab.inspection.activations import check_layer, eval_mode, forward_from, last_conv_layer
 from cnnlab.model import CnnModel
@@ -59,8 +59,7 @@ def saliency(model: CnnModel, x: torch.Tensor, targets: list[int] | np.ndarray |
     layer = check_layer(model, layer) if layer is not None else last_conv_layer(model)
     if len(model.output_shapes[layer]) != 3:
         raise CnnlabError(f"Grad-CAM needs a layer with maps; {layer} has output {model.output_shapes[layer]}")
-    if uses_native_kernels(model_device(model)):
-        native.prepare()  # as every pass does: the maps must not depend on what ran before in the process
+    native.prepare_for(model_device(model))
     with eval_mode(model), torch.enable_grad():
         inputs = x.detach().to(model_device(model), copy=True).requires_grad_(True)
         maps = model.activation(inputs, layer)  # (N, C, H, W)

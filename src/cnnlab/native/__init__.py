@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from cnnlab.device import uses_native_kernels
 from cnnlab.native import build
 from cnnlab.native.library import Kernels
 
@@ -63,6 +64,14 @@ def prepare(echo: Callable[[str], None] | None = _stderr, retry: bool = False) -
         module, why = builder.load(echo or (lambda _line: None), build.compile_kernels)
     _state.update(module=module, why=why)
     return module
+
+
+def prepare_for(device: torch.device) -> None:
+    """At the start of a pass on ``device``: load the kernels where they can serve (the CPU), saying so on standard
+    error when they compile. Every pass calls it, so whether the kernels serve a pass never depends on what ran
+    earlier in the process (they serve wherever they apply once loaded)."""
+    if uses_native_kernels(device):
+        prepare()
 
 
 def kernels() -> Kernels | None:
