@@ -10,7 +10,7 @@ process; medians with their spread (min-max), since shared machines are noisy.
 2. Time to accuracy: ``cnnlab train --preset fast`` for seeds 0-4 (wall time, start-up included) against the
    baseline's epochs; test accuracy worst and mean; the 4-epoch stretch.
 3. Inspection on the seed run of 1.: ``summary``, ``evaluate``, ``patterns --layer Conv2D_3`` and ``report``
-   (filter-pattern cache emptied first) as whole commands.
+   as whole commands, each with the run's cache emptied first and with what the command before kept there.
 4. Set-up: the native kernels' build in an empty cache.
 5. Peak resident memory of a seed epoch and of ``cnnlab report``.
 
@@ -256,11 +256,16 @@ def inspection(args: argparse.Namespace, keep: Path) -> None:
     floor, _ = command_seconds([sys.executable, "-c", "import torch, matplotlib.figure"], args.inspect_runs)
     print(f"   (the floor of any command that imports torch and matplotlib, on this machine now: "
           f"{spread(floor, 2)} s; it moves with the hour on shared machines)")
+    floor, _ = command_seconds([sys.executable, "-c", "import numpy, matplotlib.figure"], args.inspect_runs)
+    print(f"   (the floor of a command that draws from results kept in the run's cache, numpy and matplotlib "
+          f"without torch: {spread(floor, 2)} s)")
     cache = keep / "cache"
     report_peak = 0.0
     for label, cmd, goal, before in [
             ("cnnlab summary --preset seed", ["summary", "--preset", "seed"], 1.0, None),
-            ("cnnlab evaluate RUN", ["evaluate", str(keep)], 1.5, None),
+            ("cnnlab evaluate RUN (no cache)", ["evaluate", str(keep)], 1.5,
+             lambda: shutil.rmtree(cache, ignore_errors=True)),
+            ("cnnlab evaluate RUN (cached)", ["evaluate", str(keep)], 1.5, None),
             ("cnnlab patterns RUN --layer Conv2D_3 (no cache)", ["patterns", str(keep), "--layer", "Conv2D_3"], 3.0,
              lambda: shutil.rmtree(cache, ignore_errors=True)),
             ("cnnlab patterns RUN --layer Conv2D_3 (cached)", ["patterns", str(keep), "--layer", "Conv2D_3"], 3.0,

@@ -526,3 +526,19 @@ def test_prepare_with_a_stored_normalizer_gives_the_fitted_tensors_and_refuses_a
         prepare(mnist, normalize="global", normalizer=stored)
     assert str(info.value) == ("normalize = 'global', but the given normalizer is 'pixel'; pass one fitted with "
                                "the same mode")
+
+
+def test_from_pool_is_the_concatenated_pool_indexed():
+    from cnnlab.data import from_pool
+
+    train = np.arange(7 * 2 * 2, dtype=np.uint8).reshape(7, 2, 2)
+    test = 100 + np.arange(3 * 2 * 2, dtype=np.uint8).reshape(3, 2, 2)
+    pool = np.concatenate([train, test])
+    for idx in ([], [0, 1, 2, 3, 4, 5, 6], [2, 3, 4], [7, 8, 9], [8, 9], [5, 6, 7, 8], [9, 0, 4], [6], [7], [1, 3]):
+        idx = np.asarray(idx, dtype=np.int64)
+        got = from_pool(train, test, idx)
+        np.testing.assert_array_equal(got, pool[idx], err_msg=str(idx))
+        assert got.shape == (len(idx), 2, 2) and got.dtype == np.uint8
+        if len(idx):
+            got[0] = 255  # a copy: the data set's arrays stay as they were
+    np.testing.assert_array_equal(np.concatenate([train, test]), pool)

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "cnnlab"
 TIERS = {
     0: ("errors", "files", "schema", "extras", "speed", "lazy", "device"),
     1: ("layers", "native", "model", "config", "optim", "optim_specs", "data", "augment", "metrics", "plots"),
-    2: ("inspection", "loop", "store", "callbacks"),
+    2: ("inspection", "loop", "store", "callbacks", "runfolder"),
     3: ("run", "report", "interop", "compare", "sweep", "tboard"),
     4: ("cli", "__main__"),
 }
@@ -97,6 +97,9 @@ def test_no_import_cycle():
     ("cnnlab.layers.table", ("torch",)),
     ("cnnlab.optim_specs", ("torch",)),
     ("cnnlab.schema", ("torch", "numpy", "cnnlab.config")),
+    ("cnnlab.runfolder", ("torch",)),  # evaluate and patterns draw from kept results without torch
+    ("cnnlab.report", ("torch",)),
+    ("cnnlab.inspection.shared", ("torch",)),
 ])
 def test_what_a_module_brings_in_when_imported_alone(module, absent):
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({absent!r})))"

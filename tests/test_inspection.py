@@ -128,7 +128,7 @@ def test_the_reports_test_pass_sees_what_run_test_data_gives(run):
 
     x, y = run.test_data()
     shared = report.test_pass(run)
-    assert torch.equal(shared.x, x) and torch.equal(shared.labels, y)
+    assert torch.equal(shared.prepare(shared.x), x) and np.array_equal(shared.labels, y.numpy())
 
 
 def test_the_pictures_of_a_run_share_one_load_of_its_images(run, raw_test, monkeypatch):

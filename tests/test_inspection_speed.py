@@ -78,9 +78,9 @@ def test_a_shared_pass_gives_what_separate_passes_give_in_one_pass(run, monkeypa
     np.testing.assert_allclose(kept.map_images, alone.map_images, rtol=1e-5, atol=1e-6)
     by_hand = torch.stack([layer_by_layer(run.model, data.test_x[data.test_y == k], "Conv2D_2").double().sum(0)
                            for k in range(10)])
-    torch.testing.assert_close(shared.class_sums("Conv2D_2"), by_hand, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(shared.class_sums("Conv2D_2")), by_hand, rtol=1e-5, atol=1e-4)
     with torch.no_grad():
-        torch.testing.assert_close(shared.logits(), run.model(data.test_x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(shared.logits()), run.model(data.test_x), rtol=1e-4, atol=1e-5)
 
 
 def test_hand_written_adam_is_torchs_adam_bit_for_bit():
@@ -196,14 +196,18 @@ def test_class_centroids_are_fitted_once_per_weights_and_images(run, monkeypatch
     fits = []
     fit = pat.fit_centroids
     monkeypatch.setattr(pat, "fit_centroids", lambda *a: fits.append(len(a[1])) or fit(*a))
-    args = (run.path, run.model, "Conv2D_2")
-    first = pat.cached_centroids(*args, images, labels, run.prepare, "unit")
+    args = (run.path, cache.weights_hash(run.model), "Conv2D_2")
+
+    def features(images):
+        return lambda: act.map_means(run.model, images, "Conv2D_2", run.prepare)
+
+    first = pat.cached_centroids(*args, images, labels, features(images), "unit", 10)
     np.testing.assert_array_equal(first, want.centroids)  # raw images normalized a chunk at a time: the same
     assert fits == [len(labels)] and len(list((run.path / cache.CACHE_DIR / "centroids").glob("Conv2D_2-*"))) == 1
-    np.testing.assert_array_equal(pat.cached_centroids(*args, images, labels, run.prepare, "unit"), first)
+    np.testing.assert_array_equal(pat.cached_centroids(*args, images, labels, features(images), "unit", 10), first)
     assert len(fits) == 1  # read back
-    pat.cached_centroids(*args, images[:-1], labels[:-1], run.prepare, "unit")
-    pat.cached_centroids(*args, images, labels, run.prepare, "other normalization")
+    pat.cached_centroids(*args, images[:-1], labels[:-1], features(images[:-1]), "unit", 10)
+    pat.cached_centroids(*args, images, labels, features(images), "other normalization", 10)
     assert len(fits) == 3  # other images, another normalization: fitted afresh
     score = pat.score_nearest("Conv2D_2", first, act.map_means(run.model, data.test_x, "Conv2D_2"), data.test_y)
     assert score.accuracy == want.accuracy and np.array_equal(score.predictions, want.predictions)
@@ -219,3 +223,75 @@ def test_inspection_commands_import_no_compiler_machinery(run):
     out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert os.path.isdir(run.path / "cache" / "filters")
+
+
+def _kept_views(folder):
+    """Run `evaluate` and `patterns` on ``folder`` in a fresh process; return whether it imported torch and what
+    evaluate wrote."""
+    code = ("import json, sys; from cnnlab.cli import main; "
+            f"assert main(['evaluate', {str(folder)!r}]) == 0; "
+            f"assert main(['patterns', {str(folder)!r}, '--layer', 'Conv2D_2']) == 0; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, check=True)
+    record = (folder / "inspect" / "evaluation.json").read_text()
+    arrays = dict(np.load(folder / "inspect" / "patterns_Conv2D_2.npz"))
+    return out.stdout.strip().splitlines()[-1] == "True", record, arrays
+
+
+def test_evaluate_and_patterns_draw_from_kept_results_without_torch(run, tmp_path):
+    import shutil
+
+    from cnnlab import store
+
+    folder = tmp_path / "run"
+    shutil.copytree(run.path, folder, ignore=shutil.ignore_patterns("cache", "inspect"))
+    imported, record, arrays = _kept_views(folder)
+    assert imported  # nothing kept yet: the model ran
+    kept = sorted(p.name.split("-")[0] for p in (folder / "cache" / "testpass").glob("*.npz"))
+    assert kept == ["logits", "means", "sums"] and len(list((folder / "cache" / "centroids").glob("*.npz"))) == 1
+    again_imported, again_record, again_arrays = _kept_views(folder)
+    assert not again_imported  # everything kept: torch was never imported
+    assert again_record == record
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(again_arrays[name], value, err_msg=name)
+    model = cnnlab.load(folder).model
+    with torch.no_grad():  # new weights (as after a resume): computed afresh, never the old figures
+        model.layers["Dense_2"].op.bias.add_(torch.arange(10.0))
+    store.replace_weights(folder, model)
+    new_imported, new_record, _ = _kept_views(folder)
+    assert new_imported and new_record != record
+    assert len(list((folder / "cache" / "testpass").glob("logits-*.npz"))) == 2
+
+
+def test_a_weights_file_hashes_as_the_model_that_loads_it(run):
+    from cnnlab.runfolder import open_folder
+
+    folder = open_folder(run.path)
+    assert folder.weights == cache.weights_hash(run.model) == cache.weights_hash(cnnlab.load(run.path).model)
+    assert cache.file_weights_hash(b"not safetensors") is None
+    from safetensors.torch import save
+
+    assert cache.file_weights_hash(save({"w": torch.ones(2, dtype=torch.bfloat16)})) is None  # numpy has no bf16
+
+
+def test_a_damaged_or_misshapen_kept_result_is_computed_again(run, tmp_path):
+    from cnnlab.inspection.shared import Keep
+
+    data = run.data()
+    keep = Keep(tmp_path, ("weights", "images"))
+    first = SharedPass(run.model, data.test_x, data.test_y, keep=keep)
+    logits = first.logits()
+    path = keep.path("logits", "model")
+    assert path.is_file()
+    loads = []
+    lazy = SharedPass(lambda: loads.append(1) or run.model, data.test_x, data.test_y, num_classes=10,
+                      shapes=first.shapes, keep=keep)
+    np.testing.assert_array_equal(lazy.logits(), logits)
+    assert loads == []  # read back: the model was never asked for
+    cache.keep_arrays(path, {"logits": logits[:5]})
+    np.testing.assert_array_equal(SharedPass(run.model, data.test_x, data.test_y, keep=keep).logits(), logits)
+    path.write_bytes(b"damaged")
+    np.testing.assert_array_equal(SharedPass(run.model, data.test_x, data.test_y, keep=keep).logits(), logits)
+    assert cache.read_arrays(path, ("logits",))["logits"].shape == logits.shape  # replaced
+    with pytest.raises(cnnlab.CnnlabError, match="no layer named 'Conv9'; valid names: Conv2D_1, "):
+        lazy.means("Conv9")

@@ -89,6 +89,20 @@ def _load(args: argparse.Namespace) -> Any:
     return load(args.run, device=resolve_device(args.device, "--device"))
 
 
+def _folder(args: argparse.Namespace) -> Any:
+    """The run folder of ``args.run``, read without torch; its model is loaded onto ``--device`` only where a
+    result is not kept in the run's cache. A device other than auto or cpu is checked at once (a GPU asked
+    for must be there, whatever the cache holds)."""
+    from cnnlab.report import as_folder
+
+    device = args.device
+    if device not in ("auto", "cpu"):
+        from cnnlab.device import resolve_device
+
+        device = resolve_device(device, "--device")
+    return as_folder(args.run, device)
+
+
 SPLITS = ("test", "train")
 
 
@@ -166,7 +180,7 @@ def _filters(args: argparse.Namespace) -> Any:
 def _patterns(args: argparse.Namespace) -> Any:
     from cnnlab.report import pattern_pictures
 
-    written = pattern_pictures(_load(args), args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
+    written = pattern_pictures(_folder(args), args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
     s = written.summary
     echo(f"{s['layer']}: nearest-class-pattern classifier (cosine to the class means of the map means, fitted on "
           f"{s['train_images']} training images): test accuracy {s['nearest_accuracy']:.4f}; "
@@ -178,7 +192,7 @@ def _patterns(args: argparse.Namespace) -> Any:
 def _evaluate(args: argparse.Namespace) -> Any:
     from cnnlab.report import evaluation_pictures
 
-    written = evaluation_pictures(_load(args), mistakes=args.mistakes, out=args.out)
+    written = evaluation_pictures(_folder(args), mistakes=args.mistakes, out=args.out)
     s = written.summary
     echo(f"test: accuracy {s['accuracy']:.4f} ({s['correct']} of {s['images']}), loss {s['loss']:.4f}")
     echo("per class: " + "  ".join(f"{c} {'-' if a is None else f'{a:.4f}'}"

@@ -19,24 +19,31 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
 from cnnlab import __version__, plots
+from cnnlab import layers as kinds
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_bytes, write_json, write_text
-from cnnlab.inspection import activations as act
+from cnnlab.inspection import cache
 from cnnlab.inspection import evaluation as ev
-from cnnlab.inspection import filters as flt
 from cnnlab.inspection import patterns as pat
-from cnnlab.inspection import saliency as sal
 from cnnlab.inspection.images import ImageSets
-from cnnlab import layers as kinds
-from cnnlab.inspection.shared import SharedPass
-from cnnlab.model import format_table
-from cnnlab.run import Run, load
+from cnnlab.inspection.shared import Keep, SharedPass
+from cnnlab.lazy import lazy_module
+from cnnlab.runfolder import RunFolder, open_folder
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnlab.run import Run
+
+# The views that need the model import torch on first use: evaluate and patterns draw from kept results without it.
+act = lazy_module("cnnlab.inspection.activations")
+flt = lazy_module("cnnlab.inspection.filters")
+sal = lazy_module("cnnlab.inspection.saliency")
 
 INSPECT_DIR = "inspect"
 REPORT = "report.html"
@@ -62,9 +69,32 @@ class Written:
         return [p for p in self.paths if p.suffix == ".png"]
 
 
-def as_run(run: Run | str | Path) -> Run:
+def as_run(run: Run | RunFolder | str | Path) -> Run:
     """Return ``run`` if it is loaded, else load the run folder."""
-    return run if isinstance(run, Run) else load(run)
+    if isinstance(run, RunFolder):
+        return run.run()
+    if isinstance(run, (str, Path)):
+        from cnnlab.run import load
+
+        return load(run)
+    return run
+
+
+def as_folder(run: Run | RunFolder | str | Path, device: Any = "auto") -> RunFolder:
+    """The run folder as the pictures that can draw from kept results see it: read without the model (which is
+    loaded onto ``device`` when first needed), or the folder of a loaded run (one per run, so its pictures share
+    one test pass)."""
+    if isinstance(run, RunFolder):
+        return run
+    if isinstance(run, (str, Path)):
+        return open_folder(run, device, load=_load_folder)
+    return _per_run(run, "folder", lambda: RunFolder.of_run(run))
+
+
+def _load_folder(folder: RunFolder) -> Run:
+    from cnnlab.run import load_folder
+
+    return load_folder(folder)
 
 
 def check_writable(folder: Path, option: str) -> None:
@@ -90,22 +120,37 @@ def _per_run(run: Run, key: Any, make: Callable[[], Any]) -> Any:
     return kept[key]
 
 
-def test_pass(run: Run) -> SharedPass:
-    """The run's test images as its model sees them, shared by every picture of that run (one forward pass)."""
-    def make() -> SharedPass:  # the raw test images normalized as Run.test_data does: one load of the data set
-        sets = image_sets(run)
-        return SharedPass(run.model, run.prepare(sets.images("test")), sets.labels("test"))  # chunks: ev.evaluate
-
-    return _per_run(run, "test pass", make)
+def _per_folder(folder: RunFolder, key: Any, make: Callable[[], Any]) -> Any:
+    """``make()`` once per folder and key, kept with the folder (what is kept may refer to the folder)."""
+    if key not in folder.memo:
+        folder.memo[key] = make()
+    return folder.memo[key]
 
 
-def image_sets(run: Run) -> ImageSets:
+def test_pass(run: Run | RunFolder) -> SharedPass:
+    """The run's test images as its model sees them, shared by every picture of that run (one forward pass),
+    and kept in ``RUN/cache/testpass/`` (keyed by the weights, the test images and the normalization)."""
+    folder = as_folder(run)
+
+    def make() -> SharedPass:  # raw test images, normalized a chunk at a time as Run.prepare does
+        sets = image_sets(folder)
+        raw, labels = sets.images("test"), sets.labels("test")
+        keep = Keep(folder.path, (folder.weights, cache.arrays_hash(raw, labels),
+                                  json.dumps(folder.normalizer.to_dict())))
+        return SharedPass(lambda: folder.run().model, raw, labels, num_classes=folder.num_classes,
+                          shapes=folder.shapes, prepare=lambda images: folder.run().prepare(images), keep=keep)
+
+    return _per_folder(folder, "test pass", make)
+
+
+def image_sets(run: Run | RunFolder) -> ImageSets:
     """The run's raw test and training images in its order, shared by every picture of that run (the report
     loaded the data set five times)."""
-    return _per_run(run, "image sets", lambda: ImageSets(run.config))
+    folder = as_folder(run)
+    return _per_folder(folder, "image sets", lambda: ImageSets(folder.config))
 
 
-def output_paths(run: Run, names: list[str], out: str | Path | None) -> list[Path]:
+def output_paths(run: Run | RunFolder, names: list[str], out: str | Path | None) -> list[Path]:
     """Where the files ``names`` go: ``<run>/inspect/``, or as ``out`` says (a ``.png`` file or a folder)."""
     if out is None:
         folder = run.path / INSPECT_DIR
@@ -210,7 +255,7 @@ def _activation_figure(run: Run, layer: str, values: np.ndarray, picked: Any, i:
 # Filter patterns
 
 
-def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = None, steps: int = flt.STEPS,
+def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = None, steps: int | None = None,
                     seed: int = 0, cols: int = 8, out: str | Path | None = None) -> Written:
     """Write the gradient-ascent pattern of each map of ``layer`` and how strongly it drives its map.
 
@@ -220,6 +265,7 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
         ``seconds`` of the optimization.
     """
     run = as_run(run)
+    steps = flt.STEPS if steps is None else steps
     act.check_layer(run.model, layer)
     chosen = flt.check_maps(run.model, layer, maps)
     every = len(chosen) == run.model.output_shapes[layer][0]
@@ -247,10 +293,11 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
     return written
 
 
-def every_map_patterns(run: Run, layers: list[str], steps: int = flt.STEPS,
+def every_map_patterns(run: Run, layers: list[str], steps: int | None = None,
                        seed: int = 0) -> dict[str, flt.FilterPatterns]:
     """The filter patterns of every map of each of ``layers``, kept for the run: those not in the run folder's
-    cache are computed side by side (``cached_filter_patterns_of_layers``)."""
+    cache are computed side by side (``cached_filter_patterns_of_layers``); ``steps`` defaults to ``flt.STEPS``."""
+    steps = flt.STEPS if steps is None else steps
     kept = _PER_RUN.setdefault(run, {})
     missing = [layer for layer in layers if ("filters", layer, steps, seed) not in kept]
     if missing:
@@ -277,49 +324,57 @@ def _span(maps: np.ndarray) -> str:
 # Class patterns
 
 
-def pattern_pictures(run: Run | str | Path, layer: str, cols: int = 8, cmap: str = "viridis",
+def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 8, cmap: str = "viridis",
                      out: str | Path | None = None) -> Written:
     """Write the classes x maps heat map of mean activations (test set), per class the average map images,
     and the nearest-class-pattern classifier's accuracy next to the network's.
 
+    What the forward passes give (the test pass, the training images' centroids) is kept in the run's cache:
+    a later call for the same weights loads neither the model nor torch.
+
     Returns:
         The paths; ``summary`` has ``nearest_accuracy``, ``network_accuracy`` and ``layer``.
     """
-    run = as_run(run)
-    act.check_layer(run.model, layer)
+    folder = as_folder(run)
+    shared = test_pass(folder)
+    shared.check(layer)
     plots.check_cmap(cmap)
-    shared = test_pass(run)
     shared.want(means=[layer], class_sums=[layer], logits=True)
     classes = pat.patterns_from_sums(layer, shared.class_sums(layer), shared.labels, shared.means(layer))
-    sets = image_sets(run)
+    sets = image_sets(folder)
     train_images, train_labels = sets.images("train"), sets.labels("train")
-    centroids = pat.cached_centroids(run.path, run.model, layer, train_images, train_labels, run.prepare,
-                                     json.dumps(run.normalizer.to_dict()))
+
+    def train_means() -> np.ndarray:
+        loaded = folder.run()
+        return act.map_means(loaded.model, train_images, layer, loaded.prepare)
+
+    centroids = pat.cached_centroids(folder.path, folder.weights, layer, train_images, train_labels, train_means,
+                                     json.dumps(folder.normalizer.to_dict()), folder.num_classes)
     nearest = pat.score_nearest(layer, centroids, classes.features, shared.labels)
-    network = ev.from_logits(shared.logits(), shared.labels, run.model.num_classes).accuracy
+    network = ev.from_logits(shared.logits(), shared.labels, folder.num_classes).accuracy
     summary = {"layer": layer, "nearest_accuracy": nearest.accuracy, "network_accuracy": network,
                "test_images": int(len(shared.labels)), "train_images": int(len(train_labels))}
     has_maps = classes.map_images.ndim == 4
     names = [f"patterns_{layer}.png"] + ([f"patterns_{layer}_class{k}.png" for k in range(len(classes.counts))]
                                          if has_maps else [])
-    paths = output_paths(run, names, out)
+    paths = output_paths(folder, names, out)
     written = Written(summary=summary)
     title = (f"{layer}: mean activation of each map per class ({summary['test_images']} test images); "
              f"nearest class pattern {nearest.accuracy:.4f} vs network {network:.4f}")
-    _save(plots.class_heatmap_figure(classes.means, title, cmap, run.classes), paths[0],
+    _save(plots.class_heatmap_figure(classes.means, title, cmap, folder.classes), paths[0],
           {"means": classes.means, "counts": classes.counts, "map_images": classes.map_images,
            "centroids": nearest.centroids, "nearest_predictions": nearest.predictions,
            "nearest_accuracy": nearest.accuracy, "network_accuracy": network, "layer": layer}, written)
     if has_maps:
-        _class_map_pictures(run, classes, shared.labels.numpy(), paths[1:], cols, cmap, written)
+        _class_map_pictures(folder, classes, shared.labels, paths[1:], cols, cmap, written)
     return written
 
 
-def _class_map_pictures(run: Run, classes: pat.ClassPatterns, labels: np.ndarray, paths: list[Path], cols: int,
-                        cmap: str, written: Written) -> None:
-    raw = image_sets(run).images("test")
+def _class_map_pictures(folder: RunFolder, classes: pat.ClassPatterns, labels: np.ndarray, paths: list[Path],
+                        cols: int, cmap: str, written: Written) -> None:
+    raw = image_sets(folder).images("test")
     means = [raw[labels == k].mean(axis=0) if classes.counts[k] else np.zeros((28, 28)) for k in range(len(paths))]
-    titles = [f"{classes.layer}: average maps of class {_name(run, k)} ({classes.counts[k]} test images), "
+    titles = [f"{classes.layer}: average maps of class {_name(folder, k)} ({classes.counts[k]} test images), "
               f"shape {tuple(classes.map_images.shape[1:])}" for k in range(len(paths))]
     pictures = plots.activation_grid_pngs(zip(classes.map_images, means, titles), 0.0,
                                           float(classes.map_images.max()), cols, cmap,
@@ -333,30 +388,34 @@ def _class_map_pictures(run: Run, classes: pat.ClassPatterns, labels: np.ndarray
 # Evaluation
 
 
-def evaluation_pictures(run: Run | str | Path, mistakes: int = 24, out: str | Path | None = None) -> Written:
+def evaluation_pictures(run: Run | RunFolder | str | Path, mistakes: int = 24,
+                        out: str | Path | None = None) -> Written:
     """Write test accuracy, loss, per-class accuracy and the confusion matrix (JSON and PNG), and a gallery of
     the most confidently misclassified test images.
+
+    The test pass's logits are kept in the run's cache: a later call for the same weights loads neither the
+    model nor torch.
 
     Returns:
         The paths; ``summary`` is the JSON record (``accuracy``, ``loss``, ``per_class_accuracy``, ...).
     """
     if mistakes < 1:
         raise CnnlabError(f"--mistakes {mistakes}: give at least 1 image for the gallery of mistakes")
-    run = as_run(run)
-    shared = test_pass(run)
-    result = ev.from_logits(shared.logits(), shared.labels, run.model.num_classes)
+    folder = as_folder(run)
+    shared = test_pass(folder)
+    result = ev.from_logits(shared.logits(), shared.labels, folder.num_classes)
     json_path, confusion_png, gallery_png = output_paths(
-        run, ["evaluation.json", "evaluation_confusion.png", "evaluation_mistakes.png"], out)
-    record = result.to_dict(run.classes)
+        folder, ["evaluation.json", "evaluation_confusion.png", "evaluation_mistakes.png"], out)
+    record = result.to_dict(folder.classes)
     written = Written(paths=[write_json(json_path, record)], summary=record)
     title = f"test set: {record['correct']} of {record['images']} correct ({result.accuracy:.4f})"
-    _save(plots.confusion_figure(result.confusion, title, run.classes), confusion_png,
+    _save(plots.confusion_figure(result.confusion, title, folder.classes), confusion_png,
           {"confusion": result.confusion, "labels": result.labels, "predictions": result.predictions,
            "probabilities": result.probabilities}, written)
     worst = ev.confident_mistakes(result, mistakes)
-    raw = image_sets(run).images("test")[worst]
+    raw = image_sets(folder).images("test")[worst]
     confidence = result.probabilities[worst, result.predictions[worst]]
-    captions = [f"#{i} {_name(run, result.labels[i])}->{_name(run, result.predictions[i])} ({c:.2f})"
+    captions = [f"#{i} {_name(folder, result.labels[i])}->{_name(folder, result.predictions[i])} ({c:.2f})"
                 for i, c in zip(worst, confidence)]
     fig = plots.gallery_figure(raw, captions, f"the {len(worst)} most confident mistakes: "
                                               "#test index true->predicted (probability)")
@@ -365,7 +424,7 @@ def evaluation_pictures(run: Run | str | Path, mistakes: int = 24, out: str | Pa
     return written
 
 
-def _name(run: Run, label: int) -> str:
+def _name(run: Run | RunFolder, label: int) -> str:
     """The class name of a label (its number where the run names fewer classes than its model has outputs)."""
     label = int(label)
     return run.classes[label] if label < len(run.classes) else str(label)
@@ -442,6 +501,8 @@ def write_report(run_dir: str | Path | Run, echo: Echo | None = print) -> Path:
 
 
 def _section_run(run: Run) -> str:
+    from cnnlab.model import format_table
+
     last = run.history[-1] if run.history else {}
     facts = [("run", str(run.path)), ("epochs", str(len(run.history))),
              ("last val_accuracy", f"{last.get('val_accuracy', float('nan')):.4f}"),
@@ -541,6 +602,8 @@ td, th { border: 1px solid #ddd; padding: .2em .6em; text-align: left; }
 
 
 def _page(run: Run, sections: list[str]) -> str:
+    import torch
+
     made = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<link rel='icon' href='data:,'>"  # no favicon request

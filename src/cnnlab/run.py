@@ -28,6 +28,7 @@ from cnnlab.loop import Trainer
 from cnnlab.metrics import evaluate, predict_logits
 from cnnlab.model import CnnModel, build_model, layer_table
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
+from cnnlab.runfolder import RunFolder, open_folder
 from cnnlab.speed import cpu_name, keep_freed_memory, resolve_precision, threads
 from cnnlab.version import git_commit
 
@@ -211,25 +212,24 @@ def load(run_dir: str | Path, device: str | torch.device = "auto") -> Run:
     or a ``torch.device``. The folder's tensors are CPU tensors, whatever device trained the run.
     """
     on = device if isinstance(device, torch.device) else resolve_device(device, "device")
-    run_dir = store.require_run(run_dir)
+    return load_folder(open_folder(run_dir, device=on, load=load_folder))
+
+
+def load_folder(folder: RunFolder) -> Run:
+    """The run of a folder read by ``open_folder``: its model built, given the committed weights and put on the
+    folder's device."""
+    device = folder.device
+    on = device if isinstance(device, torch.device) else resolve_device(device, "device")
     keep_freed_memory()  # inspection runs many large forward passes: class patterns 13.8 -> 10.3 s
-    cfg = _read_config(run_dir)
+    cfg, ckpt = folder.config, folder.checkpoint
     model = _build(cfg)
-    ckpt = store.open_checkpoint(run_dir, names=(store.WEIGHTS, store.BEST, store.HISTORY_JSON, store.MODEL))
-    use_best = cfg.train.checkpoint == "best" and ckpt.has(store.BEST)
-    store.load_checkpoint_weights(ckpt, model, store.BEST if use_best else store.WEIGHTS)
+    store.load_checkpoint_weights(ckpt, model, folder.weights_name)
     model.to(on)
     if cfg.train.channels_last:  # as in training: the layout the fast path (native kernels, oneDNN) wants
         model.to(memory_format=torch.channels_last)
     model.eval()
-    info = ckpt.json(store.MODEL) if ckpt.has(store.MODEL) else store.read_json(run_dir / store.MODEL)
-    try:
-        normalizer = Normalizer.from_dict(info["normalizer"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CnnlabError(f"{run_dir / store.MODEL} has no usable normalizer ({type(exc).__name__}: {exc}); "
-                          "the run folder is damaged") from None
     history = ckpt.json(store.HISTORY_JSON) if ckpt.has(store.HISTORY_JSON) else []
-    return Run(run_dir, cfg, model, normalizer, history, classes=info.get("classes"))
+    return Run(folder.path, cfg, model, folder.normalizer, history, classes=folder.classes)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -52,16 +52,21 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_tensor_bytes
-from safetensors.torch import save as tensor_bytes
 
 from cnnlab.errors import CnnlabError
 from cnnlab.files import fsync_dir, write_bytes, write_json
-from cnnlab.loop import TrainState, Trainer
+from cnnlab.lazy import lazy_module
+
+if TYPE_CHECKING:
+    from cnnlab.loop import Trainer, TrainState
+
+# Reading a run folder's manifest and files needs no torch (the inspection commands answer from the run's cache
+# without it); tensors need it, on first use.
+torch = lazy_module("torch")
+safetensors_torch = lazy_module("safetensors.torch")
 
 CONFIG = "config.toml"
 MODEL = "model.json"
@@ -171,7 +176,7 @@ class Checkpoint:
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         """The safetensors file ``name`` as tensors."""
         try:
-            return load_tensor_bytes(self._blob(name))
+            return safetensors_torch.load(self._blob(name))
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise CnnlabError(f"{self.where(name)} is corrupt or not a safetensors file ({exc}); "
                               "restore it or train the run again") from None
@@ -359,7 +364,7 @@ def tensors_bytes(tensors: dict[str, torch.Tensor], format_pt: bool = True) -> b
     """Serialize tensors as safetensors bytes, as CPU tensors whatever device they are on (a run folder loads
     on any machine; reading gives CPU tensors, which ``load_state_dict`` copies to the model's device)."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    return tensor_bytes(tensors, metadata={"format": "pt"} if format_pt else None)
+    return safetensors_torch.save(tensors, metadata={"format": "pt"} if format_pt else None)
 
 
 def save_weights(path: str | Path, model: torch.nn.Module) -> Path:
@@ -373,7 +378,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CnnlabError(f"{path} is missing; the run folder is incomplete")
     try:
-        return load_tensor_bytes(path.read_bytes())
+        return safetensors_torch.load(path.read_bytes())
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CnnlabError(f"{path} is corrupt or not a safetensors file ({exc}); "
                           "restore it or train the run again") from None
@@ -412,7 +417,7 @@ def read_initial(run_dir: str | Path) -> tuple[bytes, dict[str, torch.Tensor]]:
         return (run_dir / INITIAL).read_bytes(), read_tensors(run_dir / INITIAL)
     data = _verified(run_dir, entry, 0)
     try:
-        return data, load_tensor_bytes(data)
+        return data, safetensors_torch.load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise CnnlabError(f"{run_dir / INITIAL} is corrupt ({exc}); the run folder is damaged") from None
 
@@ -504,6 +509,8 @@ def load_state(run_dir: Path, ckpt: Checkpoint | None = None) -> TrainState | No
                           "was changed by hand or not written completely")
     if not {"shuffle", "torch"} <= set(rng) <= {"shuffle", "torch", "cuda"}:
         raise CnnlabError(f"{ckpt.where(RNG)} does not hold the generator states; the run folder is damaged")
+    from cnnlab.loop import TrainState
+
     return TrainState(epoch=info["epoch"], history=history, shuffle_rng=rng["shuffle"], torch_rng=rng["torch"],
                       cuda_rng=rng.get("cuda"), callbacks=info.get("callbacks", {}))
 

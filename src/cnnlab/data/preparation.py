@@ -247,6 +247,10 @@ def prepare_test(mnist: Mnist, normalizer: Normalizer, split: str = "standard", 
 def from_pool(train: np.ndarray, test: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``concatenate([train, test])[idx]`` (indices as ``split_indices`` gives them) without the copy of the whole
     pool."""
+    for part, start in ((train, 0), (test, len(train))):
+        if len(idx) and idx[0] >= start and idx[-1] - start < len(part) and idx[-1] - idx[0] + 1 == len(idx) \
+                and (np.diff(idx) == 1).all():  # a run of one set (the standard split): a slice, not a gather
+            return part[idx[0] - start:idx[-1] - start + 1].copy()
     out = np.empty((len(idx), *train.shape[1:]), dtype=train.dtype)
     in_train = idx < len(train)
     out[in_train] = train[idx[in_train]]

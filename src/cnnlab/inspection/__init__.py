@@ -13,3 +13,5 @@ the training loop.
 | ``evaluation`` | accuracy, loss, per-class accuracy, confusion matrix, confident mistakes |
 | ``saliency`` | gradient saliency and Grad-CAM |
 """
+
+CHUNK = 256  # images per forward pass: bounds memory to one chunk's activations (Conv2D_1 of seed: 22 MB)

@@ -19,9 +19,9 @@ from cnnlab import layers as kinds
 from cnnlab import native
 from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
+from cnnlab.inspection import CHUNK
 from cnnlab.model import CnnModel
 
-CHUNK = 256  # images per forward pass: bounds memory to one chunk's activations (Conv2D_1 of seed: 22 MB)
 
 Prepare = Callable[[torch.Tensor | np.ndarray], torch.Tensor]
 

@@ -15,22 +15,52 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+from safetensors import SafetensorError
 
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 CACHE_DIR = Path("cache")  # inside the run folder
 
 
 def weights_hash(model: torch.nn.Module) -> str:
-    """A SHA-256 of the model's parameters and buffers (names, shapes, values; memory layout aside)."""
+    """A SHA-256 of the model's parameters and buffers (names, dtypes, shapes, values; memory layout aside).
+
+    It equals ``file_weights_hash`` of a safetensors file the model was loaded from, so a command can find a
+    kept result from the file alone, without torch.
+    """
+    import torch
+
+    def array(tensor: torch.Tensor) -> np.ndarray:
+        tensor = tensor.detach().cpu()
+        return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+    return named_arrays_hash({name: array(t) for name, t in model.state_dict().items()})
+
+
+def file_weights_hash(data: bytes) -> str | None:
+    """``weights_hash`` of a model holding the weights of safetensors bytes ``data``, read without torch; None
+    where numpy cannot hold them (bfloat16) or the bytes are not safetensors."""
+    from safetensors.numpy import load
+
+    try:
+        return named_arrays_hash(load(data))
+    except (SafetensorError, ValueError, TypeError, KeyError):  # KeyError: a dtype numpy lacks
+        return None
+
+
+def named_arrays_hash(arrays: dict[str, np.ndarray]) -> str:
+    """A SHA-256 of named arrays, in name order: names, dtypes, shapes and values."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        value = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.numpy().tobytes() if value.dtype != torch.bfloat16 else value.float().numpy().tobytes())
+    for name in sorted(arrays):
+        digest.update(f"{name}:".encode())
+        _update(digest, arrays[name])
     return digest.hexdigest()
 
 
@@ -38,10 +68,14 @@ def arrays_hash(*arrays: np.ndarray) -> str:
     """A SHA-256 of arrays: their dtypes, shapes and values."""
     digest = hashlib.sha256()
     for a in arrays:
-        a = np.ascontiguousarray(a)
-        digest.update(f"{a.dtype.str}:{a.shape};".encode())
-        digest.update(a.data)
+        _update(digest, a)
     return digest.hexdigest()
+
+
+def _update(digest: "hashlib._Hash", a: np.ndarray) -> None:
+    a = np.ascontiguousarray(a)
+    digest.update(f"{a.dtype.str}:{a.shape};".encode())
+    digest.update(a.reshape(-1).view(np.uint8))
 
 
 def cache_path(run_dir: str | Path, kind: str, layer: str, parts: list[str]) -> Path:
@@ -53,16 +87,28 @@ def cache_path(run_dir: str | Path, kind: str, layer: str, parts: list[str]) -> 
 def cached_arrays(path: Path, names: tuple[str, ...],
                   compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The arrays ``names`` read from ``path``; where it is missing or damaged, ``compute()``'s, written there."""
+    arrays = read_arrays(path, names)
+    if arrays is None:
+        arrays = compute()
+        keep_arrays(path, {name: arrays[name] for name in names})
+    return arrays
+
+
+def read_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays ``names`` kept in ``path``; None where the file is missing, damaged or lacks one."""
     try:
         with np.load(path, allow_pickle=False) as f:
             return {name: f[name] for name in names}
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        pass
-    arrays = compute()
+        return None
+
+
+def keep_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` atomically; in a read-only run folder, keep nothing (the result is still
+    right, only computed again next time)."""
     buf = io.BytesIO()
-    np.savez(buf, **{name: np.asarray(arrays[name]) for name in names})
+    np.savez(buf, **{name: np.asarray(a) for name, a in arrays.items()})
     try:
         write_bytes(path, buf.getvalue())
-    except CnnlabError:  # a read-only run folder: the result is still right, only not kept
+    except CnnlabError:
         pass
-    return arrays

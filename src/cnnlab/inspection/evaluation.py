@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from cnnlab.inspection.activations import CHUNK
-from cnnlab.metrics import predict_logits
-from cnnlab.model import CnnModel
+from cnnlab.inspection import CHUNK
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnlab.model import CnnModel
 
 
 @dataclass
@@ -60,25 +61,41 @@ def evaluate(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, num
     in chunks of 2,000; the report's pass that also keeps every conv layer's map means, 0.5 s against 2.4-2.75 s).
     The model's train/eval mode is restored.
     """
+    from cnnlab.metrics import predict_logits
+
     return from_logits(predict_logits(model, x, batch_size=chunk), y, num_classes or model.num_classes)
 
 
-def from_logits(logits: torch.Tensor, y: torch.Tensor | np.ndarray, num_classes: int) -> Evaluation:
-    """The ``Evaluation`` of a model whose logits (N, classes) for the images with labels ``y`` are at hand."""
-    labels = torch.as_tensor(np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y), dtype=torch.int64)
+def from_logits(logits: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, num_classes: int) -> Evaluation:
+    """The ``Evaluation`` of a model whose logits (N, classes) for the images with labels ``y`` are at hand.
+
+    Counted in numpy (float64 for the loss) on the CPU, whatever device gave the logits, so that a kept pass
+    gives its figures without torch.
+    """
+    labels = _cpu_array(y).astype(np.int64)
+    logits = _cpu_array(logits).astype(np.float32)
     k = num_classes
-    logits = logits.float().cpu()  # the figures are small: count them on the CPU, whatever device gave them
     if len(labels) == 0:
         empty = np.zeros((k, k), dtype=np.int64)
         return Evaluation(float("nan"), float("nan"), np.full(k, np.nan), empty, np.zeros(0, np.int64),
                           np.zeros(0, np.int64), np.zeros((0, k), np.float32))
-    predictions = logits.argmax(dim=1)
-    confusion = torch.bincount(labels * k + predictions, minlength=k * k).view(k, k).numpy()
+    predictions = logits.argmax(axis=1)
+    confusion = np.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
     per_class = np.diag(confusion) / np.where(confusion.sum(axis=1) > 0, confusion.sum(axis=1), np.nan)
-    return Evaluation(loss=float(F.cross_entropy(logits, labels)),
-                      accuracy=float((predictions == labels).double().mean()),
-                      per_class_accuracy=per_class, confusion=confusion, labels=labels.numpy(),
-                      predictions=predictions.numpy(), probabilities=torch.softmax(logits, dim=1).numpy())
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return Evaluation(loss=float(-log_probs[np.arange(len(labels)), labels].mean()),
+                      accuracy=float((predictions == labels).mean()),
+                      per_class_accuracy=per_class, confusion=confusion, labels=labels,
+                      predictions=predictions, probabilities=np.exp(log_probs).astype(np.float32))
+
+
+def _cpu_array(values: Any) -> np.ndarray:
+    """A numpy array of ``values``: an array, or a tensor on any device (copied to the CPU)."""
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu() if values.is_floating_point() else values.detach().cpu()
+        return values.numpy()
+    return np.asarray(values)
 
 
 def confident_mistakes(ev: Evaluation, count: int = 24) -> np.ndarray:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
-from cnnlab.inspection import cache
-from cnnlab.inspection.activations import CHUNK, Prepare, map_means
+from cnnlab.inspection import CHUNK, cache
 from cnnlab.inspection.shared import SharedPass
-from cnnlab.model import CnnModel
+
+if TYPE_CHECKING:
+    import torch
+
+    from cnnlab.model import CnnModel
 
 
 @dataclass
@@ -71,15 +74,16 @@ def class_patterns(model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarra
     return patterns_from_sums(layer, shared.class_sums(layer), shared.labels, shared.means(layer))
 
 
-def patterns_from_sums(layer: str, sums: torch.Tensor, labels: torch.Tensor | np.ndarray,
-                       features: np.ndarray) -> ClassPatterns:
-    """The ``ClassPatterns`` of ``layer`` from the per-class sums of its activations (classes, *shape), the
-    labels (N,) and the per-image map means (N, maps) (as ``cnnlab.inspection.shared.SharedPass`` keeps them)."""
+def patterns_from_sums(layer: str, sums: np.ndarray, labels: np.ndarray, features: np.ndarray) -> ClassPatterns:
+    """The ``ClassPatterns`` of ``layer`` from the per-class sums of its activations (float64 (classes, *shape)),
+    the labels (N,) and the per-image map means (N, maps) (as ``cnnlab.inspection.shared.SharedPass`` keeps
+    them)."""
+    sums = np.asarray(sums, dtype=np.float64)
     k = sums.shape[0]
-    counts = torch.bincount(torch.as_tensor(np.asarray(labels), dtype=torch.int64), minlength=k)[:k]
-    images = (sums / counts.clamp_min(1).view(-1, *[1] * (sums.ndim - 1))).float().numpy()
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k)[:k]
+    images = (sums / np.maximum(counts, 1).reshape(-1, *[1] * (sums.ndim - 1))).astype(np.float32)
     means = images.mean(axis=(2, 3)) if images.ndim == 4 else images
-    return ClassPatterns(layer, counts.numpy(), images, means, features)
+    return ClassPatterns(layer, counts, images, means, features)
 
 
 def fit_centroids(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -114,7 +118,10 @@ def nearest_pattern(model: CnnModel, train_x: torch.Tensor, train_y: torch.Tenso
         test_features: the test images' map means if already computed (``ClassPatterns.features``).
         chunk: images per forward pass.
     """
-    centroids = fit_centroids(map_means(model, train_x, layer, chunk=chunk), np.asarray(train_y), model.num_classes)
+    from cnnlab.inspection.activations import map_means
+
+    train_y = train_y.numpy() if hasattr(train_y, "numpy") else np.asarray(train_y)
+    centroids = fit_centroids(map_means(model, train_x, layer, chunk=chunk), train_y, model.num_classes)
     if test_features is None:
         test_features = map_means(model, test_x, layer, chunk=chunk)
     return score_nearest(layer, centroids, test_features, test_y)
@@ -128,18 +135,21 @@ def score_nearest(layer: str, centroids: np.ndarray, test_features: np.ndarray,
     return NearestPattern(layer, centroids, predictions, accuracy)
 
 
-def cached_centroids(run_dir: str | Path, model: CnnModel, layer: str, images: np.ndarray, labels: np.ndarray,
-                     prepare: Prepare, prepare_key: str, chunk: int = CHUNK) -> np.ndarray:
-    """``fit_centroids`` of the map means of raw training ``images`` (uint8 (N, 28, 28), normalized by
-    ``prepare`` a chunk at a time), computed once per weights and images, kept in ``<run_dir>/cache/centroids/``.
+def cached_centroids(run_dir: str | Path, weights: str, layer: str, images: np.ndarray, labels: np.ndarray,
+                     features: Callable[[], np.ndarray], prepare_key: str, num_classes: int) -> np.ndarray:
+    """``fit_centroids`` of the map means of ``layer`` over the raw training ``images`` (uint8 (N, 28, 28)) with
+    ``labels``, computed once per weights and images, kept in ``<run_dir>/cache/centroids/``.
 
-    ``prepare_key`` names the normalization (e.g. the normalizer's record): another one misses the cache.
+    Args:
+        weights: the weights' hash (``cache.weights_hash``).
+        features: computes the map means (N, maps) of ``images`` (called only when nothing is kept).
+        prepare_key: names the normalization (e.g. the normalizer's record): another one misses the cache.
+        num_classes: the centroids' rows.
     """
-    k = model.num_classes
     path = cache.cache_path(run_dir, "centroids", layer, [
-        cache.weights_hash(model), layer, cache.arrays_hash(images, labels), prepare_key, str(k)])
+        weights, layer, cache.arrays_hash(images, labels), prepare_key, str(num_classes)])
 
     def compute() -> dict[str, np.ndarray]:
-        return {"centroids": fit_centroids(map_means(model, images, layer, prepare, chunk), labels, k)}
+        return {"centroids": fit_centroids(features(), labels, num_classes)}
 
     return cache.cached_arrays(path, ("centroids",), compute)["centroids"]

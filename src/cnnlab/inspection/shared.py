@@ -3,54 +3,154 @@
 The evaluation needs the logits of the test set, each filter-pattern picture the test images' map means of its
 layer, the class patterns the per-class sums of one layer's maps and the network's accuracy. ``SharedPass``
 computes what is asked for and not yet at hand in one forward pass (the fast path, in chunks) and keeps it, so
-a report runs over the test set once instead of once per view.
+a report runs over the test set once instead of once per view. Given a ``Keep``, it also keeps each result in
+the run folder's cache and reads it back there: a later command that finds everything it needs kept loads
+neither the model nor torch.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from cnnlab.inspection.activations import CHUNK, check_layer, chunked_outputs
-from cnnlab.model import CnnModel
+import numpy as np
+
+from cnnlab.errors import CnnlabError
+from cnnlab.inspection import CHUNK, cache
+
+if TYPE_CHECKING:
+    from cnnlab.model import CnnModel
+
+KIND = "testpass"  # the cache folder: <run>/cache/testpass/
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Where a pass keeps its results: the run folder, and what they depend on (the weights' hash, the images'
+    hash, the normalization, ...), as strings: other weights or images miss the cache."""
+
+    run_dir: Path
+    parts: tuple[str, ...]
+
+    def path(self, what: str, layer: str) -> Path:
+        """The file of one result: ``what`` (``logits``, ``means``, ``sums``) of ``layer``."""
+        return cache.cache_path(self.run_dir, KIND, f"{what}-{layer}", list(self.parts))
 
 
 class SharedPass:
     """What a model makes of fixed images ``x`` with labels ``y``, computed on demand and kept.
 
     Args:
-        model: the network.
-        x: normalized images (N, 1, 28, 28).
+        model: the network, or a function that returns it, called only when something must be computed (then
+            ``shapes`` names the layers).
+        x: normalized images (N, 1, 28, 28); with ``prepare``, whatever it accepts (raw uint8 (N, 28, 28)),
+            normalized a chunk at a time.
         y: their labels (N,).
         chunk: images per forward pass.
         num_classes: the rows of the per-class sums (default: the model's classes).
+        shapes: layer name -> output shape without the batch, in forward order (default: the model's).
+        prepare: turns a chunk of ``x`` into the model's input.
+        keep: where results are kept between processes (default: only in this object).
     """
 
-    def __init__(self, model: CnnModel, x: torch.Tensor, y: torch.Tensor | np.ndarray, chunk: int = CHUNK,
-                 num_classes: int | None = None):
-        self.model, self.x, self.chunk = model, x, chunk
-        self.num_classes = num_classes or model.num_classes
-        self.labels = torch.as_tensor(np.asarray(y), dtype=torch.int64)
-        self._logits: torch.Tensor | None = None
-        self._means: dict[str, np.ndarray] = {}
-        self._sums: dict[str, torch.Tensor] = {}
+    def __init__(self, model: CnnModel | Callable[[], CnnModel], x: Any, y: Any, chunk: int = CHUNK,
+                 num_classes: int | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+                 prepare: Callable[[Any], Any] | None = None, keep: Keep | None = None):
+        self._model = model if hasattr(model, "output_shapes") else None
+        self._load = model if self._model is None else None
+        self.x, self.chunk, self.prepare, self.keep = x, chunk, prepare, keep
+        if shapes is None:
+            shapes = {name: tuple(self.model.output_shapes[name]) for name in self.model.layer_names}
+        self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
+        self.num_classes = num_classes or self.model.num_classes
+        labels = y.detach().cpu().numpy() if hasattr(y, "detach") else np.asarray(y)
+        self.labels = labels.astype(np.int64)
+        self._kept: dict[tuple[str, str], np.ndarray] = {}
+
+    @property
+    def model(self) -> CnnModel:
+        """The network (loaded on first use where it was given as a function)."""
+        if self._model is None:
+            self._model = self._load()
+        return self._model
 
     def want(self, means: list[str] | tuple[str, ...] = (), class_sums: list[str] | tuple[str, ...] = (),
              logits: bool = False) -> None:
-        """Compute, in one pass, whichever of these is not at hand yet: the per-map means of the layers in
-        ``means``, the per-class sums of the activations of the layers in ``class_sums``, the logits."""
-        new_means = [check_layer(self.model, layer) for layer in dict.fromkeys(means) if layer not in self._means]
-        new_sums = [check_layer(self.model, layer) for layer in dict.fromkeys(class_sums) if layer not in self._sums]
-        new_logits = logits and self._logits is None
-        layers = sorted({*new_means, *new_sums}, key=self.model.layer_names.index)
-        if not layers and not new_logits:
-            return
-        n, k, shapes = len(self.labels), self.model.num_classes, self.model.output_shapes
-        got_means = {layer: np.empty((n, shapes[layer][0]), dtype=np.float32) for layer in new_means}
-        got_sums = {layer: torch.zeros((self.num_classes, *shapes[layer]), dtype=torch.float64)
+        """Compute, in one pass, whichever of these is neither at hand nor kept in the run folder: the per-map
+        means of the layers in ``means``, the per-class sums of the activations of the layers in ``class_sums``,
+        the logits."""
+        asked = ([("means", self.check(layer)) for layer in dict.fromkeys(means)]
+                 + [("sums", self.check(layer)) for layer in dict.fromkeys(class_sums)]
+                 + ([("logits", "model")] if logits else []))
+        missing = [item for item in asked if item not in self._kept and not self._read(item)]
+        if missing:
+            computed = self._compute(missing)
+            self._kept.update(computed)
+            if self.keep is not None:
+                for (what, layer), array in computed.items():
+                    cache.keep_arrays(self.keep.path(what, layer), {what: array})
+
+    def check(self, layer: str) -> str:
+        """Return ``layer`` if the model has it, else raise a one-line error listing the valid names."""
+        if layer not in self.shapes:
+            raise CnnlabError(f"no layer named {layer!r}; valid names: {', '.join(self.shapes)}")
+        return layer
+
+    def logits(self) -> np.ndarray:
+        """The logits (N, classes), float32."""
+        self.want(logits=True)
+        return self._kept[("logits", "model")]
+
+    def means(self, layer: str) -> np.ndarray:
+        """Each map's mean activation of ``layer`` per image, (N, maps); the unit values (N, units) of a flat one."""
+        self.want(means=[layer])
+        return self._kept[("means", layer)]
+
+    def class_sums(self, layer: str) -> np.ndarray:
+        """Per class, the sum of ``layer``'s activations over its images: float64 (classes, *output shape)."""
+        self.want(class_sums=[layer])
+        return self._kept[("sums", layer)]
+
+    def _read(self, item: tuple[str, str]) -> bool:
+        """Take ``item`` from the run folder's cache if it is kept there (with the expected shape)."""
+        if self.keep is None:
+            return False
+        what, layer = item
+        found = cache.read_arrays(self.keep.path(what, layer), (what,))
+        if found is None or found[what].shape != self._shape(item):
+            return False
+        self._kept[item] = found[what]
+        return True
+
+    def _shape(self, item: tuple[str, str]) -> tuple[int, ...]:
+        what, layer = item
+        n, k = len(self.labels), self.num_classes
+        if what == "logits":
+            return (n, list(self.shapes.values())[-1][0])
+        if what == "means":
+            return (n, self.shapes[layer][0])
+        return (k, *self.shapes[layer])
+
+    def _compute(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
+        """The ``items`` from one forward pass over the images, a chunk at a time."""
+        import torch
+
+        from cnnlab.inspection.activations import chunked_outputs
+
+        new_means = [layer for what, layer in items if what == "means"]
+        new_sums = [layer for what, layer in items if what == "sums"]
+        new_logits = ("logits", "model") in items
+        order = list(self.shapes)
+        layers = sorted({*new_means, *new_sums}, key=order.index)
+        n = len(self.labels)
+        got_means = {layer: np.empty((n, self.shapes[layer][0]), dtype=np.float32) for layer in new_means}
+        got_sums = {layer: torch.zeros((self.num_classes, *self.shapes[layer]), dtype=torch.float64)
                     for layer in new_sums}
+        labels = torch.from_numpy(self.labels)
         parts = []
-        for start, scores, outputs in chunked_outputs(self.model, self.x, layers, new_logits, chunk=self.chunk):
+        for start, scores, outputs in chunked_outputs(self.model, self.x, layers, new_logits, prepare=self.prepare,
+                                                      chunk=self.chunk):
             if scores is not None:
                 parts.append(scores.float())
             for layer, mean in got_means.items():
@@ -58,23 +158,10 @@ class SharedPass:
                 mean[start:start + len(acts)] = (acts.mean(dim=(2, 3)) if acts.ndim == 4 else acts).numpy()
             for layer, sums in got_sums.items():
                 acts = outputs[layer]
-                sums.index_add_(0, self.labels[start:start + len(acts)], acts.double())
+                sums.index_add_(0, labels[start:start + len(acts)], acts.double())
+        result: dict[tuple[str, str], np.ndarray] = {("means", k): v for k, v in got_means.items()}
+        result.update({("sums", k): v.numpy() for k, v in got_sums.items()})
         if new_logits:
-            self._logits = torch.cat(parts) if parts else torch.zeros(0, k)
-        self._means.update(got_means)
-        self._sums.update(got_sums)
-
-    def logits(self) -> torch.Tensor:
-        """The logits (N, classes)."""
-        self.want(logits=True)
-        return self._logits
-
-    def means(self, layer: str) -> np.ndarray:
-        """Each map's mean activation of ``layer`` per image, (N, maps); the unit values (N, units) of a flat one."""
-        self.want(means=[layer])
-        return self._means[layer]
-
-    def class_sums(self, layer: str) -> torch.Tensor:
-        """Per class, the sum of ``layer``'s activations over its images: float64 (classes, *output shape)."""
-        self.want(class_sums=[layer])
-        return self._sums[layer]
+            k = self._shape(("logits", "model"))[1]
+            result[("logits", "model")] = torch.cat(parts).numpy() if parts else np.zeros((0, k), np.float32)
+        return result
