@@ -41,3 +41,18 @@ def test_unwritable_places_are_one_line_user_errors(tmp_path):
     with pytest.raises(CnnlabError, match="it is a folder"):
         write_text(tmp_path, "data")
     assert blocker.read_text() == "mine"
+
+
+def test_a_write_that_need_not_be_durable_skips_the_fsyncs_only(tmp_path, monkeypatch):
+    from cnnlab import files
+
+    synced = []
+    monkeypatch.setattr(files, "fsync_file", lambda p: synced.append("file"))
+    monkeypatch.setattr(files, "fsync_dir", lambda p: synced.append("dir"))
+    files.write_bytes(tmp_path / "a.bin", b"one")
+    assert synced == ["file", "dir"]
+    files.write_json(tmp_path / "b.json", {"x": 1}, durable=False)
+    files.write_bytes(tmp_path / "a.bin", b"two", durable=False)
+    assert synced == ["file", "dir"]  # none more
+    assert (tmp_path / "a.bin").read_bytes() == b"two" and (tmp_path / "b.json").read_text() == '{\n  "x": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.json"]  # no temporary file left

@@ -47,12 +47,14 @@ def home_dir(home: str | Path | None = None) -> Path:
     return Path(home or os.environ.get("CNNLAB_HOME") or Path.home() / ".cache" / "cnnlab").expanduser()
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool = True) -> Path:
     """Call ``write(tmp_path)`` and move the finished, fsynced file to ``path`` in one rename.
 
     Args:
         path: the final file name.
         write: a function that writes the whole file at the path it is given.
+        durable: fsync the file and its folder. False for what can be made again (pictures, cached results):
+            still never half-written for a reader, but a power cut may lose the newest version.
 
     Returns:
         The final path. A reader never sees a half-written file, a failure leaves the old file as it was, and
@@ -75,10 +77,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     try:
         write(tmp_path)
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual mode
-        fsync_file(tmp_path)
+        if durable:
+            fsync_file(tmp_path)
         fault_point(path, "written")
         os.replace(tmp_path, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except OSError as exc:
         if exc.errno in NO_SPACE_ERRNOS:
             raise NoSpaceError(path) from None
@@ -148,16 +152,16 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    return atomic_write(path, lambda p: p.write_bytes(data))
+def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (and durably, unless ``durable`` is False: see ``atomic_write``)."""
+    return atomic_write(path, lambda p: p.write_bytes(data), durable)
 
 
-def write_text(path: str | Path, text: str) -> Path:
+def write_text(path: str | Path, text: str, durable: bool = True) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
-    return write_bytes(path, text.encode("utf-8"))
+    return write_bytes(path, text.encode("utf-8"), durable)
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
+def write_json(path: str | Path, obj: Any, durable: bool = True) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n", durable)

@@ -168,7 +168,7 @@ def write_npz(path: str | Path, **arrays: Any) -> Path:
     """Write arrays as an ``.npz`` file atomically."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    return write_bytes(path, buf.getvalue())
+    return write_bytes(path, buf.getvalue(), durable=False)  # made again by running the command again
 
 
 def _save(fig: Any, png: Path, arrays: dict[str, Any], written: Written) -> None:
@@ -177,7 +177,7 @@ def _save(fig: Any, png: Path, arrays: dict[str, Any], written: Written) -> None
 
 def _keep(png_bytes: bytes, png: Path, arrays: dict[str, Any], written: Written) -> None:
     """Write a picture and, beside it, the arrays it shows (``.npz``)."""
-    written.paths.append(write_bytes(png, png_bytes))
+    written.paths.append(write_bytes(png, png_bytes, durable=False))
     written.paths.append(write_npz(png.with_suffix(".npz"), **arrays))
 
 
@@ -407,7 +407,7 @@ def evaluation_pictures(run: Run | RunFolder | str | Path, mistakes: int = 24,
     json_path, confusion_png, gallery_png = output_paths(
         folder, ["evaluation.json", "evaluation_confusion.png", "evaluation_mistakes.png"], out)
     record = result.to_dict(folder.classes)
-    written = Written(paths=[write_json(json_path, record)], summary=record)
+    written = Written(paths=[write_json(json_path, record, durable=False)], summary=record)
     title = f"test set: {record['correct']} of {record['images']} correct ({result.accuracy:.4f})"
     _save(plots.confusion_figure(result.confusion, title, folder.classes), confusion_png,
           {"confusion": result.confusion, "labels": result.labels, "predictions": result.predictions,

@@ -109,6 +109,6 @@ def keep_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
     np.savez(buf, **{name: np.asarray(a) for name, a in arrays.items()})
     try:
-        write_bytes(path, buf.getvalue())
+        write_bytes(path, buf.getvalue(), durable=False)  # a result lost to a power cut is computed again
     except CnnlabError:
         pass
