@@ -105,7 +105,7 @@ class CurvesPNG(Callback):
         from cnnlab import plots  # matplotlib only once curves are drawn: run.load and inspection never need it
 
         png = plots.png_bytes(plots.curves_figure(self.trainer.state.history, log_loss=self.log_loss))
-        write_bytes(self.path, png)
+        write_bytes(self.path, png, durable=False)  # a picture, redrawn every epoch: not part of the checkpoint
         if self.live:
             self._show(png)
 

@@ -100,8 +100,8 @@ def _encode_pixels(pixels: Any, dpi: int) -> bytes:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
-    """Render ``fig`` to PNG and write it to ``path`` atomically."""
-    return write_bytes(path, png_bytes(fig, dpi))
+    """Render ``fig`` to PNG and write it to ``path`` atomically (not fsynced: a picture can be drawn again)."""
+    return write_bytes(path, png_bytes(fig, dpi), durable=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
