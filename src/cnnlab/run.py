@@ -18,8 +18,8 @@ import torch
 
 from cnnlab import __version__, native, runlock, store
 from cnnlab import callbacks as cb
-from cnnlab.config import RUN_LENGTH_KEYS, Config, apply_override, from_dict, from_toml, load_config, run_steps
-from cnnlab.data import Normalizer, load_data, prepare, prepare_test
+from cnnlab.config import RUN_LENGTH_KEYS, Config, apply_override, from_dict, load_config, run_steps
+from cnnlab.data import load_data, prepare, prepare_test
 from cnnlab.device import describe, model_device, resolve_device, uses_native_kernels
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
@@ -28,7 +28,7 @@ from cnnlab.loop import Trainer
 from cnnlab.metrics import evaluate, predict_logits
 from cnnlab.model import CnnModel, build_model, layer_table
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
-from cnnlab.runfolder import RunFolder, open_folder
+from cnnlab.runfolder import RunFolder, open_folder, read_config
 from cnnlab.speed import cpu_name, keep_freed_memory, resolve_precision, threads
 from cnnlab.version import git_commit
 
@@ -180,7 +180,7 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
         raise CnnlabError(f"--epochs {epochs}: give at least 1 more epoch")
     run_dir = store.require_run(run_dir)
     with runlock.writer_lock(run_dir, _action(f"resume --epochs {epochs}", run_dir), echo):
-        cfg = _read_config(run_dir)
+        cfg = read_config(run_dir)
         where = (device, "--device") if device is not None else (cfg.train.device, "train.device")
         on = resolve_device(*where)
         precision = resolve_precision(cfg.train.precision, on)
@@ -200,7 +200,7 @@ def reset(run_dir: str | Path) -> Run:
     """Reset a run to its initial weights, an empty optimizer state and step 0 (see ``store.reset_run``)."""
     run_dir = store.require_run(run_dir)
     with runlock.writer_lock(run_dir, _action("reset", run_dir)):
-        cfg = _read_config(run_dir)
+        cfg = read_config(run_dir)
         store.reset_run(run_dir, _build(cfg))
     return load(run_dir)
 
@@ -379,13 +379,6 @@ def _build(cfg: Config, seed: int | None = None) -> CnnModel:
         if seed is not None:
             torch.manual_seed(seed)
         return build_model(cfg.model.layers, init=cfg.model.init)
-
-
-def _read_config(run_dir: Path) -> Config:
-    try:
-        return from_toml((run_dir / store.CONFIG).read_text())
-    except CnnlabError as exc:
-        raise CnnlabError(f"{run_dir / store.CONFIG}: {exc}") from None
 
 
 def write_model_json(run_dir: Path, model: CnnModel, normalizer: Any, classes: tuple[str, ...] | None = None) -> None:

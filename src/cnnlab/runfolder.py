@@ -91,10 +91,7 @@ def open_folder(run_dir: str | Path, device: Any = "auto",
         CnnlabError: not a run folder, or a missing, damaged or hand-edited file, in one line.
     """
     run_dir = store.require_run(run_dir)
-    try:
-        config = from_toml((run_dir / store.CONFIG).read_text())
-    except CnnlabError as exc:
-        raise CnnlabError(f"{run_dir / store.CONFIG}: {exc}") from None
+    config = read_config(run_dir)
     ckpt = store.open_checkpoint(run_dir, names=(store.WEIGHTS, store.BEST, store.HISTORY_JSON, store.MODEL))
     info = ckpt.json(store.MODEL) if ckpt.has(store.MODEL) else store.read_json(run_dir / store.MODEL)
     try:
@@ -107,3 +104,11 @@ def open_folder(run_dir: str | Path, device: Any = "auto",
     if not shapes:
         raise CnnlabError(f"{run_dir / store.MODEL} lists no layers; the run folder is damaged")
     return RunFolder(run_dir, config, normalizer, classes, shapes, ckpt, device, load)
+
+
+def read_config(run_dir: Path) -> Config:
+    """The run's ``config.toml``; an invalid one is a one-line error naming the file."""
+    try:
+        return from_toml((run_dir / store.CONFIG).read_text())
+    except CnnlabError as exc:
+        raise CnnlabError(f"{run_dir / store.CONFIG}: {exc}") from None

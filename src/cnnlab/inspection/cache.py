@@ -1,7 +1,8 @@
 """Results kept in the run folder: computed once per weights and inputs, read back after.
 
-Filter patterns (seconds of gradient ascent) and the nearest-class-pattern centroids (a pass over the
-training set) depend only on the weights, the layer, the images and the settings. Each result is one
+Filter patterns (seconds of gradient ascent), the nearest-class-pattern centroids (a pass over the training
+set) and the test pass's results (``shared.SharedPass``: logits, map means, class sums) depend only on the
+weights, the layer, the images and the settings. Each result is one
 ``.npz`` file in ``<run>/cache/<kind>/``, named by the layer and a SHA-256 of everything it depends on: new
 weights (a resumed run) or other settings miss the cache and compute afresh, a damaged file is computed again
 and replaced, and a read-only run folder computes without keeping. The files hold plain arrays (no pickles).
@@ -14,7 +15,6 @@ import io
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
