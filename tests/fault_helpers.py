@@ -51,6 +51,8 @@ def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None, ui
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     if uid is not None:  # a user without write permission where root would have it
+        import encodings.cp437  # noqa: F401  (zipfile's codec, imported on first use: that user may not
+        #                         read this Python's library, under /root)
         os.setgid(uid)
         os.setuid(uid)
     code = 99

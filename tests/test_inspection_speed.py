@@ -295,3 +295,56 @@ def test_a_damaged_or_misshapen_kept_result_is_computed_again(run, tmp_path):
     assert cache.read_arrays(path, ("logits",))["logits"].shape == logits.shape  # replaced
     with pytest.raises(cnnlab.CnnlabError, match="no layer named 'Conv9'; valid names: Conv2D_1, "):
         lazy.means("Conv9")
+
+
+def test_training_keeps_its_last_validation_as_the_test_pass(real_mnist, tmp_path):
+    import shutil
+
+    from cnnlab.report import test_pass
+
+    trained = cnnlab.train("tiny", out=tmp_path / "run", epochs=2, overrides=["train.precision=fp32"], echo=None)
+    testpass = trained.path / "cache" / "testpass"
+    kept = list(testpass.glob("*.npz"))
+    assert [p.name.split("-")[0] for p in kept] == ["logits"]  # at the end only, not once per epoch
+    logits = np.load(kept[0])["logits"]
+    assert logits.shape == (256, 10) and logits.dtype == np.float32
+    shutil.rmtree(trained.path / "cache")
+    computed = test_pass(trained).logits()  # the inspection's own pass over the test set
+    np.testing.assert_array_equal(logits, computed)  # bit for bit: the same pass
+    assert [p.name for p in testpass.glob("*.npz")] == [kept[0].name]  # under the same key
+    imported, record, _ = _kept_views(trained.path)
+    assert imported  # patterns needed the class sums: the model ran, but evaluate found its logits
+    resumed = cnnlab.resume(trained.path, 1, echo=None)  # new weights: their own logits, kept again
+    again = [p for p in testpass.glob("logits-*.npz") if p.name != kept[0].name]
+    assert len(again) == 1
+    kept_again = np.load(again[0])["logits"]
+    shutil.rmtree(testpass)
+    np.testing.assert_array_equal(kept_again, test_pass(resumed).logits())
+
+
+@pytest.mark.parametrize("setting", ["data.validation=128", "train.precision=bf16"])
+def test_training_keeps_no_test_pass_where_validation_is_another_pass(real_mnist, tmp_path, setting):
+    trained = cnnlab.train("tiny", out=tmp_path / "run", epochs=1, overrides=[setting], echo=None)
+    assert not (trained.path / "cache").exists()
+
+
+def test_a_validation_is_forgotten_once_the_weights_change(real_mnist):
+    from cnnlab.loop import Callback, Trainer
+    from cnnlab.optim import get_optimizer, get_schedule
+    from cnnlab.run import _prepare_data
+
+    class StopInSecondEpoch(Callback):
+        def on_batch_end(self, batch, logs):
+            if self.trainer.state.epoch == 1:
+                self.trainer.stop()
+
+    cfg = load_config(preset="tiny")
+    model = build_model(cfg.model.layers)
+    optimizer = get_optimizer(cfg.optimizer, model.parameters(), schedule=get_schedule(cfg.schedule))
+    trainer = Trainer(model, optimizer, _prepare_data(cfg, real_mnist), 64)
+    trainer.fit(1)
+    assert trainer.validation_logits is not None and trainer.validation_logits.shape == (256, 10)
+    trainer.callbacks = [StopInSecondEpoch()]
+    trainer.callbacks[0].trainer = trainer
+    trainer.fit(1)
+    assert trainer.state.epoch == 1 and trainer.validation_logits is None

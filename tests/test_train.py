@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import cnnlab
 from cnnlab import store
 from cnnlab.errors import CnnlabError
+from cnnlab.speed import resolve_precision
 from cnnlab.speed import usable_cores
 
 TINY_STEPS_PER_EPOCH = math.ceil(512 / 32)
@@ -39,6 +40,10 @@ def same_weights(path_a, path_b):
 def test_run_folder_holds_everything(real_mnist, tmp_path):
     run = train_tiny(tmp_path / "r")
     names = {p.name for p in run.path.iterdir()}
+    if resolve_precision(run.config.train.precision, torch.device("cpu")) == "fp32":
+        # the last validation kept as the test pass (validation on the test set in float32)
+        assert [p.parent.name for p in (run.path / "cache").rglob("*.npz")] == ["testpass"]
+        names.remove("cache")
     assert names == {store.CONFIG, store.MODEL, store.INITIAL, store.MANIFEST, store.CHECKPOINTS, store.CURVES,
                      store.PROVENANCE, store.PROGRESS}
     manifest = json.loads((run.path / store.MANIFEST).read_text())

@@ -209,6 +209,32 @@ class RunSaver(Callback):
                 self.echo(f"restored the best weights: epoch {self.best_epoch}, {self.monitor} {self.best:.6g}")
 
 
+class KeepTestLogits(Callback):
+    """When training ends, keeps the last validation pass's logits as the run's test pass keeps them
+    (``RUN/cache/testpass/``, see ``cnnlab.inspection.shared``), so that ``cnnlab evaluate`` right after
+    training reads them instead of loading torch and the model.
+
+    For runs that validate on the test set (``data.validation = 0``) in float32 only: that pass is then the
+    test pass itself (the same images, batches, layout and precision: the same logits bit for bit). Logits of
+    weights changed since (an epoch stopped half-way) are not kept; where the best weights are restored after,
+    the kept logits belong to weights the run no longer has and are never read.
+    """
+
+    def __init__(self, run_dir: Path, images: str, normalizer: dict):
+        self.run_dir = Path(run_dir)
+        self.images = images  # cache.arrays_hash of the raw test images and labels
+        self.normalizer = normalizer
+
+    def on_train_end(self) -> None:  # noqa: D102
+        from cnnlab.inspection.cache import weights_hash
+        from cnnlab.inspection.shared import test_keep
+
+        logits = self.trainer.validation_logits
+        if logits is not None:
+            keep = test_keep(self.run_dir, weights_hash(self.trainer.model), self.images, self.normalizer)
+            keep.put("logits", "model", logits.float().cpu().numpy())
+
+
 class ProgressFile(Callback):
     """Keeps ``progress.json`` in the run folder current, for a watcher such as ``cnnlab lab``.
 

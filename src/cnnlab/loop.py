@@ -21,7 +21,7 @@ from cnnlab import native
 from cnnlab.augment import pad_images, random_flip, random_shift
 from cnnlab.device import get_cuda_rng, model_device, reproducible, set_cuda_rng
 from cnnlab.errors import CnnlabError
-from cnnlab.metrics import evaluate
+from cnnlab.metrics import predict_logits, scores
 from cnnlab.speed import autocast, keep_freed_memory
 
 EVENTS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
@@ -160,6 +160,7 @@ class Trainer:
         self.train_x = train_x.contiguous(memory_format=self.memory_format)
         self.train_y = data.train_y.to(self.device)
         self.val_x, self.val_y = data.val_x.to(self.device), data.val_y.to(self.device)
+        self.validation_logits: torch.Tensor | None = None  # of the last validation, while the weights are its
         self.padded_x = pad_images(train_x, shift) if shift else None
         for cb in self.callbacks:
             cb.trainer = self
@@ -219,6 +220,7 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> dict[str, float] | None:
         start = time.perf_counter()
+        self.validation_logits = None  # the first step changes the weights it was computed with
         self.model.train()
         n = len(self.train_x)
         order = torch.randperm(n, generator=self.generator).to(self.device)  # drawn on the CPU: the same everywhere
@@ -262,10 +264,11 @@ class Trainer:
         return loss, logits
 
     def validate(self) -> tuple[float, float]:
-        """Return (loss, accuracy) on the validation set; the loss includes the regularization term."""
+        """Return (loss, accuracy) on the validation set; the loss includes the regularization term. The
+        logits stay in ``validation_logits`` until the weights change."""
         with autocast(self.precision, self.device):
-            loss, acc = evaluate(self.model, self.val_x, self.val_y, label_smoothing=self.label_smoothing,
-                                 memory_format=self.memory_format)
+            self.validation_logits = predict_logits(self.model, self.val_x, memory_format=self.memory_format)
+            loss, acc = scores(self.validation_logits, self.val_y, self.label_smoothing)
         if self.penalty is not None:
             with torch.no_grad():
                 loss += float(self.penalty())

@@ -37,9 +37,13 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
              label_smoothing: float = 0.0,
              memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
     """Return (mean cross-entropy loss, accuracy) of ``model`` on images ``x`` with labels ``y``."""
-    if len(x) == 0:
+    return scores(predict_logits(model, x, batch_size, memory_format), y, label_smoothing)
+
+
+def scores(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> tuple[float, float]:
+    """Return (mean cross-entropy loss, accuracy) of ``logits`` (N, classes) for labels ``y``."""
+    if len(logits) == 0:
         return float("nan"), float("nan")
-    logits = predict_logits(model, x, batch_size, memory_format)
     y = y.to(logits.device)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     accuracy = (logits.argmax(1) == y).double().mean()

@@ -31,7 +31,7 @@ from cnnlab.inspection import cache
 from cnnlab.inspection import evaluation as ev
 from cnnlab.inspection import patterns as pat
 from cnnlab.inspection.images import ImageSets
-from cnnlab.inspection.shared import Keep, SharedPass
+from cnnlab.inspection.shared import SharedPass, test_keep
 from cnnlab.lazy import lazy_module
 from cnnlab.runfolder import RunFolder, open_folder
 
@@ -135,8 +135,7 @@ def test_pass(run: Run | RunFolder) -> SharedPass:
     def make() -> SharedPass:  # raw test images, normalized a chunk at a time as Run.prepare does
         sets = image_sets(folder)
         raw, labels = sets.images("test"), sets.labels("test")
-        keep = Keep(folder.path, (folder.weights, cache.arrays_hash(raw, labels),
-                                  json.dumps(folder.normalizer.to_dict())))
+        keep = test_keep(folder.path, folder.weights, cache.arrays_hash(raw, labels), folder.normalizer.to_dict())
         return SharedPass(lambda: folder.run().model, raw, labels, num_classes=folder.num_classes,
                           shapes=folder.shapes, prepare=lambda images: folder.run().prepare(images), keep=keep)
 

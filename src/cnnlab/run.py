@@ -24,6 +24,8 @@ from cnnlab.device import describe, model_device, resolve_device, uses_native_ke
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_json
 from cnnlab.inspection.activations import check_layer, layer_activations
+from cnnlab.inspection.cache import arrays_hash
+from cnnlab.inspection.images import ImageSets
 from cnnlab.loop import Trainer
 from cnnlab.metrics import evaluate, predict_logits
 from cnnlab.model import CnnModel, build_model, layer_table
@@ -89,7 +91,7 @@ class Run:
     def data(self):
         """Return the run's prepared data (same split, normalization and seed as in training); cached."""
         if self._data is None:
-            self._data = _prepare_data(self.config, echo=None, normalizer=self.normalizer)
+            self._data = _prepare_data(self.config, load_data(self.config.data), self.normalizer)
         return self._data
 
     def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,14 +160,14 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     out = Path(out if out is not None else default_out(config))
     store.check_out(out)
     model = _build(cfg, seed=cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
-    data = _prepare_data(cfg, echo, model)
+    data, tested = _training_data(cfg, echo, model)
     run_dir = store.new_run_dir(out)
     with runlock.writer_lock(run_dir, _action("train", run_dir), echo):
         store.check_out(run_dir, locked=True)  # another process may have made a run here since the first look
         _say(echo, f"run folder: {run_dir}")
         start_run(run_dir, cfg, model, data.normalizer, data.classes)
         _fit(run_dir, cfg, (device, precision), model, data, None, cfg.train.epochs, live, echo, progress,
-             extra=callbacks)
+             extra=[*(callbacks or []), *_keep_test_pass(run_dir, data, tested, precision)])
     return load(run_dir, device)
 
 
@@ -188,11 +190,11 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
         state = store.load_state(run_dir, ckpt)
         model = _build(cfg)
         store.load_checkpoint_weights(ckpt, model)
-        data = _prepare_data(cfg, echo, model)
+        data, tested = _training_data(cfg, echo, model)
         done = state.epoch if state else 0
         _say(echo, f"resuming {run_dir} after epoch {done} (step {ckpt.step}) for {epochs} more")
         _fit(run_dir, cfg, (on, precision), model, data, state, epochs, live, echo, progress, total=done + epochs,
-             checkpoint=ckpt)
+             checkpoint=ckpt, extra=_keep_test_pass(run_dir, data, tested, precision))
     return load(run_dir, on)
 
 
@@ -313,13 +315,30 @@ def _sigint_stops(trainer: Any) -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _prepare_data(cfg: Config, echo: Echo | None, model: CnnModel | None = None, normalizer: Any = None):
-    mnist = load_data(cfg.data, log=(lambda m: echo(f"  data: {m}")) if echo else None)
-    if model is not None:
-        check_classes(model, mnist)
+def _prepare_data(cfg: Config, mnist: Any, normalizer: Any = None) -> Any:
     return prepare(mnist, normalize=cfg.data.normalize, split=cfg.data.split, validation=cfg.data.validation,
                    seed=cfg.train.seed, limit_train=cfg.data.limit_train, limit_test=cfg.data.limit_test,
                    normalizer=normalizer)
+
+
+def _training_data(cfg: Config, echo: Echo | None, model: CnnModel) -> tuple[Any, str | None]:
+    """The run's prepared data and, where it validates on the test set, the ``cache.arrays_hash`` of the raw
+    test images and labels (a key of the test pass's cache), else None."""
+    mnist = load_data(cfg.data, log=(lambda m: echo(f"  data: {m}")) if echo else None)
+    check_classes(model, mnist)
+    data = _prepare_data(cfg, mnist)
+    if not data.val_is_test:
+        return data, None
+    sets = ImageSets(cfg, mnist)
+    return data, arrays_hash(sets.images("test"), sets.labels("test"))
+
+
+def _keep_test_pass(run_dir: Path, data: Any, tested: str | None, precision: str) -> list[Any]:
+    """The listener that keeps the last validation's logits as the test pass's (``cb.KeepTestLogits``) where
+    that pass is the test pass: validation on the test set (``tested``), in float32."""
+    if tested is None or precision != "fp32":
+        return []
+    return [cb.KeepTestLogits(run_dir, tested, data.normalizer.to_dict())]
 
 
 def check_classes(model: CnnModel, mnist: Any) -> None:

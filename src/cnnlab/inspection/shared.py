@@ -10,6 +10,7 @@ neither the model nor torch.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -36,6 +37,17 @@ class Keep:
     def path(self, what: str, layer: str) -> Path:
         """The file of one result: ``what`` (``logits``, ``means``, ``sums``) of ``layer``."""
         return cache.cache_path(self.run_dir, KIND, f"{what}-{layer}", list(self.parts))
+
+    def put(self, what: str, layer: str, array: np.ndarray) -> None:
+        """Keep one result (``layer`` is ``"model"`` for the logits)."""
+        cache.keep_arrays(self.path(what, layer), {what: array})
+
+
+def test_keep(run_dir: str | Path, weights: str, images: str, normalizer: dict[str, Any]) -> Keep:
+    """Where a run's test pass is kept: keyed by the weights' hash (``cache.weights_hash``), ``images`` (the
+    ``cache.arrays_hash`` of the raw test images and their labels, in the run's order) and the normalizer (its
+    ``to_dict()``)."""
+    return Keep(Path(run_dir), (weights, images, json.dumps(normalizer)))
 
 
 class SharedPass:
@@ -89,7 +101,7 @@ class SharedPass:
             self._kept.update(computed)
             if self.keep is not None:
                 for (what, layer), array in computed.items():
-                    cache.keep_arrays(self.keep.path(what, layer), {what: array})
+                    self.keep.put(what, layer, array)
 
     def check(self, layer: str) -> str:
         """Return ``layer`` if the model has it, else raise a one-line error listing the valid names."""
