@@ -180,7 +180,7 @@ def seed_training(args: argparse.Namespace, auto: str, keep: Path, full: bool) -
         run_child([*CNNLAB, "train", "--preset", "seed", "--epochs", "2", "--set", "train.precision=fp32",
                    "--out", str(keep), "--no-progress"])
         return []
-    print(f"\n1. seed recipe training (batch 64; baseline: plain nn.Sequential loop, fp32, NCHW, RMSprop)")
+    print("\n1. seed recipe training (batch 64; baseline: plain nn.Sequential loop, fp32, NCHW, RMSprop)")
     runs = {"plain": ("plain", "seed", None), "independent": ("independent", "seed", None),
             "fp32": ("engine", "seed", "fp32")}
     if has_native_bf16():

@@ -348,3 +348,96 @@ def test_winograd_filters_are_kept_until_the_weights_change():
     out = native.conv_max_pool(x.clone().requires_grad_(), conv)
     out.sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.shape == (16, 8, 3, 3)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fused optimizer steps: the bits of the optimizers' torch ops
+
+
+def _parameters(seed: int) -> list[torch.nn.Parameter]:
+    """Parameters as a model has them: channels-last conv weights, biases of odd sizes, one large enough for
+    two threads."""
+    torch.manual_seed(seed)
+    shapes = [(32, 1, 3, 3), (64, 32, 3, 3), (100, 1152), (10,), (33,), (70_001,)]
+    params = [torch.nn.Parameter(torch.randn(s) * 0.1) for s in shapes]
+    params[1].data = params[1].data.contiguous(memory_format=torch.channels_last)
+    return params
+
+
+OPTIMIZERS = [
+    {"name": "rmsprop", "rho": 0.9, "momentum": 0.8, "epsilon": 1e-7},
+    {"name": "rmsprop", "rho": 0.95, "momentum": 0.0, "epsilon": 1e-6},
+    {"name": "adam", "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+    {"name": "adam", "beta_1": 0.3, "beta_2": 0.4, "epsilon": 1e-3},  # lerp weights >= 0.5: torch's other branch
+    {"name": "adamw", "weight_decay": 0.05},
+]
+
+
+def _steps(spec: dict, fused: bool, monkeypatch, steps: int = 12) -> tuple[list[torch.Tensor], dict, int]:
+    from cnnlab.optim import get_optimizer
+
+    monkeypatch.setattr(native, "fused_steps", native.fused_steps if fused else (lambda: None))
+    calls = []
+    kernels = native.kernels()
+    for name in ("rmsprop_step", "adam_step"):
+        original = getattr(type(kernels), name)
+        monkeypatch.setattr(type(kernels), name,
+                            lambda self, *a, _f=original, **k: calls.append(1) or _f(self, *a, **k))
+    params = _parameters(0)
+    optimizer = get_optimizer({**spec, "learning_rate": 0.01}, params,
+                              schedule={"name": "exponential", "initial": 0.01, "decay_steps": 3, "decay_rate": 0.5})
+    torch.manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn_like(p) * 0.01
+        optimizer.step()
+    return [p.detach().clone() for p in params], optimizer.state_dict()["state"], len(calls)
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", OPTIMIZERS, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+def test_fused_optimizer_steps_give_the_bits_of_the_torch_ops(spec, monkeypatch):
+    with monkeypatch.context() as m:
+        reference, reference_state, _ = _steps(spec, False, m)
+    with monkeypatch.context() as m:
+        got, state, calls = _steps(spec, True, m)
+    assert calls == 12  # every step fused
+    for a, b in zip(got, reference):
+        assert torch.equal(a, b)
+    for index, slots in reference_state.items():
+        for name, value in slots.items():
+            assert torch.equal(state[index][name], value), name
+
+
+@needs_kernels
+def test_a_fused_step_leaves_tensors_it_cannot_serve_to_the_torch_ops():
+    kernels = native.kernels()
+    p = torch.randn(4, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    g, v = torch.randn(4, 8, 3, 3), torch.zeros(4, 8, 3, 3)  # laid out unlike the parameter
+    before = p.clone()
+    assert not kernels.rmsprop_step([p], [g], [v], None, 0.1, 0.9, 0.0, 1e-7)
+    assert not kernels.adam_step([p.double()], [g.double()], [v.double()], [v.double()], 0.1, 0.9, 0.99, 1e-7)
+    assert torch.equal(p, before) and not v.any()
+    version = p._version
+    assert kernels.rmsprop_step([p], [g.contiguous(memory_format=torch.channels_last)],
+                                [v.contiguous(memory_format=torch.channels_last)], None, 0.1, 0.9, 0.0, 1e-7)
+    assert not torch.equal(p, before)
+    assert p._version > version  # changed behind torch's back, yet what caches per version sees it
+
+
+@needs_kernels
+def test_the_winograd_filters_follow_weights_a_fused_step_changed():
+    from cnnlab.optim import get_optimizer
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 16, 3).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last)
+    optimizer = get_optimizer({"name": "adam", "learning_rate": 0.1}, conv.parameters())
+    with torch.no_grad():
+        native.winograd_conv_max_pool(x, conv.weight, conv.bias)  # transforms the filters and keeps them
+    for p in conv.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(native.winograd_conv_max_pool(x, conv.weight, conv.bias),
+                                   F.max_pool2d(conv(x), 2), rtol=1e-4, atol=1e-4)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from cnnlab import native
 from cnnlab.errors import CnnlabError
 from cnnlab.optim_specs import (APPLIES_TO, FLAVOURS, OPTIMIZER_DEFAULTS, OPTIMIZERS, REGULARIZER_DEFAULTS,
                                 REGULARIZERS, SCHEDULE_DEFAULTS, SCHEDULE_REQUIRED, SCHEDULES, check_optimizer,
@@ -331,6 +332,10 @@ class KerasRMSprop(_KerasOptimizer):
 
     def _update(self, group, params, grads, slots, lr, t):  # noqa: D102 - documented on the class
         rho, velocity = group["rho"], slots["velocity"]
+        fused = native.fused_steps()
+        if fused and not group["centered"] and fused.rmsprop_step(
+                params, grads, velocity, slots.get("momentum"), lr, rho, group["momentum"], group["epsilon"]):
+            return
         torch._foreach_mul_(velocity, rho)
         torch._foreach_addcmul_(velocity, grads, grads, value=1 - rho)
         denominator = torch._foreach_add(velocity, group["epsilon"])
@@ -384,9 +389,14 @@ class KerasAdam(_KerasOptimizer):
         return ("momentum", "velocity") + (("velocity_hat",) if group["amsgrad"] else ())
 
     def _update(self, group, params, grads, slots, lr, t):  # noqa: D102
-        self._decay_weights(group, params, lr)
         m, v = slots["momentum"], slots["velocity"]
         alpha = lr * math.sqrt(1 - group["beta_2"] ** t) / (1 - group["beta_1"] ** t)
+        fused = native.fused_steps()
+        if fused and not group["amsgrad"] and fused.adam_step(
+                params, grads, m, v, alpha, group["beta_1"], group["beta_2"], group["epsilon"],
+                self._decay(group, lr)):
+            return
+        self._decay_weights(group, params, lr)
         _adam_moments(group, grads, m, v)
         if group["amsgrad"]:
             torch._foreach_maximum_(slots["velocity_hat"], v)
@@ -395,16 +405,21 @@ class KerasAdam(_KerasOptimizer):
         torch._foreach_add_(denominator, group["epsilon"])
         torch._foreach_addcdiv_(params, m, denominator, value=-alpha)
 
+    def _decay(self, group: dict[str, Any], lr: float) -> float:
+        """The factor every weight is multiplied by before the step (1: none)."""
+        return 1.0
+
     def _decay_weights(self, group: dict[str, Any], params: list[torch.Tensor], lr: float) -> None:
-        pass
+        decay = self._decay(group, lr)
+        if decay != 1.0:
+            torch._foreach_mul_(params, decay)
 
 
 class KerasAdamW(KerasAdam):
     """Keras 3 AdamW: ``w -= w * weight_decay * lr`` on every variable, then the Adam step."""
 
-    def _decay_weights(self, group: dict[str, Any], params: list[torch.Tensor], lr: float) -> None:
-        if group["weight_decay"]:
-            torch._foreach_mul_(params, 1 - group["weight_decay"] * lr)
+    def _decay(self, group: dict[str, Any], lr: float) -> float:  # noqa: D102
+        return 1 - group["weight_decay"] * lr if group["weight_decay"] else 1.0
 
 
 class KerasNadam(_KerasOptimizer):

@@ -1,6 +1,6 @@
 """Native kernels: plain C++ compiled once per machine and called through ctypes, torch's own ops otherwise.
 
-Three kernels, forward and backward each:
+Three layer kernels, forward and backward each:
 
 - ``max_pool_2x2``: the 2x2 stride-2 max-pool of channels-last float32 tensors; the same values and gradients
   as ``F.max_pool2d`` with about half the memory traffic.
@@ -12,7 +12,8 @@ Three kernels, forward and backward each:
   float rounding, gradients for the input, the weights and the bias.
 
 ``conv_max_pool`` picks the one that serves a conv layer and its input; the model's forward pass asks it for
-every conv layer a max-pool follows.
+every conv layer a max-pool follows. And one optimizer step of Keras' RMSprop or Adam in a single pass over
+each tensor (``fused_steps``; ``cnnlab.optim`` calls it), with the bits of the torch ops it replaces.
 
 The C++ sources use no torch headers: ``cnnlab.native.build`` compiles them in one compiler call (seconds) and
 keeps the per-CPU cache, the build lock and the record of a failed build; ``cnnlab.native.library`` calls the
@@ -88,6 +89,13 @@ def status() -> str:
     """Return one line on the kernels: where they are, or why torch's ops serve instead."""
     kernels()
     return str(_state.get("why", ""))
+
+
+def fused_steps() -> Kernels | None:
+    """The kernels for a fused optimizer step where they are loaded, outside compiling; else None. Their steps
+    give the bits of the optimizers' torch ops, so a step's result never depends on which of the two ran."""
+    module = _state.get("module")
+    return None if module is None or torch.compiler.is_compiling() else module  # type: ignore[return-value]
 
 
 def _native_input(x: torch.Tensor) -> bool:

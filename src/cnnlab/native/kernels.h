@@ -38,6 +38,23 @@ void cnnlab_winograd_pool_backward(const float* grad_out, const uint8_t* where, 
                                    float* dx, float* du, float* dbias, int64_t N, int64_t C, int64_t H, int64_t W,
                                    int64_t K, int threads);
 
+// One step of Keras' RMSprop (not centered) over `count` float32 tensors of `sizes` elements, each with its
+// gradient, velocity and, where `momentum` is not null, momentum buffer (all of one layout); the same bits as
+// cnnlab.optim.KerasRMSprop's torch ops.
+void cnnlab_rmsprop_step(float* const* params, const float* const* grads, float* const* velocity,
+                         float* const* momentum, const int64_t* sizes, int64_t count, double lr, double rho,
+                         double momentum_factor, double epsilon, int threads);
+// One step of Keras' Adam (no amsgrad) with the bias-corrected rate `alpha`; each parameter is first multiplied
+// by `decay` (AdamW's 1 - weight_decay * lr; 1 for Adam). The same bits as cnnlab.optim.KerasAdam's torch ops.
+void cnnlab_adam_step(float* const* params, const float* const* grads, float* const* m, float* const* v,
+                      const int64_t* sizes, int64_t count, double alpha, double beta_1, double beta_2,
+                      double epsilon, double decay, int threads);
+
+// The float32 square root to take in the optimizer steps: MKL's vsSqrt(n, a, r) (LP64), as torch's sqrt uses
+// it where torch has MKL, or null for the correctly rounded one.
+typedef void (*cnnlab_sqrt_fn)(int n, const float* a, float* r);
+void cnnlab_use_sqrt(cnnlab_sqrt_fn sqrt);
+
 // The Fortran BLAS sgemm_ to use for the Winograd step's matrix products, or null for the built-in loops.
 typedef void (*cnnlab_sgemm_fn)(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                                 const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,

@@ -22,6 +22,9 @@ SIGNATURES = {
     "cnnlab_winograd_pool_forward": [_PTR] * 5 + [_SIZE] * 5 + [_INT],
     "cnnlab_winograd_pool_backward": [_PTR] * 7 + [_SIZE] * 5 + [_INT],
     "cnnlab_use_sgemm": [_PTR],
+    "cnnlab_use_sqrt": [_PTR],
+    "cnnlab_rmsprop_step": [_PTR] * 5 + [_SIZE] + [ctypes.c_double] * 4 + [_INT],
+    "cnnlab_adam_step": [_PTR] * 5 + [_SIZE] + [ctypes.c_double] * 5 + [_INT],
 }
 CHANNELS_LAST = torch.channels_last
 
@@ -41,15 +44,57 @@ def _float_map(x: torch.Tensor, fmt: torch.memory_format, what: str) -> None:
              and x.is_contiguous(memory_format=fmt), f"{what} must be a 4-d float32 CPU tensor, {layout}")
 
 
-def blas_sgemm() -> int | None:
-    """The address of the Fortran ``sgemm_`` that torch's CPU library exports (MKL or OpenBLAS), or None."""
+def _pointers(tensors: list[torch.Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def _written(*lists: list[torch.Tensor]) -> None:
+    """Tell torch the tensors changed in place behind its back (their version counters): what caches a
+    result per weights' version (the Winograd filters) must see new weights."""
+    for tensors in lists:
+        torch.autograd.graph.increment_version(tensors)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=CHANNELS_LAST))
+
+
+def steps_apply(params: list[torch.Tensor], *others: list[torch.Tensor]) -> bool:
+    """Whether the fused optimizer steps serve ``params`` with ``others`` (lists in the same order: gradients,
+    optimizer slots): dense float32 CPU parameters, and every other tensor a float32 CPU tensor laid out as its
+    parameter (the steps treat each as one flat run of elements)."""
+    f32 = torch.float32
+    for i, p in enumerate(params):
+        if p.dtype != f32 or not p.is_cpu or not _dense(p):
+            return False
+        stride, n = p.stride(), p.numel()
+        for ts in others:
+            t = ts[i]
+            if t.dtype != f32 or not t.is_cpu or t.stride() != stride or t.numel() != n:
+                return False
+    return True
+
+
+def torch_function(name: str) -> int | None:
+    """The address of the C function ``name`` that torch's CPU library exports, or None."""
     suffix = {"Darwin": ".dylib", "Windows": ".dll"}.get(platform.system(), ".so")
-    name = ("" if platform.system() == "Windows" else "lib") + "torch_cpu" + suffix
+    library = ("" if platform.system() == "Windows" else "lib") + "torch_cpu" + suffix
     try:
-        library = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / name))  # already loaded by torch
-        return ctypes.cast(library.sgemm_, ctypes.c_void_p).value
+        found = ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / library))  # already loaded by torch
+        return ctypes.cast(getattr(found, name), ctypes.c_void_p).value
     except (OSError, AttributeError):
         return None
+
+
+def blas_sgemm() -> int | None:
+    """The address of the Fortran ``sgemm_`` that torch's CPU library exports (MKL or OpenBLAS), or None."""
+    return torch_function("sgemm_")
+
+
+def torch_sqrt() -> int | None:
+    """MKL's ``vsSqrt``, where torch's CPU library has MKL: torch's float32 sqrt (which is not correctly
+    rounded); None where torch has no MKL (its sqrt is then the correctly rounded one)."""
+    return torch_function("vsSqrt") if torch.backends.mkl.is_available() else None
 
 
 class Kernels:
@@ -62,6 +107,7 @@ class Kernels:
             function = getattr(self._lib, name)
             function.argtypes, function.restype = args, None
         self.gemm = "loops"
+        self._lib.cnnlab_use_sqrt(torch_sqrt())  # the optimizer steps' square roots: torch's own
 
     def use_gemm(self, gemm: str) -> None:
         """The Winograd step's matrix products: ``"loops"`` (the library's own) or ``"blas"`` (torch's sgemm_)."""
@@ -155,6 +201,34 @@ class Kernels:
         self._lib.cnnlab_winograd_pool_backward(_ptr(grad), _ptr(where), _ptr(x), _ptr(u_t), _ptr(dx), _ptr(du),
                                                 _ptr(dbias), n, c, h, w, k, torch.get_num_threads())
         return dx, du, dbias
+
+    def rmsprop_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], velocity: list[torch.Tensor],
+                     momentum: list[torch.Tensor] | None, lr: float, rho: float, momentum_factor: float,
+                     epsilon: float) -> bool:
+        """One Keras RMSprop step (not centered) in place, the bits of ``cnnlab.optim.KerasRMSprop``'s torch ops
+        (``momentum`` None where the rule has none), where ``steps_apply``; else False, nothing touched."""
+        slots = [velocity] if momentum is None else [velocity, momentum]
+        if not steps_apply(params, grads, *slots):
+            return False
+        sizes = (ctypes.c_int64 * len(params))(*[p.numel() for p in params])
+        self._lib.cnnlab_rmsprop_step(_pointers(params), _pointers(grads), _pointers(velocity),
+                                      None if momentum is None else _pointers(momentum), sizes, len(params), lr,
+                                      rho, momentum_factor, epsilon, torch.get_num_threads())
+        _written(params, *slots)
+        return True
+
+    def adam_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], m: list[torch.Tensor],
+                  v: list[torch.Tensor], alpha: float, beta_1: float, beta_2: float, epsilon: float,
+                  decay: float = 1.0) -> bool:
+        """One Keras Adam step (no amsgrad) in place, each parameter first multiplied by ``decay`` (AdamW): the
+        bits of ``cnnlab.optim.KerasAdam``'s torch ops, where ``steps_apply``; else False, nothing touched."""
+        if not steps_apply(params, grads, m, v):
+            return False
+        sizes = (ctypes.c_int64 * len(params))(*[p.numel() for p in params])
+        self._lib.cnnlab_adam_step(_pointers(params), _pointers(grads), _pointers(m), _pointers(v), sizes,
+                                   len(params), alpha, beta_1, beta_2, epsilon, decay, torch.get_num_threads())
+        _written(params, m, v)
+        return True
 
     @staticmethod
     def _winograd_shape(x: torch.Tensor, u: torch.Tensor) -> tuple[int, int, int, int, int]:
