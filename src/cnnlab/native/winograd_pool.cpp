@@ -189,11 +189,12 @@ void input_grads(const Shape& s, const float* dv, int64_t n0, int64_t n1, float*
 
 cnnlab_sgemm_fn blas_sgemm = nullptr;  // set by cnnlab_use_sgemm
 
-constexpr int kRows = 4;
 #if defined(__AVX512F__)
+constexpr int kRows = 4;
 constexpr int kVectors = 4;  // 16 sums + 4 rows of B + a broadcast: 21 of the 32 vector registers
 #else
-constexpr int kVectors = 2;  // 8 sums + 2 + 1 of the 16 registers
+constexpr int kRows = 6;     // 12 sums + 2 rows of B + a broadcast: 15 of the 16 registers (4 rows left 5 idle:
+constexpr int kVectors = 2;  // Conv2D_2 of the seed model forward + backward 5.0 -> 4.4 ms, AVX2 code on Zen 4)
 #endif
 
 struct Operand {
@@ -242,6 +243,7 @@ void product_rows(const Operand& op, int64_t i, int64_t cols, int64_t depth, flo
 void product(const Operand& op, int64_t rows, int64_t cols, int64_t depth, float* out, int64_t ldo, bool add) {
   int64_t i = 0;
   for (; i + kRows <= rows; i += kRows) product_rows<kRows>(op, i, cols, depth, out, ldo, add);
+  for (; i + 2 <= rows; i += 2) product_rows<2>(op, i, cols, depth, out, ldo, add);
   for (; i < rows; i++) product_rows<1>(op, i, cols, depth, out, ldo, add);
 }
 
