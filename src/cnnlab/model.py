@@ -9,7 +9,6 @@ from torch import nn
 
 from cnnlab import layers as kinds
 from cnnlab import native
-from cnnlab.errors import CnnlabError
 from cnnlab.layers import table
 from cnnlab.layers.ops import activation_module
 from cnnlab.layers.table import INPUT_SHAPE, LayerRow
@@ -95,8 +94,7 @@ class CnnModel(nn.Module):
         return None, self._run(x, wanted=names, stop=last)[1]
 
     def _check(self, name: str) -> None:
-        if name not in self.layers:
-            raise CnnlabError(f"no layer named {name!r}; valid names: {', '.join(self.layer_names)}")
+        table.check_layer_name(name, self.layer_names)
 
     def _run(self, x: torch.Tensor, wanted: list[str] | tuple[str, ...] = (),
              stop: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

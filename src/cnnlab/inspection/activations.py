@@ -20,6 +20,7 @@ from cnnlab import native
 from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
 from cnnlab.inspection import CHUNK
+from cnnlab.layers.table import check_layer_name
 from cnnlab.model import CnnModel
 
 
@@ -28,9 +29,7 @@ Prepare = Callable[[torch.Tensor | np.ndarray], torch.Tensor]
 
 def check_layer(model: CnnModel, layer: str) -> str:
     """Return ``layer`` if the model has it, else raise a one-line error listing the valid names."""
-    if layer not in model.layers:
-        raise CnnlabError(f"no layer named {layer!r}; valid names: {', '.join(model.layer_names)}")
-    return layer
+    return check_layer_name(layer, model.layer_names)
 
 
 def map_layers(model: CnnModel) -> list[str]:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from cnnlab.errors import CnnlabError
 from cnnlab.inspection import CHUNK, cache
+from cnnlab.layers.table import check_layer_name
 
 if TYPE_CHECKING:
     from cnnlab.model import CnnModel
@@ -105,9 +105,7 @@ class SharedPass:
 
     def check(self, layer: str) -> str:
         """Return ``layer`` if the model has it, else raise a one-line error listing the valid names."""
-        if layer not in self.shapes:
-            raise CnnlabError(f"no layer named {layer!r}; valid names: {', '.join(self.shapes)}")
-        return layer
+        return check_layer_name(layer, self.shapes)
 
     def logits(self) -> np.ndarray:
         """The logits (N, classes), float32."""

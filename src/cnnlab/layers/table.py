@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from cnnlab.errors import CnnlabError
 from cnnlab.layers.base import get
@@ -65,6 +65,15 @@ def layer_table(layers: list[dict[str, Any]], input_shape: tuple[int, ...] = INP
                              macs=kind.macs(spec, shape, out), trainable=count > 0))
         shape = out
     return rows
+
+
+def check_layer_name(layer: str, names: Iterable[str]) -> str:
+    """Return ``layer`` if it is one of a model's layer ``names`` (in forward order), else raise a one-line error
+    listing the valid names."""
+    names = list(names)
+    if layer not in names:
+        raise CnnlabError(f"no layer named {layer!r}; valid names: {', '.join(names)}")
+    return layer
 
 
 def _keras_shape(shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
