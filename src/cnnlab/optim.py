@@ -391,12 +391,13 @@ class KerasAdam(_KerasOptimizer):
     def _update(self, group, params, grads, slots, lr, t):  # noqa: D102
         m, v = slots["momentum"], slots["velocity"]
         alpha = lr * math.sqrt(1 - group["beta_2"] ** t) / (1 - group["beta_1"] ** t)
+        decay = self._decay(group, lr)
         fused = native.fused_steps()
         if fused and not group["amsgrad"] and fused.adam_step(
-                params, grads, m, v, alpha, group["beta_1"], group["beta_2"], group["epsilon"],
-                self._decay(group, lr)):
+                params, grads, m, v, alpha, group["beta_1"], group["beta_2"], group["epsilon"], decay):
             return
-        self._decay_weights(group, params, lr)
+        if decay != 1.0:
+            torch._foreach_mul_(params, decay)
         _adam_moments(group, grads, m, v)
         if group["amsgrad"]:
             torch._foreach_maximum_(slots["velocity_hat"], v)
@@ -408,11 +409,6 @@ class KerasAdam(_KerasOptimizer):
     def _decay(self, group: dict[str, Any], lr: float) -> float:
         """The factor every weight is multiplied by before the step (1: none)."""
         return 1.0
-
-    def _decay_weights(self, group: dict[str, Any], params: list[torch.Tensor], lr: float) -> None:
-        decay = self._decay(group, lr)
-        if decay != 1.0:
-            torch._foreach_mul_(params, decay)
 
 
 class KerasAdamW(KerasAdam):

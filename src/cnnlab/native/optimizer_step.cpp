@@ -23,16 +23,19 @@ using cnnlab_simd::kLanes;
 
 constexpr int64_t kGrain = 32768;  // elements per thread at least: a small model's step stays on one thread
 
+// A fused multiply-add and a correctly rounded square root, of one float or of a vector of them.
+inline float fused(float a, float b, float c) { return std::fma(a, b, c); }
+inline float root(float x) { return std::sqrt(x); }
 #if defined(__x86_64__) && defined(__AVX512F__)
 #define CNNLAB_VECTOR_STEP 1
-inline Floats vsqrt(Floats x) { return (Floats)_mm512_sqrt_ps((__m512)x); }
-inline Floats vfma(Floats a, Floats b, Floats c) { return (Floats)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+inline Floats fused(Floats a, Floats b, Floats c) { return (Floats)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+inline Floats root(Floats x) { return (Floats)_mm512_sqrt_ps((__m512)x); }
 #elif defined(__x86_64__) && defined(__AVX__) && defined(__FMA__)
 #define CNNLAB_VECTOR_STEP 1
-inline Floats vsqrt(Floats x) { return (Floats)_mm256_sqrt_ps((__m256)x); }
-inline Floats vfma(Floats a, Floats b, Floats c) { return (Floats)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+inline Floats fused(Floats a, Floats b, Floats c) { return (Floats)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+inline Floats root(Floats x) { return (Floats)_mm256_sqrt_ps((__m256)x); }
 #else
-#define CNNLAB_VECTOR_STEP 0
+#define CNNLAB_VECTOR_STEP 0  // one float at a time
 #endif
 
 // x as rounded, kept apart: the compiler may not fuse it into the add that follows (GCC does by default, which
@@ -51,26 +54,11 @@ inline T apart(T x) {
 // call): `small` is |w| < 0.5.
 template <typename T>
 inline T lerp(T self, T end, T w, T w_minus_1, bool small) {
-  if (small) {
-    if constexpr (sizeof(T) == sizeof(float)) return std::fma(w, end - self, self);
-#if CNNLAB_VECTOR_STEP
-    else return vfma(w, end - self, self);
-#endif
-  }
-  if constexpr (sizeof(T) == sizeof(float)) return std::fma(w_minus_1, end - self, end);
-#if CNNLAB_VECTOR_STEP
-  else return vfma(w_minus_1, end - self, end);
-#endif
+  return small ? fused(w, end - self, self) : fused(w_minus_1, end - self, end);
 }
 
-inline float fused(float a, float b, float c) { return std::fma(a, b, c); }
-inline float root(float x) { return std::sqrt(x); }
-#if CNNLAB_VECTOR_STEP
-inline Floats fused(Floats a, Floats b, Floats c) { return vfma(a, b, c); }
-inline Floats root(Floats x) { return vsqrt(x); }
-#endif
-
-// Calls body(i, lanes) for whole vectors of [begin, end), then body(i, 1) for each element left (T = float).
+// Calls body.operator()<Floats>(i) for each whole vector of [begin, end), then body.operator()<float>(i) for
+// each element left.
 template <typename F>
 void in_vectors(int64_t begin, int64_t end, F body) {
   int64_t i = begin;
