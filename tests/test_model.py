@@ -134,7 +134,7 @@ def test_pooling_before_relu_gives_the_same_values_and_gradients(monkeypatch):
     """forward() pools before the relu where a relu layer feeds a max-pool; the layer-by-layer path does not."""
     from cnnlab import native
 
-    monkeypatch.setattr(native, "conv_max_pool", lambda x, conv: None)  # bit for bit: torch's conv both ways
+    monkeypatch.setattr(native, "conv_max_pool", lambda x, conv, relu=False: None)  # bit for bit: torch's conv both ways
     torch.manual_seed(1)
     model = seed_model()
     x = torch.randn(8, 1, 28, 28)

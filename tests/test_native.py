@@ -217,7 +217,7 @@ def test_the_seed_model_trains_its_conv_blocks_in_one_pass_each(monkeypatch):
         kernel = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, k=kernel, n=name: calls.append(n) or k(*a))
     results = []
-    for fuse in (native.conv_max_pool, lambda x, conv: None):
+    for fuse in (native.conv_max_pool, lambda x, conv, relu=False: None):
         monkeypatch.setattr(native, "conv_max_pool", fuse)
         model.zero_grad()
         logits = model(x)
@@ -441,3 +441,27 @@ def test_the_winograd_filters_follow_weights_a_fused_step_changed():
     with torch.no_grad():
         torch.testing.assert_close(native.winograd_conv_max_pool(x, conv.weight, conv.bias),
                                    F.max_pool2d(conv(x), 2), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kernel,channels", [(native.first_conv_max_pool, 1), (native.winograd_conv_max_pool, 24)])
+def test_a_fused_relu_gives_the_bits_of_torch_relu_after_the_kernel(kernel, channels):
+    """Values, input, weight and bias gradients all equal bit for bit those of F.relu on the kernel's output:
+    outputs <= 0 (a third here, some exactly 0) get no gradient, the rest theirs."""
+    torch.manual_seed(7)
+    x = torch.randn(5, channels, 12, 11).contiguous(memory_format=torch.channels_last)
+    x[0] = 0.0  # a blank image: each output is the bias alone, exactly 0 for the zeroed filters
+    weight, bias = torch.randn(40, channels, 3, 3), torch.randn(40) - 0.5
+    bias[:4] = 0.0
+    results = []
+    for run in (lambda *a: F.relu(kernel(*a)), lambda *a: kernel(*a, relu=True)):
+        xx = x.clone().requires_grad_(channels > 1)
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        y = run(xx, w, b)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
+        results.append([y.detach(), xx.grad, w.grad, b.grad])
+    (ya, *grads_a), (yb, *grads_b) = results
+    assert 0.2 < (ya == 0).float().mean() < 0.8 and (ya[0, :4] == 0).all()
+    assert torch.equal(ya, yb) and yb.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(grads_a, grads_b):
+        assert (a is None and b is None) or torch.equal(a, b)

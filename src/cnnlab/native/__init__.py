@@ -105,15 +105,17 @@ def _native_input(x: torch.Tensor) -> bool:
 
 
 def _fused_forward(ctx, forward: Callable, x: torch.Tensor, filters: torch.Tensor, bias: torch.Tensor | None,
-                   *args: Any) -> torch.Tensor:
-    """Run a fused conv-pool kernel, ``forward(x, filters, bias, *args)``, and keep what its backward pass needs.
+                   *args: Any, relu: bool) -> torch.Tensor:
+    """Run a fused conv-pool kernel, ``forward(x, filters, bias, *args, relu=relu)``, and keep what its backward
+    pass needs.
 
     The kernel gets the bias zero-padded to the filters' last dimension (its output channels, padding included)
-    or zeros without one; the input, the filters and where each maximum came from are saved.
+    or zeros without one; the input, the filters and where each maximum came from are saved (where a fused
+    ReLU zeroed an output, a position no window has: the backward pass gives it no gradient).
     """
     channels = filters.shape[-1]
     b = F.pad(bias.detach(), (0, channels - len(bias))) if bias is not None else filters.new_zeros(channels)
-    out, where = forward(x, filters, b.contiguous(), *args)
+    out, where = forward(x, filters, b.contiguous(), *args, relu=relu)
     ctx.save_for_backward(x, filters, where)
     ctx.has_bias = bias is not None
     return out
@@ -153,25 +155,26 @@ class MaxPool2x2(torch.nn.Module):
 
 class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: D102
+                relu: bool) -> torch.Tensor:
         # (C, 1, K, K) -> (K*K, C padded to a multiple of 32): the filters of one tap side by side, as the
         # kernel reads them; the padding's zero filters are computed and dropped.
         c = weight.shape[0]
         padded = -(-c // 32) * 32
         wt = F.pad(weight.detach().reshape(c, -1).t(), (0, padded - c)).contiguous()
         ctx.weight_shape = weight.shape
-        return _fused_forward(ctx, kernels().conv_pool_forward, x, wt, bias, c)
+        return _fused_forward(ctx, kernels().conv_pool_forward, x, wt, bias, c, relu=relu)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         if not any(ctx.needs_input_grad):
-            return None, None, None
+            return None, None, None, None
         x, wt, where = ctx.saved_tensors
         grad_wt, grad_b = kernels().conv_pool_backward(grad.float(), where, x, wt)
         c = ctx.weight_shape[0]
         grad_w = grad_wt[:, :c].t().reshape(ctx.weight_shape)
-        return None, grad_w, grad_b[:c] if ctx.has_bias else None
+        return None, grad_w, grad_b[:c] if ctx.has_bias else None, None
 
 
 def _zero_padding(conv: torch.nn.Module) -> int | None:
@@ -196,10 +199,12 @@ def first_conv_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
             and x.shape[1] == 1 and not x.requires_grad)
 
 
-def first_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``max_pool2d(conv2d(x, weight, bias), 2)`` for one input channel in one native pass; see
+def first_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        relu: bool = False) -> torch.Tensor:
+    """``max_pool2d(conv2d(x, weight, bias), 2)`` for one input channel in one native pass, followed by
+    ``relu`` where asked (the same values and gradients as torch's relu after it); see
     ``first_conv_pool_applies`` for when it serves."""
-    return _ConvMaxPool.apply(x, weight, bias)
+    return _ConvMaxPool.apply(x, weight, bias, relu)
 
 
 # Winograd F(2x2, 3x3): U = G g G^T turns each 3x3 filter into a 4x4 one. Flattened, that is one product with
@@ -228,8 +233,9 @@ def _winograd_filters(weight: torch.Tensor) -> torch.Tensor:
 
 class _WinogradMaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:  # noqa: D102
-        return _fused_forward(ctx, kernels().winograd_pool_forward, x, _winograd_filters(weight), bias)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,  # noqa: D102
+                relu: bool) -> torch.Tensor:
+        return _fused_forward(ctx, kernels().winograd_pool_forward, x, _winograd_filters(weight), bias, relu=relu)
 
     @staticmethod
     @once_differentiable
@@ -239,7 +245,7 @@ class _WinogradMaxPool(torch.autograd.Function):
         grad_x, grad_u, grad_b = kernels().winograd_pool_backward(
             grad.float(), where, x, u, u.transpose(1, 2).contiguous(), ctx.needs_input_grad[0])
         grad_w = (_GG.t() @ grad_u.view(16, c * k)).view(3, 3, c, k).permute(3, 2, 0, 1).contiguous()  # G^T dU G
-        return grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if ctx.has_bias else None
+        return grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if ctx.has_bias else None, None
 
 
 def winograd_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
@@ -256,16 +262,20 @@ def winograd_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-def winograd_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``max_pool2d(conv2d(x, weight, bias), 2)`` for a 3x3 filter bank by Winograd F(2x2, 3x3) in native code:
-    the same values up to float rounding, gradients for all three; see ``winograd_pool_applies`` for when."""
-    return _WinogradMaxPool.apply(x, weight, bias)
+def winograd_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           relu: bool = False) -> torch.Tensor:
+    """``max_pool2d(conv2d(x, weight, bias), 2)`` for a 3x3 filter bank by Winograd F(2x2, 3x3) in native code,
+    followed by ``relu`` where asked: the same values up to float rounding (the relu exactly), gradients for
+    all three; see ``winograd_pool_applies`` for when."""
+    return _WinogradMaxPool.apply(x, weight, bias, relu)
 
 
-def conv_max_pool(x: torch.Tensor, conv: torch.nn.Module) -> torch.Tensor | None:
-    """``max_pool2d(conv(x), 2)`` by the native kernel that serves this conv and input, or None if none does.
+def conv_max_pool(x: torch.Tensor, conv: torch.nn.Module, relu: bool = False) -> torch.Tensor | None:
+    """``max_pool2d(conv(x), 2)``, then ``relu`` where asked, by the native kernel that serves this conv and
+    input, or None if none does.
 
-    A zero-padded conv runs as an unpadded one on the padded input (the same sums).
+    A zero-padded conv runs as an unpadded one on the padded input (the same sums). The fused relu gives the
+    values and gradients of torch's relu on the pooled output (it saves a pass over the map each way).
     """
     if first_conv_pool_applies(x, conv):
         kernel = first_conv_max_pool
@@ -274,4 +284,4 @@ def conv_max_pool(x: torch.Tensor, conv: torch.nn.Module) -> torch.Tensor | None
     else:
         return None
     pad = conv.padding[0]
-    return kernel(F.pad(x, (pad, pad, pad, pad)) if pad else x, conv.weight, conv.bias)
+    return kernel(F.pad(x, (pad, pad, pad, pad)) if pad else x, conv.weight, conv.bias, relu)

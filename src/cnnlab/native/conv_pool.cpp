@@ -6,6 +6,8 @@
 // weight gradient. Here the convolution values of each 2x2 window are computed in registers, only the pooled
 // maximum and a one-byte window position are stored, and the weight gradient is summed from the positions
 // that won (a quarter of the multiply-adds). Ties go to the first maximum in row-major order, as in torch.
+// With `relu`, the ReLU after the pool happens here too: a maximum <= 0 is stored as 0 with position 4, which
+// no window position matches, so its gradient is zero (torch's threshold_backward: grad where output > 0).
 // No input gradient: the input of a first layer is data (the Python side falls back to torch when it is not).
 #include "kernels.h"
 #include "simd.h"
@@ -47,7 +49,7 @@ inline void window_sums(const Geometry& g, const float* top, const float* wp, in
 
 template <int K_>
 void forward_rows(const Geometry& g, const float* src, const float* wp, const float* bp, float* dst,
-                  uint8_t* pos, int64_t begin, int64_t end) {
+                  uint8_t* pos, bool relu, int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; row++) {
     const int64_t n = row / g.h, i = row % g.h;
     // Channel blocks outside the pixel loop: the compiler then streams each pixel from memory instead of
@@ -71,6 +73,11 @@ void forward_rows(const Geometry& g, const float* src, const float* wp, const fl
             const Ints more = acc[half][s] > m;
             m = more ? acc[half][s] : m;
             at = more ? Ints{} + s : at;
+          }
+          if (relu) {
+            const Ints dead = m <= Floats{};  // (not m > 0: a NaN passes, as through torch's relu)
+            m = dead ? Floats{} : m;
+            at = dead ? Ints{} + kDead : at;
           }
           const int64_t c = c0 + half * kLanes;
           if (c < g.C) {
@@ -110,6 +117,7 @@ void backward_images(const Geometry& g, const float* src, const float* gp, const
               }
             }
             const Ints w = widen_positions(won);
+            grad = w == kDead ? Floats{} : grad;
             for (int s = 0; s < 4; s++) masked[half][s] = w == s ? grad : Floats{};
             const Floats bias_sum = load<Floats>(bacc + c) + grad;
             std::memcpy(bacc + c, &bias_sum, sizeof bias_sum);
@@ -136,7 +144,7 @@ void backward_images(const Geometry& g, const float* src, const float* gp, const
 
 extern "C" void cnnlab_conv_pool_forward(const float* x, const float* wt, const float* bias, float* out,
                                          uint8_t* where, int64_t N, int64_t H, int64_t W, int64_t K, int64_t C,
-                                         int64_t Cp, int threads) {
+                                         int64_t Cp, int relu, int threads) {
   const Geometry g{N, H, W, C, K, (H - K + 1) / 2, (W - K + 1) / 2, Cp};
   const int64_t rows = g.N * g.h;
   const int nt = cnnlab_parallel::threads_for(rows, 1, threads);
@@ -145,9 +153,9 @@ extern "C" void cnnlab_conv_pool_forward(const float* x, const float* wt, const 
     int64_t begin, end;
     cnnlab_parallel::share(rows, static_cast<int>(t), nt, &begin, &end);
     if (g.K == 3) {
-      forward_rows<3>(g, x, wt, bias, out, where, begin, end);
+      forward_rows<3>(g, x, wt, bias, out, where, relu != 0, begin, end);
     } else {
-      forward_rows<0>(g, x, wt, bias, out, where, begin, end);
+      forward_rows<0>(g, x, wt, bias, out, where, relu != 0, begin, end);
     }
   }
 }

@@ -4,7 +4,9 @@
 // the whole library compiles in one compiler call in seconds.
 //
 // Layouts: "channels-last" means N x H x W x C in memory; `where` holds one byte per pooled output, the
-// position (0..3, row-major) of its window's maximum. `threads` is torch's thread count at the call.
+// position (0..3, row-major) of its window's maximum. The conv-pool kernels take `relu` (0 or 1): with 1 they
+// apply the ReLU after the pool as well, and an output it zeroed (<= 0) gets position 4 and no gradient.
+// `threads` is torch's thread count at the call.
 #pragma once
 
 #include <algorithm>
@@ -23,7 +25,8 @@ void cnnlab_max_pool_backward(const float* grad_out, const uint8_t* where, float
 // filters as (K*K, Cp) with Cp = C padded with zero filters to a multiple of 32, bias (Cp); out (N, C, h, w)
 // channels-last.
 void cnnlab_conv_pool_forward(const float* x, const float* wt, const float* bias, float* out, uint8_t* where,
-                              int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t Cp, int threads);
+                              int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t Cp, int relu,
+                              int threads);
 // Its gradients: grad_wt (K*K, Cp) then grad_bias (Cp), one array of (K*K + 1) * Cp floats, overwritten.
 void cnnlab_conv_pool_backward(const float* grad_out, const uint8_t* where, const float* x, float* grad_wt_bias,
                                int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t Cp, int threads);
@@ -31,7 +34,7 @@ void cnnlab_conv_pool_backward(const float* grad_out, const uint8_t* where, cons
 // 3x3 convolution (stride 1, valid) + bias, then 2x2 max-pool, by Winograd F(2x2, 3x3): x (N, C, H, W)
 // channels-last, u the transformed filters (16, C, K), bias (K); out (N, K, (H-2)/2, (W-2)/2) channels-last.
 void cnnlab_winograd_pool_forward(const float* x, const float* u, const float* bias, float* out, uint8_t* where,
-                                  int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int threads);
+                                  int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int relu, int threads);
 // Its gradients: dx (N, C, H, W) channels-last, zeroed by the caller, or null for none; du (16, C, K) and dbias
 // (K) overwritten. u_t is u transposed, (16, K, C).
 void cnnlab_winograd_pool_backward(const float* grad_out, const uint8_t* where, const float* x, const float* u_t,

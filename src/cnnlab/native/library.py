@@ -17,9 +17,9 @@ _PTR, _SIZE, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 SIGNATURES = {
     "cnnlab_max_pool_forward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
     "cnnlab_max_pool_backward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
-    "cnnlab_conv_pool_forward": [_PTR] * 5 + [_SIZE] * 6 + [_INT],
+    "cnnlab_conv_pool_forward": [_PTR] * 5 + [_SIZE] * 6 + [_INT] * 2,
     "cnnlab_conv_pool_backward": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
-    "cnnlab_winograd_pool_forward": [_PTR] * 5 + [_SIZE] * 5 + [_INT],
+    "cnnlab_winograd_pool_forward": [_PTR] * 5 + [_SIZE] * 5 + [_INT] * 2,
     "cnnlab_winograd_pool_backward": [_PTR] * 7 + [_SIZE] * 5 + [_INT],
     "cnnlab_use_sgemm": [_PTR],
     "cnnlab_use_sqrt": [_PTR],
@@ -136,9 +136,10 @@ class Kernels:
                                            torch.get_num_threads())
         return grad_in
 
-    def conv_pool_forward(self, x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor,
-                          filters: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One-channel conv + bias + 2x2 max-pool; ``wt`` (K*K, filters padded to 32s), ``bias`` padded alike."""
+    def conv_pool_forward(self, x: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor, filters: int,
+                          relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-channel conv + bias + 2x2 max-pool (+ ReLU with ``relu``); ``wt`` (K*K, filters padded to 32s),
+        ``bias`` padded alike."""
         x = x.contiguous()
         _float_map(x, torch.contiguous_format, "conv_pool_forward: x")
         n, _, h, w = x.shape
@@ -146,7 +147,7 @@ class Kernels:
         out = torch.empty(n, filters, (h - k + 1) // 2, (w - k + 1) // 2, memory_format=CHANNELS_LAST)
         where = torch.empty(n, out.shape[2], out.shape[3], filters, dtype=torch.uint8)
         self._lib.cnnlab_conv_pool_forward(_ptr(x), _ptr(wt), _ptr(bias), _ptr(out), _ptr(where), n, h, w, k,
-                                           filters, wt.shape[1], torch.get_num_threads())
+                                           filters, wt.shape[1], int(relu), torch.get_num_threads())
         return out, where
 
     def conv_pool_backward(self, grad: torch.Tensor, where: torch.Tensor, x: torch.Tensor,
@@ -175,16 +176,17 @@ class Kernels:
                  "conv_pool: bias must be padded as the weights")
         return k
 
-    def winograd_pool_forward(self, x: torch.Tensor, u: torch.Tensor,
-                              bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """3x3 conv + bias + 2x2 max-pool by Winograd F(2x2, 3x3); ``u`` the transformed filters (16, C, K)."""
+    def winograd_pool_forward(self, x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor,
+                              relu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """3x3 conv + bias + 2x2 max-pool (+ ReLU with ``relu``) by Winograd F(2x2, 3x3); ``u`` the transformed
+        filters (16, C, K)."""
         n, c, h, w, k = self._winograd_shape(x, u)
         _require(bias.shape == (k,) and bias.is_contiguous() and bias.dtype == torch.float32,
                  "winograd_pool: bias must have one value per filter")
         out = torch.empty(n, k, (h - 2) // 2, (w - 2) // 2, memory_format=CHANNELS_LAST)
         where = torch.empty(n, out.shape[2], out.shape[3], k, dtype=torch.uint8)
         self._lib.cnnlab_winograd_pool_forward(_ptr(x), _ptr(u), _ptr(bias), _ptr(out), _ptr(where), n, c, h, w, k,
-                                               torch.get_num_threads())
+                                               int(relu), torch.get_num_threads())
         return out, where
 
     def winograd_pool_backward(self, grad: torch.Tensor, where: torch.Tensor, x: torch.Tensor, u: torch.Tensor,

@@ -39,6 +39,10 @@ inline void store(T* p, const V& v, int64_t lanes = kLanes) {
   }
 }
 
+// The position a pooled output gets when a fused ReLU zeroed it: no window position (0..3) matches it, so the
+// backward passes give it no gradient.
+constexpr int32_t kDead = 4;
+
 // Window positions, one int32 lane each, stored as bytes; and loaded back. GCC's generic conversions go lane
 // by lane without AVX-512, so AVX2 gets its pack and widen instructions.
 inline void store_positions(uint8_t* p, const Ints& at, int64_t lanes) {

@@ -6,7 +6,8 @@
 // products, (tiles x C) by (C x K), done by the register-blocked loops below (or a BLAS sgemm_ if the Python
 // side hands one over: see cnnlab_use_sgemm). The 2x2 output blocks are exactly the pooling
 // windows, so the output transform, the bias and the max-pool happen in one step and the full-size
-// convolution output is never stored; a row or column the pool leaves out is never computed. Images are
+// convolution output is never stored; a row or column the pool leaves out is never computed; with `relu`, the
+// ReLU after the pool too (a dead output gets position kDead, so its gradient is zero). Images are
 // processed a few at a time per thread, so the transformed blocks stay in the cache.
 //
 // Notation (Lavin & Gray, 2016): V = B^T d B (input blocks), U = G g G^T (filters, done by the Python side),
@@ -84,7 +85,8 @@ void input_blocks(const Shape& s, const float* x, int64_t n0, int64_t n1, float*
 }
 
 template <typename V, typename I>
-inline void pool_block(const float* mt, const float* bias, int64_t k, int64_t plane, float* o, uint8_t* p) {
+inline void pool_block(const float* mt, const float* bias, int64_t k, int64_t plane, bool relu, float* o,
+                       uint8_t* p) {
   V q[2][4];  // A^T M: rows
   for (int b = 0; b < 4; b++) {
     const V m0 = load<V>(mt + (0 + b) * plane + k), m1 = load<V>(mt + (4 + b) * plane + k);
@@ -102,28 +104,34 @@ inline void pool_block(const float* mt, const float* bias, int64_t k, int64_t pl
     best = more ? y[e] : best;
     at = more ? I{} + e : at;
   }
-  store(o + k, V(best + load<V>(bias + k)));
+  V value = best + load<V>(bias + k);
+  if (relu) {
+    const auto dead = value <= V{};  // (not value > 0: a NaN passes, as through torch's relu)
+    value = dead ? V{} : value;
+    at = dead ? I{} + kDead : at;
+  }
+  store(o + k, value);
   put_positions(p + k, at);
 }
 
 // Y = A^T M A plus the bias for each tile; the maximum of the 2x2 block and its position go to out/where.
-void pool_outputs(const Shape& s, const float* m, const float* bias, int64_t n0, int64_t n1, float* out,
-                  uint8_t* where) {
+void pool_outputs(const Shape& s, const float* m, const float* bias, bool relu, int64_t n0, int64_t n1,
+                  float* out, uint8_t* where) {
   const int64_t T = (n1 - n0) * s.tiles(), K = s.K, plane = T * K;
   for (int64_t t = 0; t < T; t++) {
     float* o = out + (n0 * s.tiles() + t) * K;
     uint8_t* p = where + (n0 * s.tiles() + t) * K;
     int64_t k = 0;
-    for (; k + kLanes <= K; k += kLanes) pool_block<Floats, Ints>(m + t * K, bias, k, plane, o, p);
-    for (; k < K; k++) pool_block<float, int32_t>(m + t * K, bias, k, plane, o, p);
+    for (; k + kLanes <= K; k += kLanes) pool_block<Floats, Ints>(m + t * K, bias, k, plane, relu, o, p);
+    for (; k < K; k++) pool_block<float, int32_t>(m + t * K, bias, k, plane, relu, o, p);
   }
 }
 
 template <typename V>
 inline void output_grad_block(const float* g, const uint8_t* p, int64_t k, int64_t plane, float* out,
                               float* dbias) {
-  const V gv = load<V>(g + k);
   const auto w = get_positions(p + k, V{});
+  const V gv = w == kDead ? V{} : load<V>(g + k);
   const V y00 = w == 0 ? gv : V{}, y01 = w == 1 ? gv : V{}, y10 = w == 2 ? gv : V{}, y11 = w == 3 ? gv : V{};
   const V r[4][2] = {{y00, y01}, {y00 + y10, y01 + y11}, {y00 - y10, y01 - y11}, {-y10, -y11}};  // A dY
   for (int a = 0; a < 4; a++) {  // (A dY) A^T
@@ -271,7 +279,7 @@ extern "C" void cnnlab_use_sgemm(cnnlab_sgemm_fn sgemm) { blas_sgemm = sgemm; }
 
 extern "C" void cnnlab_winograd_pool_forward(const float* x, const float* u, const float* bias, float* out,
                                              uint8_t* where, int64_t N, int64_t C, int64_t H, int64_t W,
-                                             int64_t K, int threads) {
+                                             int64_t K, int relu, int threads) {
   const Shape s{N, H, W, C, K, (H - 2) / 2, (W - 2) / 2};
   const int64_t all = chunks(N), most = kImagesPerChunk * s.tiles();
   const int nt = cnnlab_parallel::threads_for(all, 1, threads);
@@ -286,7 +294,7 @@ extern "C" void cnnlab_winograd_pool_forward(const float* x, const float* u, con
       input_blocks(s, x, n0, n1, v.data());
       for (int e = 0; e < 16; e++)
         matmul(false, v.data() + e * T * C, u + e * C * K, m.data() + e * T * K, T, K, C, false);
-      pool_outputs(s, m.data(), bias, n0, n1, out, where);
+      pool_outputs(s, m.data(), bias, relu != 0, n0, n1, out, where);
     }
   }
 }
