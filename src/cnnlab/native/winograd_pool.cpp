@@ -200,9 +200,11 @@ cnnlab_sgemm_fn blas_sgemm = nullptr;  // set by cnnlab_use_sgemm
 #if defined(__AVX512F__)
 constexpr int kRows = 4;
 constexpr int kVectors = 4;  // 16 sums + 4 rows of B + a broadcast: 21 of the 32 vector registers
+constexpr int kSingleRows = 8;
 #else
 constexpr int kRows = 6;     // 12 sums + 2 rows of B + a broadcast: 15 of the 16 registers (4 rows left 5 idle:
 constexpr int kVectors = 2;  // Conv2D_2 of the seed model forward + backward 5.0 -> 4.4 ms, AVX2 code on Zen 4)
+constexpr int kSingleRows = 8;
 #endif
 
 struct Operand {
@@ -232,27 +234,37 @@ inline void product_block(const Operand& op, int64_t i, int64_t j, int64_t depth
     for (int v = 0; v < NV; v++) store(out + (i + r) * ldo + j + v * kLanes, sum[r][v]);
 }
 
-// Rows [i, i + R): whole blocks of columns, then single vectors, then single columns.
-template <int R>
-void product_rows(const Operand& op, int64_t i, int64_t cols, int64_t depth, float* out, int64_t ldo, bool add) {
-  int64_t j = 0;
-  for (; j + kVectors * kLanes <= cols; j += kVectors * kLanes)
-    product_block<R, kVectors>(op, i, j, depth, out, ldo, add);
-  for (; j + kLanes <= cols; j += kLanes) product_block<R, 1>(op, i, j, depth, out, ldo, add);
-  for (; j < cols; j++) {
-    for (int r = 0; r < R; r++) {
-      float sum = add ? out[(i + r) * ldo + j] : 0.f;
-      for (int64_t p = 0; p < depth; p++) sum += op.a[(i + r) * op.ars + p * op.acs] * op.b[p * op.ldb + j];
-      out[(i + r) * ldo + j] = sum;
-    }
-  }
+// Columns [j, j + NV vectors) of every row: blocks of R rows, then of 2, then single rows.
+template <int R, int NV>
+void product_columns(const Operand& op, int64_t rows, int64_t j, int64_t depth, float* out, int64_t ldo, bool add) {
+  int64_t i = 0;
+  for (; i + R <= rows; i += R) product_block<R, NV>(op, i, j, depth, out, ldo, add);
+  for (; i + 2 <= rows; i += 2) product_block<2, NV>(op, i, j, depth, out, ldo, add);
+  for (; i < rows; i++) product_block<1, NV>(op, i, j, depth, out, ldo, add);
 }
 
+// Whole blocks of kVectors vectors of columns, then the narrower rest: a block of fewer vectors takes more rows,
+// so it still has as many independent sums (a product with 2 vectors of columns, Conv2D_2's input gradient on
+// AVX-512, ran at half speed in 4 x 1 blocks). Each sum adds its products in depth order whatever the block:
+// the same bits either way. Single columns last.
 void product(const Operand& op, int64_t rows, int64_t cols, int64_t depth, float* out, int64_t ldo, bool add) {
-  int64_t i = 0;
-  for (; i + kRows <= rows; i += kRows) product_rows<kRows>(op, i, cols, depth, out, ldo, add);
-  for (; i + 2 <= rows; i += 2) product_rows<2>(op, i, cols, depth, out, ldo, add);
-  for (; i < rows; i++) product_rows<1>(op, i, cols, depth, out, ldo, add);
+  int64_t j = 0;
+  for (; j + kVectors * kLanes <= cols; j += kVectors * kLanes)
+    product_columns<kRows, kVectors>(op, rows, j, depth, out, ldo, add);
+  if constexpr (kVectors > 2) {
+    if (j + 2 * kLanes <= cols) {
+      product_columns<2 * kRows, 2>(op, rows, j, depth, out, ldo, add);
+      j += 2 * kLanes;
+    }
+  }
+  for (; j + kLanes <= cols; j += kLanes) product_columns<kSingleRows, 1>(op, rows, j, depth, out, ldo, add);
+  for (; j < cols; j++) {
+    for (int64_t i = 0; i < rows; i++) {
+      float sum = add ? out[i * ldo + j] : 0.f;
+      for (int64_t p = 0; p < depth; p++) sum += op.a[i * op.ars + p * op.acs] * op.b[p * op.ldb + j];
+      out[i * ldo + j] = sum;
+    }
+  }
 }
 
 // out (rows x cols) = or += a (rows x depth, row-major; transposed: depth x rows) . b (depth x cols), all
