@@ -90,52 +90,57 @@ void forward_rows(const Geometry& g, const float* src, const float* wp, const fl
   }
 }
 
+// The gradient at one pooled output for one vector of channels from c, sent to the window position that won:
+// masked[s] for position s, zero elsewhere (and everywhere where a fused ReLU zeroed the output); returns the
+// gradient itself (zero where the ReLU cut it), for the bias.
+inline Floats masked_grads(const Geometry& g, const float* gp, const uint8_t* pos, int64_t at, int64_t c,
+                           Floats masked[4]) {
+  Floats grad = {};
+  Bytes won = {};
+  if (c + kLanes <= g.C) {
+    grad = load<Floats>(gp + at + c);
+    won = load<Bytes>(pos + at + c);
+  } else {  // the last vector: lanes past C get no gradient
+    for (int64_t l = 0; l < g.C - c; l++) {
+      grad[l] = gp[at + c + l];
+      won[l] = pos[at + c + l];
+    }
+  }
+  const Ints w = widen_positions(won);
+  grad = w == kDead ? Floats{} : grad;
+  for (int s = 0; s < 4; s++) masked[s] = w == s ? grad : Floats{};
+  return grad;
+}
+
+constexpr int64_t kTapsPerPass = 9;  // sums kept in registers through a pass over the images: a 3x3 kernel's
+
+// The weight and bias gradients of images [begin, end) into acc ((K*K + 1) x Cp, zeroed). One vector of
+// channels and up to kTapsPerPass taps at a time, their sums in registers from the first image to the last;
+// each sum takes its products in the order of images, outputs and window positions whatever the pass.
 template <int K_>
 void backward_images(const Geometry& g, const float* src, const float* gp, const uint8_t* pos, float* acc,
                      int64_t begin, int64_t end) {
-  const int64_t K = K_ > 0 ? K_ : g.K;
-  float* bacc = acc + K * K * g.Cp;
-  for (int64_t n = begin; n < end; n++) {
-    for (int64_t i = 0; i < g.h; i++) {
-      for (int64_t j = 0; j < g.w; j++) {
-        const float* top = src + (n * g.H + 2 * i) * g.W + 2 * j;
-        const int64_t at_out = ((n * g.h + i) * g.w + j) * g.C;
-        for (int64_t c0 = 0; c0 < g.C; c0 += kBlock) {
-          // The gradient goes to the window position that won, masked[half][s]; zero elsewhere.
-          Floats masked[2][4];
-          for (int half = 0; half < 2; half++) {
-            const int64_t c = c0 + half * kLanes;
-            Floats grad = {};
-            Bytes won = {};
-            if (c + kLanes <= g.C) {
-              grad = load<Floats>(gp + at_out + c);
-              won = load<Bytes>(pos + at_out + c);
-            } else {  // the last block: lanes past C get no gradient
-              for (int64_t l = 0; l < g.C - c; l++) {
-                grad[l] = gp[at_out + c + l];
-                won[l] = pos[at_out + c + l];
-              }
-            }
-            const Ints w = widen_positions(won);
-            grad = w == kDead ? Floats{} : grad;
-            for (int s = 0; s < 4; s++) masked[half][s] = w == s ? grad : Floats{};
-            const Floats bias_sum = load<Floats>(bacc + c) + grad;
-            std::memcpy(bacc + c, &bias_sum, sizeof bias_sum);
-          }
-          for (int64_t ky = 0; ky < K; ky++) {
-            for (int64_t kx = 0; kx < K; kx++) {
-              float* ar = acc + (ky * K + kx) * g.Cp + c0;
-              const float* px = top + ky * g.W + kx;
+  const int64_t K = K_ > 0 ? K_ : g.K, taps = K * K;
+  for (int64_t c = 0; c < g.C; c += kLanes) {
+    for (int64_t t0 = 0; t0 < taps; t0 += kTapsPerPass) {
+      const int64_t count = std::min(kTapsPerPass, taps - t0);
+      Floats sums[kTapsPerPass] = {}, bias = {};
+      for (int64_t n = begin; n < end; n++) {
+        for (int64_t i = 0; i < g.h; i++) {
+          for (int64_t j = 0; j < g.w; j++) {
+            const float* top = src + (n * g.H + 2 * i) * g.W + 2 * j;
+            Floats masked[4];
+            bias += masked_grads(g, gp, pos, ((n * g.h + i) * g.w + j) * g.C, c, masked);
+            for (int64_t t = 0; t < (K_ == 3 ? kTapsPerPass : count); t++) {
+              const float* px = top + ((t0 + t) / K) * g.W + (t0 + t) % K;
               const float v[4] = {px[0], px[1], px[g.W], px[g.W + 1]};
-              for (int half = 0; half < 2; half++) {
-                Floats sum = load<Floats>(ar + half * kLanes);
-                for (int s = 0; s < 4; s++) sum += v[s] * masked[half][s];
-                std::memcpy(ar + half * kLanes, &sum, sizeof sum);
-              }
+              for (int s = 0; s < 4; s++) sums[t] += v[s] * masked[s];
             }
           }
         }
       }
+      for (int64_t t = 0; t < count; t++) store(acc + (t0 + t) * g.Cp + c, sums[t]);
+      if (t0 == 0) store(acc + taps * g.Cp + c, bias);
     }
   }
 }
