@@ -324,6 +324,23 @@ def test_labels_inside_the_axes_are_left_out_of_the_layout_without_changing_a_pi
     assert np.array_equal(_pixels(plots.png_bytes(fast)), _pixels(plots.png_bytes(measured)))
 
 
+def test_the_confusion_colour_bar_reads_counts_as_plain_numbers():
+    """Decades labelled 1, 10, 100, 1000 (no mathtext powers of ten), no labels between them."""
+    from cnnlab import plots
+
+    cm = np.full((10, 10), 3)
+    np.fill_diagonal(cm, 1000)
+    fig = plots.confusion_figure(cm, "c")
+    plots.png_bytes(fig)  # the tick labels are set when the figure is drawn
+    bar = fig.axes[1].yaxis
+    lo, hi = bar.get_view_interval()
+
+    def shown(minor: bool) -> list[str]:
+        return [t.get_text() for t in bar.get_ticklabels(minor=minor) if lo <= t.get_position()[1] <= hi]
+    assert shown(minor=False) == ["1", "10", "100", "1000"]
+    assert not any(shown(minor=True))
+
+
 def test_png_bytes_keeps_the_alpha_channel_of_a_see_through_figure():
     from PIL import Image
 
