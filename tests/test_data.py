@@ -72,6 +72,18 @@ def test_read_idx_images_and_labels():
     assert np.array_equal(read_idx(idx_bytes(labels)), labels)
 
 
+def test_read_idx_wraps_a_bytearray_without_a_copy_and_copies_bytes():
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    buffer = bytearray(idx_bytes(images))
+    view = read_idx(buffer)
+    assert view.flags.writeable and np.shares_memory(view, np.frombuffer(buffer, np.uint8))
+    view[0, 0, 0] = 200
+    assert buffer[16] == 200  # 16 header bytes: magic and three dimensions
+    blob = idx_bytes(images)
+    copy = read_idx(blob)
+    assert copy.flags.writeable and not np.shares_memory(copy, np.frombuffer(blob, np.uint8))
+
+
 def test_read_idx_truncated_names_file():
     blob = idx_bytes(np.zeros((5, 28, 28), np.uint8))[:-10]
     with pytest.raises(CnnlabError, match=r"train-images-idx3-ubyte: truncated IDX file.*5x28x28"):
@@ -172,8 +184,28 @@ def test_cache_written_then_reused(tmp_path):
     mnist = load_mnist(files=table, log=lines.append)
     assert mnist.origin == "cache"
     assert _arrays_equal(mnist, fake_arrays())
+    assert mnist.train_images.flags.writeable and mnist.test_labels.flags.writeable
+    mnist.train_images[0] = 0  # the arrays are the process's own: the cached files stay as they were
+    assert all((cache / n).read_bytes() == blobs[n] for n in NAMES)
     assert mnist.md5 == {n: m for n, (_, m) in table.items()}
     assert lines[0].startswith("cache: verified")
+
+
+def test_a_cached_file_that_changes_size_while_it_is_read_is_ignored(tmp_path, monkeypatch):
+    blobs = fake_blobs()
+    table = table_for(blobs)
+    folder = write_folder(tmp_path / "src", blobs)
+    load_mnist(folder, files=table)
+    real_fstat = os.fstat
+
+    def grown(fd):  # the size seen before the read: one byte more than the read then finds
+        st = real_fstat(fd)
+        return os.stat_result((*st[:6], st.st_size + 1, *st[7:10]))
+    monkeypatch.setattr(acquisition.os, "fstat", grown)
+    lines = []
+    mnist = load_mnist(folder, files=table, log=lines.append)
+    assert mnist.origin == f"folder {folder}" and _arrays_equal(mnist, fake_arrays())
+    assert any("cache: ignored" in line and "changed size while it was read" in line for line in lines)
 
 
 def test_cache_dir_home_argument_beats_env(tmp_path):

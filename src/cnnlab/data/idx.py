@@ -25,7 +25,8 @@ def read_idx(data: bytes | bytearray | memoryview, name: str = "file") -> np.nda
         name: the file's name, for error messages.
 
     Returns:
-        A writable uint8 array with the shape the header gives.
+        A writable uint8 array with the shape the header gives: a view of ``data`` when that is a bytearray
+        (nothing copied), else a copy.
 
     Raises:
         CnnlabError: wrong magic, a type other than unsigned bytes, or a size that does not match the header.
@@ -47,7 +48,8 @@ def read_idx(data: bytes | bytearray | memoryview, name: str = "file") -> np.nda
         what = "truncated IDX file" if len(data) < need else "IDX file with trailing bytes"
         shape = "x".join(map(str, dims))
         raise CnnlabError(f"{name}: {what}: {len(data)} bytes, but its header ({shape} uint8) needs exactly {need}")
-    return np.frombuffer(data, dtype=np.uint8, count=count, offset=4 + 4 * ndim).reshape(dims).copy()
+    array = np.frombuffer(data, dtype=np.uint8, count=count, offset=4 + 4 * ndim).reshape(dims)
+    return array if array.flags.writeable else array.copy()
 
 
 
