@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
