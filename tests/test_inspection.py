@@ -229,6 +229,37 @@ def test_gradient_ascent_patterns_beat_the_data_on_their_map(run, layer):
     assert all(p.grad is None for p in run.model.parameters()) and not run.model.training
 
 
+def test_the_ascent_asks_for_no_weight_gradient_and_restores_requires_grad(run, monkeypatch):
+    """The backward passes of the ascent compute the input's gradient alone: no parameter requires a gradient
+    while it runs, and each keeps its own setting after (one frozen beforehand stays frozen)."""
+    seen = []
+    objective = flt._objective
+
+    def watched(model, *args):
+        seen.append([p.requires_grad for p in model.parameters()])
+        return objective(model, *args)
+    monkeypatch.setattr(flt, "_objective", watched)
+    first = next(run.model.parameters())
+    first.requires_grad_(False)
+    try:
+        flt.filter_patterns(run.model, "Conv2D_2", flt.pixel_bounds(run.data().train_x), maps=[0, 1], steps=3)
+        after = [p.requires_grad for p in run.model.parameters()]
+    finally:
+        first.requires_grad_(True)
+    assert len(seen) >= 3 and not any(any(step) for step in seen)
+    assert after == [False] + [True] * (len(after) - 1)
+
+
+def test_frozen_weights_restores_each_setting_after_an_error():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model[1].bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="stop"):
+        with act.frozen_weights(model):
+            assert not any(p.requires_grad for p in model.parameters())
+            raise RuntimeError("stop")
+    assert [p.requires_grad for p in model.parameters()] == [True, True, True, False]
+
+
 def test_filters_command_reports_the_ratio_per_map(run, capsys):
     assert main(["filters", str(run.path), "--layer", "Conv2D_2", "--maps", "0-3", "--steps", "64"]) == 0
     out = capsys.readouterr().out

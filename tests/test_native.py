@@ -290,6 +290,29 @@ def test_winograd_pool_without_bias_or_input_gradient():
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=1e-4)
 
 
+@needs_kernels
+def test_winograd_pool_with_frozen_filters_computes_the_input_gradient_alone(monkeypatch):
+    """Filters that need no gradient get none and their products are skipped; the input and bias gradients are
+    those of the full backward pass, bit for bit."""
+    torch.manual_seed(5)
+    x = torch.randn(4, 6, 10, 10).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(7, 6, 3, 3), torch.randn(7)
+    asked = []
+    backward = native.kernels().winograd_pool_backward
+    monkeypatch.setattr(native.kernels(), "winograd_pool_backward",
+                        lambda *a: asked.append(a[-1]) or backward(*a))
+    results = []
+    for frozen in (False, True):
+        xx, w, b = x.clone().requires_grad_(), weight.clone().requires_grad_(not frozen), bias.clone().requires_grad_()
+        y = native.winograd_conv_max_pool(xx, w, b, relu=True)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(2)))
+        results.append((xx.grad, w.grad, b.grad))
+    (xa, wa, ba), (xb, wb, bb) = results
+    assert asked == [True, False]
+    assert wa is not None and wb is None
+    assert torch.equal(xa, xb) and torch.equal(ba, bb)
+
+
 def test_winograd_serves_only_plain_3x3_layers_outside_autocast():
     """Plain: stride 1, no dilation or groups, zero padding the same on every side (or none)."""
     x = torch.randn(2, 32, 13, 13).contiguous(memory_format=torch.channels_last)

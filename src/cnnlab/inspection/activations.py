@@ -57,6 +57,21 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
+@contextmanager
+def frozen_weights(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Let no parameter of the model require a gradient, and restore each one's setting after: a backward pass
+    that wants only the input's gradient then computes no weight gradients at all."""
+    params = list(model.parameters())
+    wanted = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, w in zip(params, wanted):
+            p.requires_grad_(w)
+
+
 def layer_activations(model: CnnModel, images: torch.Tensor | np.ndarray, layer: str,
                       prepare: Prepare | None = None, chunk: int = CHUNK) -> np.ndarray:
     """Return the activation output of ``layer`` for every image.

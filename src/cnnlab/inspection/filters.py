@@ -28,7 +28,7 @@ from cnnlab import native
 from cnnlab.device import model_device
 from cnnlab.errors import CnnlabError
 from cnnlab.inspection import cache
-from cnnlab.inspection.activations import check_layer, eval_mode
+from cnnlab.inspection.activations import check_layer, eval_mode, frozen_weights
 from cnnlab.model import CnnModel, layer_table
 from cnnlab.speed import threads as torch_threads
 from cnnlab.speed import usable_cores
@@ -137,7 +137,8 @@ def _ascend(model: CnnModel, layer: str, bounds: tuple[torch.Tensor, torch.Tenso
     target = torch.as_tensor(chosen).to(device)
     optimizer = _Adam(unit, lr)
     best, best_unit = torch.full((len(chosen),), -torch.inf, device=device), unit.detach().clone()
-    with eval_mode(model), torch.enable_grad():
+    # frozen: the backward passes then compute the input's gradient alone, none for the weights
+    with eval_mode(model), frozen_weights(model), torch.enable_grad():
         for step in range(steps):
             settle = step >= steps * 3 // 4  # the last quarter: no jitter and no blur, to settle on the optimum
             x = _jittered(low + (high - low) * unit, 0 if settle else jitter, gen)
@@ -303,7 +304,9 @@ def cached_filter_patterns_of_layers(run_dir: str | Path, model: CnnModel, layer
         result.seconds = time.perf_counter() - started
         return result
 
-    # the model's mode and torch's thread count are process-wide: set once here, not inside each thread
-    with eval_mode(model), torch_threads(THREADS), ThreadPoolExecutor(workers or usable_cores()) as pool:
+    # the model's mode, its parameters' requires_grad and torch's thread count are process-wide: set once here,
+    # not inside each thread
+    with eval_mode(model), frozen_weights(model), torch_threads(THREADS), \
+            ThreadPoolExecutor(workers or usable_cores()) as pool:
         done = {layer: pool.submit(one, layer) for layer in order}
         return {layer: done[layer].result() for layer in order}

@@ -243,8 +243,10 @@ class _WinogradMaxPool(torch.autograd.Function):
         x, u, where = ctx.saved_tensors
         c, k = u.shape[1:]
         grad_x, grad_u, grad_b = kernels().winograd_pool_backward(
-            grad.float(), where, x, u, u.transpose(1, 2).contiguous(), ctx.needs_input_grad[0])
-        grad_w = (_GG.t() @ grad_u.view(16, c * k)).view(3, 3, c, k).permute(3, 2, 0, 1).contiguous()  # G^T dU G
+            grad.float(), where, x, u, u.transpose(1, 2).contiguous(), ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1])  # (the filter ascent asks for the input's gradient alone)
+        grad_w = None if grad_u is None else (  # G^T dU G
+            (_GG.t() @ grad_u.view(16, c * k)).view(3, 3, c, k).permute(3, 2, 0, 1).contiguous())
         return grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if ctx.has_bias else None, None
 
 

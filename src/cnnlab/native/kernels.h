@@ -35,8 +35,8 @@ void cnnlab_conv_pool_backward(const float* grad_out, const uint8_t* where, cons
 // channels-last, u the transformed filters (16, C, K), bias (K); out (N, K, (H-2)/2, (W-2)/2) channels-last.
 void cnnlab_winograd_pool_forward(const float* x, const float* u, const float* bias, float* out, uint8_t* where,
                                   int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int relu, int threads);
-// Its gradients: dx (N, C, H, W) channels-last, zeroed by the caller, or null for none; du (16, C, K) and dbias
-// (K) overwritten. u_t is u transposed, (16, K, C).
+// Its gradients: dx (N, C, H, W) channels-last, zeroed by the caller, or null for none; du (16, C, K), or null
+// for none, and dbias (K) overwritten. u_t is u transposed, (16, K, C).
 void cnnlab_winograd_pool_backward(const float* grad_out, const uint8_t* where, const float* x, const float* u_t,
                                    float* dx, float* du, float* dbias, int64_t N, int64_t C, int64_t H, int64_t W,
                                    int64_t K, int threads);

@@ -190,8 +190,9 @@ class Kernels:
         return out, where
 
     def winograd_pool_backward(self, grad: torch.Tensor, where: torch.Tensor, x: torch.Tensor, u: torch.Tensor,
-                               u_t: torch.Tensor, input_grad: bool):
-        """Gradients of ``winograd_pool_forward``: (input or None, transformed filters (16, C, K), bias)."""
+                               u_t: torch.Tensor, input_grad: bool, filter_grad: bool = True):
+        """Gradients of ``winograd_pool_forward``: (input or None, transformed filters (16, C, K) or None,
+        bias); what is not asked for is not computed."""
         n, c, h, w, k = self._winograd_shape(x, u)
         grad = grad.float().contiguous(memory_format=CHANNELS_LAST)
         _require(grad.shape == (n, k, (h - 2) // 2, (w - 2) // 2) and where.shape == (n, grad.shape[2],
@@ -199,7 +200,7 @@ class Kernels:
         _require(u_t.shape == (16, k, c) and u_t.is_contiguous(), "winograd_pool_backward: u_t must be u "
                  "transposed, (16, K, C)")
         dx = torch.zeros(n, h, w, c).permute(0, 3, 1, 2) if input_grad else None  # zeroed, channels-last
-        du, dbias = torch.empty(16, c, k), torch.empty(k)
+        du, dbias = torch.empty(16, c, k) if filter_grad else None, torch.empty(k)
         self._lib.cnnlab_winograd_pool_backward(_ptr(grad), _ptr(where), _ptr(x), _ptr(u_t), _ptr(dx), _ptr(du),
                                                 _ptr(dbias), n, c, h, w, k, torch.get_num_threads())
         return dx, du, dbias

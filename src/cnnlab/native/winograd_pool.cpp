@@ -322,15 +322,18 @@ extern "C" void cnnlab_winograd_pool_backward(const float* grad_out, const uint8
   for (int64_t t = 0; t < nt; t++) {
     int64_t begin, end;
     cnnlab_parallel::share(all, static_cast<int>(t), nt, &begin, &end);
-    std::vector<float> v(16 * most * C), dv(16 * most * C), dm(16 * most * K);
+    std::vector<float> v(du != nullptr ? 16 * most * C : 0), dv(dx != nullptr ? 16 * most * C : 0),
+        dm(16 * most * K);
     std::vector<float> mine(per, 0.f);  // summed here and copied out once: no thread writes near another's sums
     for (int64_t chunk = begin; chunk < end; chunk++) {
       const int64_t n0 = chunk * kImagesPerChunk, n1 = std::min(N, n0 + kImagesPerChunk);
       const int64_t T = (n1 - n0) * s.tiles();
       output_grads(s, grad_out, where, n0, n1, dm.data(), mine.data() + 16 * C * K);
-      input_blocks(s, x, n0, n1, v.data());  // recomputed: cheaper than keeping them
-      for (int e = 0; e < 16; e++)
-        matmul(true, v.data() + e * T * C, dm.data() + e * T * K, mine.data() + e * C * K, C, K, T, true);
+      if (du != nullptr) {
+        input_blocks(s, x, n0, n1, v.data());  // recomputed: cheaper than keeping them
+        for (int e = 0; e < 16; e++)
+          matmul(true, v.data() + e * T * C, dm.data() + e * T * K, mine.data() + e * C * K, C, K, T, true);
+      }
       if (dx != nullptr) {
         for (int e = 0; e < 16; e++)
           matmul(false, dm.data() + e * T * K, u_t + e * K * C, dv.data() + e * T * C, T, C, K, false);
@@ -339,8 +342,8 @@ extern "C" void cnnlab_winograd_pool_backward(const float* grad_out, const uint8
     }
     std::copy(mine.begin(), mine.end(), partial.begin() + t * per);
   }
-  for (int64_t e = 0; e < per; e++) {  // in a fixed order: the same sums whichever thread finished first
-    float sum = 0.f;
+  for (int64_t e = du != nullptr ? 0 : 16 * C * K; e < per; e++) {  // in a fixed order: the same sums
+    float sum = 0.f;                                                  // whichever thread finished first
     for (int t = 0; t < nt; t++) sum += partial[t * per + e];
     (e < 16 * C * K ? du[e] : dbias[e - 16 * C * K]) = sum;
   }
