@@ -155,7 +155,9 @@ def _assert_matches(results, rtol):
     torch.testing.assert_close(yb, ya, rtol=rtol, atol=1e-5)
     if xa is not None:
         torch.testing.assert_close(xb, xa, rtol=rtol, atol=1e-5)
-    torch.testing.assert_close(wb, wa, rtol=rtol, atol=1e-4)
+    # a weight gradient sums over every image and position: its rounding (either side's) scales with the
+    # largest sums, not with each value (64 images of 13 x 13: values up to 174, errors up to 3e-4 in AVX2 code)
+    torch.testing.assert_close(wb, wa, rtol=rtol, atol=max(1e-4, 2e-6 * wa.abs().max().item()))
     torch.testing.assert_close(bb, ba, rtol=1e-5, atol=1e-4)
 
 
