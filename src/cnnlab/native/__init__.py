@@ -247,7 +247,7 @@ class _WinogradMaxPool(torch.autograd.Function):
             ctx.needs_input_grad[1])  # (the filter ascent asks for the input's gradient alone)
         grad_w = None if grad_u is None else (  # G^T dU G
             (_GG.t() @ grad_u.view(16, c * k)).view(3, 3, c, k).permute(3, 2, 0, 1).contiguous())
-        return grad_x if ctx.needs_input_grad[0] else None, grad_w, grad_b if ctx.has_bias else None, None
+        return grad_x, grad_w, grad_b if ctx.has_bias else None, None
 
 
 def winograd_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
