@@ -250,6 +250,36 @@ def test_the_ascent_asks_for_no_weight_gradient_and_restores_requires_grad(run, 
     assert after == [False] + [True] * (len(after) - 1)
 
 
+@pytest.mark.parametrize("layer,before", [("Conv2D_1", None), ("Conv2D_2", "Max_Pool_1")])
+def test_the_ascent_computes_each_images_own_map_alone(run, layer, before):
+    """The objective runs a conv layer as one grouped convolution, image i through filter target[i] alone: the
+    maps and the input gradients of running the whole layer and picking, up to float rounding."""
+    model = run.model
+    x = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    named = model.layers[layer]
+    target = torch.tensor([3, 0, 1, 2, 3, 1])
+    results = []
+    for maps in (lambda h: flt._own_maps(named, h, target), lambda h: named.op(h)[torch.arange(6), target]):
+        hidden = x if before is None else model.activation(x, before)
+        picked = maps(hidden)
+        results.append((picked.detach(), torch.autograd.grad(picked.square().sum(), x)[0]))
+    (own, own_grad), (whole, whole_grad) = results
+    assert own.shape == whole.shape == (6, *model.output_shapes[layer][1:])
+    torch.testing.assert_close(own, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(own_grad, whole_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_the_ascent_runs_the_whole_layer_where_maps_mix_or_the_op_is_not_a_plain_conv(run):
+    named = run.model.layers["Conv2D_2"]
+    hidden, target = torch.randn(2, 4, 13, 13), torch.tensor([0, 1])
+    assert flt._own_maps(named, hidden, target) is not None
+    softmax = type(named)({**named.spec, "activation": "softmax"}, named.op, "softmax")  # over the maps
+    assert flt._own_maps(softmax, hidden, target) is None
+    padded = type(named)(named.spec, nn.Sequential(nn.ZeroPad2d(1), named.op), "relu")  # e.g. Keras 'same', stride 2
+    assert flt._own_maps(padded, hidden, target) is None
+    assert flt._own_maps(run.model.layers["Dense_1"], torch.randn(2, 200), target) is None
+
+
 def test_frozen_weights_restores_each_setting_after_an_error():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
     model[1].bias.requires_grad_(False)

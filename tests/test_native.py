@@ -168,6 +168,9 @@ def test_conv_pool_matches_conv_then_pool(n, h, w, filters, k):
     torch.manual_seed(0)
     x, weight, bias = torch.randn(n, 1, h, w), torch.randn(filters, 1, k, k), torch.randn(filters)
     _assert_matches(_against_torch(native.first_conv_max_pool, x, weight, bias), rtol=1e-5)
+    results = _against_torch(native.first_conv_max_pool, x, weight, bias, input_grad=True)
+    assert results[1][1] is not None and results[1][1].shape == x.shape  # the input gradient is checked too
+    _assert_matches(results, rtol=1e-5)
 
 
 @needs_kernels
@@ -178,8 +181,11 @@ def test_conv_pool_ties_and_exact_values_follow_torch():
     x[0] = 1.0  # a constant image: all four positions of every window tie, the top-left one wins
     weight, bias = torch.randint(-3, 4, (33, 1, 3, 3)).float(), torch.randint(-2, 3, (33,)).float()
     grad = torch.randint(-3, 4, (4, 33, 4, 4)).float()
-    (ya, _, wa, ba), (yb, _, wb, bb) = _against_torch(native.first_conv_max_pool, x, weight, bias, grad)
-    assert torch.equal(ya, yb) and torch.equal(wa, wb) and torch.equal(ba, bb)
+    (ya, xa, wa, ba), (yb, xb, wb, bb) = _against_torch(native.first_conv_max_pool, x, weight, bias, grad,
+                                                          input_grad=True)
+    assert torch.equal(ya, yb) and torch.equal(xa, xb) and torch.equal(wa, wb) and torch.equal(ba, bb)
+    assert xb[:, :, 10].abs().sum() == 0 and xa[:, :, 10].abs().sum() == 0  # in no pooled window (of 9 conv rows
+    # the pool drops the last, the only one that reads input row 10)
 
 
 @needs_kernels
@@ -196,7 +202,7 @@ def test_conv_pool_serves_only_a_plain_first_layer():
     x = torch.randn(2, 1, 28, 28)
     first = torch.nn.Conv2d(1, 32, 3)
     assert native.first_conv_pool_applies(x, first) == (native.kernels() is not None)
-    assert not native.first_conv_pool_applies(x.clone().requires_grad_(), first)  # gradient ascent on the input
+    assert native.first_conv_pool_applies(x.clone().requires_grad_(), first) == (native.kernels() is not None)
     assert native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, padding=1)) == (native.kernels() is not None)
     assert not native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, padding=1, padding_mode="reflect"))
     assert not native.first_conv_pool_applies(x, torch.nn.Conv2d(1, 32, 3, stride=2))
@@ -315,6 +321,30 @@ def test_winograd_pool_with_frozen_filters_computes_the_input_gradient_alone(mon
     assert torch.equal(xa, xb) and torch.equal(ba, bb)
 
 
+@needs_kernels
+def test_conv_pool_with_frozen_filters_computes_the_input_gradient_alone(monkeypatch):
+    """A first layer whose input is optimized (a filter pattern's ascent) and whose filters need no gradient:
+    only the input's gradient is computed, that of the full backward pass bit for bit."""
+    torch.manual_seed(5)
+    x, weight, bias = torch.randn(3, 1, 12, 12), torch.randn(40, 1, 3, 3), torch.randn(40)
+    asked = []
+    kernels = native.kernels()
+    for name in ("conv_pool_backward", "conv_pool_backward_input"):
+        monkeypatch.setattr(kernels, name, lambda *a, name=name, f=getattr(kernels, name): asked.append(name)
+                            or f(*a))
+    results = []
+    for frozen in (False, True):
+        xx = x.clone().requires_grad_()
+        w, b = weight.clone().requires_grad_(not frozen), bias.clone().requires_grad_(not frozen)
+        y = native.first_conv_max_pool(xx, w, b, relu=True)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(2)))
+        results.append((xx.grad, w.grad, b.grad))
+    (xa, wa, ba), (xb, wb, bb) = results
+    assert asked == ["conv_pool_backward_input", "conv_pool_backward", "conv_pool_backward_input"]
+    assert wa is not None and ba is not None and wb is None and bb is None
+    assert torch.equal(xa, xb)
+
+
 def test_winograd_serves_only_plain_3x3_layers_outside_autocast():
     """Plain: stride 1, no dilation or groups, zero padding the same on every side (or none)."""
     x = torch.randn(2, 32, 13, 13).contiguous(memory_format=torch.channels_last)
@@ -338,7 +368,7 @@ def test_same_padded_convs_run_padded_through_the_fused_kernels(channels):
     torch.manual_seed(6)
     conv = torch.nn.Conv2d(channels, 16, 3, padding=1)
     x = torch.randn(4, channels, 7, 7).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(channels > 1)  # a first layer's input needs no gradient; a later layer's does
+    x.requires_grad_()  # (a first layer's input needs one in a filter pattern's ascent)
     fused = native.conv_max_pool(x, conv)
     assert fused is not None and fused.shape == (4, 16, 3, 3)
     grads = []
@@ -349,8 +379,7 @@ def test_same_padded_convs_run_padded_through_the_fused_kernels(channels):
         grads.append((conv.weight.grad.clone(), x.grad))
     torch.testing.assert_close(fused, F.max_pool2d(conv(x), 2), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-4)
-    if channels > 1:
-        torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-5)
 
 
 @needs_kernels
@@ -480,7 +509,7 @@ def test_a_fused_relu_gives_the_bits_of_torch_relu_after_the_kernel(kernel, chan
     bias[:4] = 0.0
     results = []
     for run in (lambda *a: F.relu(kernel(*a)), lambda *a: kernel(*a, relu=True)):
-        xx = x.clone().requires_grad_(channels > 1)
+        xx = x.clone().requires_grad_()  # (a first layer's input too: as in a filter pattern's ascent)
         w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
         y = run(xx, w, b)
         y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)))
@@ -488,5 +517,6 @@ def test_a_fused_relu_gives_the_bits_of_torch_relu_after_the_kernel(kernel, chan
     (ya, *grads_a), (yb, *grads_b) = results
     assert 0.2 < (ya == 0).float().mean() < 0.8 and (ya[0, :4] == 0).all()
     assert torch.equal(ya, yb) and yb.is_contiguous(memory_format=torch.channels_last)
+    assert all(g is not None for g in grads_b)
     for a, b in zip(grads_a, grads_b):
-        assert (a is None and b is None) or torch.equal(a, b)
+        assert torch.equal(a, b)

@@ -218,12 +218,30 @@ def _objective(model: CnnModel, x: torch.Tensor, layer: str,
     position = names.index(layer)
     hidden = x if position == 0 else model.activation(x, names[position - 1])
     named = model.layers[layer]
-    before = named.op(hidden)
-    after = named.act(before.clone())  # clone: an in-place activation must not overwrite ``before``
-    active = _mean_activation(after, target)
-    picked = before[torch.arange(len(target), device=before.device), target]
+    picked = _own_maps(named, hidden, target)
+    if picked is None:
+        before = named.op(hidden)
+        picked = before[torch.arange(len(target), device=before.device), target]  # (M, H, W) or (M,)
+    after = named.act(picked.clone())  # clone: an in-place activation must not overwrite ``picked``
+    active = after.mean(dim=(1, 2)) if after.ndim == 3 else after
     strongest = picked.amax(dim=(1, 2)) if picked.ndim == 3 else picked
     return torch.where(active != 0, active, strongest), active
+
+
+def _own_maps(named: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    """For a plain conv layer with an activation that acts on each value alone: each image's own map before the
+    activation, (M, H, W), image ``i`` through filter ``target[i]`` only, as one grouped convolution. The maps
+    the objective does not look at are never computed (Conv2D_3 of the seed model: 1 of its 128 per image).
+    None for any other layer (the caller then runs the whole layer)."""
+    conv = named.op
+    if (not isinstance(conv, torch.nn.Conv2d) or conv.groups != 1 or conv.padding_mode != "zeros"
+            or named.spec.get("activation") == "softmax"):  # softmax mixes the maps
+        return None
+    m, c, h, w = hidden.shape
+    bias = None if conv.bias is None else conv.bias[target]
+    grouped = hidden.reshape(1, m * c, h, w).contiguous(memory_format=torch.channels_last)  # (oneDNN's grouped
+    maps = F.conv2d(grouped, conv.weight[target], bias, conv.stride, conv.padding, conv.dilation, groups=m)  # conv
+    return maps[0]  # is 1.4-3.4x faster channels-last for the seed model's layers)
 
 
 def _jittered(x: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tensor:

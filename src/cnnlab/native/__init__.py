@@ -168,13 +168,16 @@ class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        if not any(ctx.needs_input_grad):
-            return None, None, None, None
         x, wt, where = ctx.saved_tensors
-        grad_wt, grad_b = kernels().conv_pool_backward(grad.float(), where, x, wt)
-        c = ctx.weight_shape[0]
-        grad_w = grad_wt[:, :c].t().reshape(ctx.weight_shape)
-        return None, grad_w, grad_b[:c] if ctx.has_bias else None, None
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # an input being optimized or explained (filter patterns, saliency)
+            grad_x = kernels().conv_pool_backward_input(grad.float(), where, wt, x.shape[2], x.shape[3])
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_wt, grad_b = kernels().conv_pool_backward(grad.float(), where, x, wt)
+            c = ctx.weight_shape[0]
+            grad_w = grad_wt[:, :c].t().reshape(ctx.weight_shape)
+            grad_b = grad_b[:c] if ctx.has_bias else None
+        return grad_x, grad_w, grad_b, None
 
 
 def _zero_padding(conv: torch.nn.Module) -> int | None:
@@ -192,11 +195,12 @@ def first_conv_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
     """Whether ``conv_max_pool`` serves ``conv`` on input ``x`` with ``first_conv_max_pool``.
 
     It serves a plain one-input-channel convolution (stride 1, no dilation, zero padding or none) of float32
-    CPU data that needs no gradient (a first layer's input), outside tracing and compiling. Under bf16
+    CPU data, outside tracing and compiling; with the input's gradient where the input needs one (a filter
+    pattern's ascent: 5-6x faster than the Winograd kernel, which would serve it otherwise). Under bf16
     autocast it still computes in float32 (as fast, and more exact, as a bf16 first layer here).
     """
     return (_zero_padding(conv) is not None and conv.in_channels == 1 and _native_input(x)
-            and x.shape[1] == 1 and not x.requires_grad)
+            and x.shape[1] == 1)
 
 
 def first_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

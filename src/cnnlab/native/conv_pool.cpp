@@ -8,7 +8,9 @@
 // that won (a quarter of the multiply-adds). Ties go to the first maximum in row-major order, as in torch.
 // With `relu`, the ReLU after the pool happens here too: a maximum <= 0 is stored as 0 with position 4, which
 // no window position matches, so its gradient is zero (torch's threshold_backward: grad where output > 0).
-// No input gradient: the input of a first layer is data (the Python side falls back to torch when it is not).
+// The input's gradient too, for inputs that need one (a filter pattern's gradient ascent, a saliency map):
+// per pooled output, the weights times the gradient its window position won, summed into the input pixels
+// the window covers.
 #include "kernels.h"
 #include "simd.h"
 
@@ -162,6 +164,52 @@ void backward_images(const Geometry& g, const float* src, const float* gp, const
   }
 }
 
+// The input gradient of images [begin, end), each image's overwritten. The lanes of a patch hold the
+// (K+1) x (K+1) input pixels that one pooled output's window covers (row-major, in NV vectors; 0: as many as
+// `nv`, on the heap): each channel adds the gradient its output passed times its filter as placed at the
+// window position that won (`placed`: per channel, five rows of nv vectors, the fifth all zero for an output a
+// fused ReLU zeroed), so no lanes need summing. The channels take turns over kChains patches (one chain of
+// dependent adds would wait on each), summed at the end; the patch is then added into the image, output after
+// output in row-major order (the patches of neighbouring outputs overlap, so one thread owns each image).
+constexpr int64_t kChains = 4;
+
+template <int NV>
+void input_grad_images(const Geometry& g, const float* gp, const uint8_t* pos, const Floats* placed, int64_t nv,
+                       float* dx, int64_t begin, int64_t end) {
+  const int64_t P = g.K + 1, count = NV > 0 ? NV : nv;
+  Floats fixed[kChains][NV > 0 ? NV : 1];
+  std::vector<Floats> loose(NV > 0 ? 0 : kChains * nv);
+  auto patch = [&](int64_t chain, int64_t v) -> Floats& {
+    return NV > 0 ? fixed[chain][v] : loose[chain * nv + v];
+  };
+  std::vector<float> lanes(count * kLanes);
+  for (int64_t n = begin; n < end; n++) {
+    float* image = dx + n * g.H * g.W;
+    std::fill(image, image + g.H * g.W, 0.f);
+    for (int64_t i = 0; i < g.h; i++) {
+      for (int64_t j = 0; j < g.w; j++) {
+        const int64_t at = ((n * g.h + i) * g.w + j) * g.C;
+        for (int64_t chain = 0; chain < kChains; chain++)
+          for (int64_t v = 0; v < count; v++) patch(chain, v) = Floats{};
+        auto add = [&](int64_t chain, int64_t c) {
+          const Floats* row = placed + (c * 5 + pos[at + c]) * count;
+          const float grad = gp[at + c];
+          for (int64_t v = 0; v < count; v++) patch(chain, v) += grad * row[v];
+        };
+        int64_t c = 0;
+        for (; c + kChains <= g.C; c += kChains)
+          for (int64_t chain = 0; chain < kChains; chain++) add(chain, c + chain);
+        for (; c < g.C; c++) add(0, c);
+        for (int64_t v = 0; v < count; v++)
+          store(lanes.data() + v * kLanes, (patch(0, v) + patch(1, v)) + (patch(2, v) + patch(3, v)));
+        float* corner = image + 2 * i * g.W + 2 * j;
+        for (int64_t a = 0; a < P; a++)
+          for (int64_t b = 0; b < P; b++) corner[a * g.W + b] += lanes[a * P + b];
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" void cnnlab_conv_pool_forward(const float* x, const float* wt, const float* bias, float* out,
@@ -207,5 +255,33 @@ extern "C" void cnnlab_conv_pool_backward(const float* grad_out, const uint8_t* 
     float sum = 0.f;
     for (int t = 0; t < nt; t++) sum += partial[t * per + e];
     grad_wt_bias[e] = sum;
+  }
+}
+
+extern "C" void cnnlab_conv_pool_backward_input(const float* grad_out, const uint8_t* where, const float* wt,
+                                                float* dx, int64_t N, int64_t H, int64_t W, int64_t K, int64_t C,
+                                                int64_t Cp, int threads) {
+  const Geometry g{N, H, W, C, K, (H - K + 1) / 2, (W - K + 1) / 2, Cp};
+  const int64_t P = K + 1, nv = (P * P + kLanes - 1) / kLanes;
+  std::vector<Floats> placed(C * 5 * nv, Floats{});  // each filter placed at each window position, then zeros
+  for (int64_t c = 0; c < C; c++) {
+    for (int s = 0; s < 4; s++) {
+      float* row = reinterpret_cast<float*>(placed.data() + (c * 5 + s) * nv);
+      for (int64_t ky = 0; ky < K; ky++)
+        for (int64_t kx = 0; kx < K; kx++) row[(ky + s / 2) * P + kx + s % 2] = wt[(ky * K + kx) * Cp + c];
+    }
+  }
+  const int nt = cnnlab_parallel::threads_for(g.N, 1, threads);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < nt; t++) {
+    int64_t begin, end;
+    cnnlab_parallel::share(g.N, static_cast<int>(t), nt, &begin, &end);
+    if (nv == 1) {
+      input_grad_images<1>(g, grad_out, where, placed.data(), nv, dx, begin, end);
+    } else if (nv == 2) {
+      input_grad_images<2>(g, grad_out, where, placed.data(), nv, dx, begin, end);
+    } else {
+      input_grad_images<0>(g, grad_out, where, placed.data(), nv, dx, begin, end);
+    }
   }
 }

@@ -30,6 +30,10 @@ void cnnlab_conv_pool_forward(const float* x, const float* wt, const float* bias
 // Its gradients: grad_wt (K*K, Cp) then grad_bias (Cp), one array of (K*K + 1) * Cp floats, overwritten.
 void cnnlab_conv_pool_backward(const float* grad_out, const uint8_t* where, const float* x, float* grad_wt_bias,
                                int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t Cp, int threads);
+// The input's gradient: dx (N, 1, H, W) contiguous, overwritten.
+void cnnlab_conv_pool_backward_input(const float* grad_out, const uint8_t* where, const float* wt, float* dx,
+                                     int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t Cp,
+                                     int threads);
 
 // 3x3 convolution (stride 1, valid) + bias, then 2x2 max-pool, by Winograd F(2x2, 3x3): x (N, C, H, W)
 // channels-last, u the transformed filters (16, C, K), bias (K); out (N, K, (H-2)/2, (W-2)/2) channels-last.

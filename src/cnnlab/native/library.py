@@ -19,6 +19,7 @@ SIGNATURES = {
     "cnnlab_max_pool_backward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
     "cnnlab_conv_pool_forward": [_PTR] * 5 + [_SIZE] * 6 + [_INT] * 2,
     "cnnlab_conv_pool_backward": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
+    "cnnlab_conv_pool_backward_input": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
     "cnnlab_winograd_pool_forward": [_PTR] * 5 + [_SIZE] * 5 + [_INT] * 2,
     "cnnlab_winograd_pool_backward": [_PTR] * 7 + [_SIZE] * 5 + [_INT],
     "cnnlab_use_sgemm": [_PTR],
@@ -163,6 +164,19 @@ class Kernels:
         self._lib.cnnlab_conv_pool_backward(_ptr(grad), _ptr(where), _ptr(x), _ptr(total), n, h, w, k, filters,
                                             wt.shape[1], torch.get_num_threads())
         return total[:k * k * wt.shape[1]].view(k * k, wt.shape[1]), total[k * k * wt.shape[1]:]
+
+    def conv_pool_backward_input(self, grad: torch.Tensor, where: torch.Tensor, wt: torch.Tensor, height: int,
+                                 width: int) -> torch.Tensor:
+        """The input's gradient of ``conv_pool_forward`` for an input of ``height`` x ``width``: (N, 1, H, W)."""
+        grad = grad.float().contiguous(memory_format=CHANNELS_LAST)
+        n, filters, h, w = grad.shape
+        k = self._kernel_size(torch.empty(n, 1, height, width), wt, filters)
+        _require((h, w) == ((height - k + 1) // 2, (width - k + 1) // 2) and where.shape == (n, h, w, filters),
+                 "conv_pool_backward_input: the gradient does not match")
+        dx = torch.empty(n, 1, height, width)
+        self._lib.cnnlab_conv_pool_backward_input(_ptr(grad), _ptr(where), _ptr(wt), _ptr(dx), n, height, width, k,
+                                                  filters, wt.shape[1], torch.get_num_threads())
+        return dx
 
     @staticmethod
     def _kernel_size(x: torch.Tensor, wt: torch.Tensor, filters: int, bias: torch.Tensor | None = None) -> int:
