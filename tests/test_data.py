@@ -559,9 +559,11 @@ def test_prepare_with_a_stored_normalizer_gives_the_fitted_tensors_and_refuses_a
                                "the same mode")
 
 
-def test_from_pool_is_the_concatenated_pool_indexed():
-    from cnnlab.data import from_pool
+@pytest.mark.parametrize("chunk", [4096, 2])
+def test_from_pool_is_the_concatenated_pool_indexed(chunk, monkeypatch):
+    from cnnlab.data import from_pool, preparation
 
+    monkeypatch.setattr(preparation, "FROM_POOL_CHUNK", chunk)  # 2: gathers of several chunks, a part one
     train = np.arange(7 * 2 * 2, dtype=np.uint8).reshape(7, 2, 2)
     test = 100 + np.arange(3 * 2 * 2, dtype=np.uint8).reshape(3, 2, 2)
     pool = np.concatenate([train, test])

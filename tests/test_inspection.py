@@ -123,6 +123,17 @@ def test_whole_image_sets_are_the_prepared_sets_bit_for_bit(real_mnist, split, v
         assert sets.labels(image_set).dtype == np.int64 and np.array_equal(sets.labels(image_set), y.numpy())
 
 
+def test_a_whole_image_set_is_gathered_once_and_read_only(run):
+    sets = ImageSets(run.config)
+    images, labels = sets.images("train"), sets.labels("train")
+    assert sets.images("train") is images and sets.labels("train") is labels  # kept: gathered once
+    with pytest.raises(ValueError, match="read-only"):
+        images[0, 0, 0] = 1  # shared by every caller: a change in place fails instead of spreading
+    with pytest.raises(ValueError, match="read-only"):
+        labels[0] = 1
+    torch.testing.assert_close(run.prepare(images[:3]), run.data().train_x[:3])  # read-only images still go in
+
+
 def test_the_reports_test_pass_sees_what_run_test_data_gives(run):
     from cnnlab import report
 

@@ -244,17 +244,26 @@ def prepare_test(mnist: Mnist, normalizer: Normalizer, split: str = "standard", 
     return normalizer.apply(images), torch.from_numpy(labels)
 
 
+FROM_POOL_CHUNK = 4096  # rows gathered at a time: small temporaries, the same few pages reused
+
+
 def from_pool(train: np.ndarray, test: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``concatenate([train, test])[idx]`` (indices as ``split_indices`` gives them) without the copy of the whole
-    pool."""
+    pool.
+
+    A gather goes a chunk of rows at a time: gathering 60,000 reshuffled training images whole made two 40 MB
+    temporaries, whose first touches cost 0.1-0.9 s on a VM in a slow hour (a chunk at a time: 0.02-0.2 s).
+    """
     for part, start in ((train, 0), (test, len(train))):
         if len(idx) and idx[0] >= start and idx[-1] - start < len(part) and idx[-1] - idx[0] + 1 == len(idx) \
                 and (np.diff(idx) == 1).all():  # a run of one set (the standard split): a slice, not a gather
             return part[idx[0] - start:idx[-1] - start + 1].copy()
     out = np.empty((len(idx), *train.shape[1:]), dtype=train.dtype)
-    in_train = idx < len(train)
-    out[in_train] = train[idx[in_train]]
-    out[~in_train] = test[idx[~in_train] - len(train)]
+    for first in range(0, len(idx), FROM_POOL_CHUNK):
+        rows, into = idx[first:first + FROM_POOL_CHUNK], out[first:first + FROM_POOL_CHUNK]
+        in_train = rows < len(train)
+        into[in_train] = train[rows[in_train]]
+        into[~in_train] = test[rows[~in_train] - len(train)]
     return out
 
 

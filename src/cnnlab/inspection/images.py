@@ -38,7 +38,8 @@ class ImageSets:
     """The raw images and labels of a run's test and training sets, in the run's order.
 
     Loads the data set from the cache and asks ``cnnlab.data.prepare`` for the split, without normalizing 70,000
-    images: enough for commands that look at a few images.
+    images: enough for commands that look at a few images. A whole set is gathered once and kept, read-only
+    (a report reads the training images twice and the test images four times).
     """
 
     def __init__(self, config: Config, mnist: Mnist | None = None):
@@ -46,18 +47,29 @@ class ImageSets:
         self._images = (mnist.train_images, mnist.test_images)  # the pool of split_indices, kept apart: no copy
         self._labels = (mnist.train_labels, mnist.test_labels)
         self.indices = _split_indices(config, mnist)
+        self._whole: dict[tuple[str, str], np.ndarray] = {}
 
     def size(self, image_set: str) -> int:
         """The number of images in ``image_set``."""
         return len(self.indices[_check_set(image_set)])
 
     def images(self, image_set: str) -> np.ndarray:
-        """All uint8 images (N, 28, 28) of ``image_set``."""
-        return from_pool(*self._images, self.indices[_check_set(image_set)])
+        """All uint8 images (N, 28, 28) of ``image_set``, read-only."""
+        return self._gathered("images", image_set)
 
     def labels(self, image_set: str) -> np.ndarray:
-        """All int64 labels (N,) of ``image_set``."""
-        return from_pool(*self._labels, self.indices[_check_set(image_set)]).astype(np.int64)
+        """All int64 labels (N,) of ``image_set``, read-only."""
+        return self._gathered("labels", image_set)
+
+    def _gathered(self, what: str, image_set: str) -> np.ndarray:
+        key = (what, _check_set(image_set))
+        if key not in self._whole:
+            pool = self._images if what == "images" else self._labels
+            whole = from_pool(*pool, self.indices[image_set])
+            whole = whole.astype(np.int64) if what == "labels" else whole
+            whole.flags.writeable = False  # shared by every caller: a change in place must fail, not spread
+            self._whole[key] = whole
+        return self._whole[key]
 
     def pick(self, image_set: str, indices: list[int] | int, option: str = "--image") -> Picked:
         """Return the images at ``indices`` of ``image_set``.
