@@ -323,9 +323,22 @@ def test_training_keeps_its_last_validation_as_the_test_pass(real_mnist, tmp_pat
 
 
 @pytest.mark.parametrize("setting", ["data.validation=128", "train.precision=bf16"])
-def test_training_keeps_no_test_pass_where_validation_is_another_pass(real_mnist, tmp_path, setting):
+def test_training_keeps_a_test_pass_of_its_own_where_validation_is_another_pass(real_mnist, tmp_path, setting):
+    """A held-out validation set or bf16 training: the last validation is not the test pass, so training ends
+    with a float32 pass over the test images of its own, the bits of the inspection's."""
+    import shutil
+
+    from cnnlab.report import test_pass
+
     trained = cnnlab.train("tiny", out=tmp_path / "run", epochs=1, overrides=[setting], echo=None)
-    assert not (trained.path / "cache").exists()
+    testpass = trained.path / "cache" / "testpass"
+    kept = list(testpass.glob("*.npz"))
+    assert [p.name.split("-")[0] for p in kept] == ["logits"]
+    logits = np.load(kept[0])["logits"]
+    assert logits.shape == (256, 10) and logits.dtype == np.float32
+    shutil.rmtree(trained.path / "cache")
+    np.testing.assert_array_equal(logits, test_pass(trained).logits())  # bit for bit, under the same key
+    assert [p.name for p in testpass.glob("*.npz")] == [kept[0].name]
 
 
 def test_a_validation_is_forgotten_once_the_weights_change(real_mnist):

@@ -6,11 +6,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from cnnlab import store
 from cnnlab.files import write_bytes
 from cnnlab.loop import BatchLogs, Callback
+from cnnlab.metrics import predict_logits
 
 Echo = Callable[[str], None]
 
@@ -210,29 +211,37 @@ class RunSaver(Callback):
 
 
 class KeepTestLogits(Callback):
-    """When training ends, keeps the last validation pass's logits as the run's test pass keeps them
-    (``RUN/cache/testpass/``, see ``cnnlab.inspection.shared``), so that ``cnnlab evaluate`` right after
-    training reads them instead of loading torch and the model.
+    """When training ends, keeps the test set's logits as the run's test pass keeps them (``RUN/cache/testpass/``,
+    see ``cnnlab.inspection.shared``), so that ``cnnlab evaluate`` right after training reads them instead of
+    loading torch and the model.
 
-    For runs that validate on the test set (``data.validation = 0``) in float32 only: that pass is then the
-    test pass itself (the same images, batches, layout and precision: the same logits bit for bit). Logits of
-    weights changed since (an epoch stopped half-way) are not kept; where the best weights are restored after,
-    the kept logits belong to weights the run no longer has and are never read.
+    Where the last validation pass is the test pass (``data.validation = 0``, float32: the same images, batches,
+    layout and precision, so the same logits bit for bit), its logits are kept as they are. Elsewhere (a held-out
+    validation set, bf16 training) one float32 pass over the test images computes them as the inspection would
+    (a fraction of a second; tested bit for bit against it). Logits of weights changed since (an epoch stopped
+    half-way) are not kept; where the best weights are restored after, the kept logits belong to weights the run
+    no longer has and are never read.
     """
 
-    def __init__(self, run_dir: Path, images: str, normalizer: dict):
+    def __init__(self, run_dir: Path, images: str, normalizer: dict, test_x: Any = None):
         self.run_dir = Path(run_dir)
         self.images = images  # cache.arrays_hash of the raw test images and labels
         self.normalizer = normalizer
+        self.test_x = test_x  # the normalized test images where the last validation is another pass, else None
 
     def on_train_end(self) -> None:  # noqa: D102
         from cnnlab.inspection.cache import weights_hash
         from cnnlab.inspection.shared import test_keep
 
-        logits = self.trainer.validation_logits
-        if logits is not None:
-            keep = test_keep(self.run_dir, weights_hash(self.trainer.model), self.images, self.normalizer)
-            keep.put("logits", "model", logits.float().cpu().numpy())
+        trainer = self.trainer
+        if trainer.validation_logits is None:  # stopped half-way: the weights changed since any pass
+            return
+        if self.test_x is None:
+            logits = trainer.validation_logits
+        else:  # (float32: outside the loop's autocast, as the inspection runs)
+            logits = predict_logits(trainer.model, self.test_x, memory_format=trainer.memory_format)
+        keep = test_keep(self.run_dir, weights_hash(trainer.model), self.images, self.normalizer)
+        keep.put("logits", "model", logits.float().cpu().numpy())
 
 
 class ProgressFile(Callback):

@@ -161,14 +161,14 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     out = Path(out if out is not None else default_out(config))
     store.check_out(out)
     model = _build(cfg, seed=cfg.train.seed)  # the initial weights depend on the run's seed and nothing else
-    data, tested = _training_data(cfg, echo, model, precision)
+    data, tested = _training_data(cfg, echo, model)
     run_dir = store.new_run_dir(out)
     with runlock.writer_lock(run_dir, _action("train", run_dir), echo):
         store.check_out(run_dir, locked=True)  # another process may have made a run here since the first look
         _say(echo, f"run folder: {run_dir}")
         start_run(run_dir, cfg, model, data.normalizer, data.classes)
         _fit(run_dir, cfg, (device, precision), model, data, None, cfg.train.epochs, live, echo, progress,
-             extra=[*(callbacks or []), *_keep_test_pass(run_dir, data, tested)])
+             extra=[*(callbacks or []), *_keep_test_pass(run_dir, data, tested, precision)])
     return load(run_dir, device)
 
 
@@ -191,11 +191,11 @@ def resume(run_dir: str | Path, epochs: int, live: bool = False, echo: Echo | No
         state = store.load_state(run_dir, ckpt)
         model = _build(cfg)
         store.load_checkpoint_weights(ckpt, model)
-        data, tested = _training_data(cfg, echo, model, precision)
+        data, tested = _training_data(cfg, echo, model)
         done = state.epoch if state else 0
         _say(echo, f"resuming {run_dir} after epoch {done} (step {ckpt.step}) for {epochs} more")
         _fit(run_dir, cfg, (on, precision), model, data, state, epochs, live, echo, progress, total=done + epochs,
-             checkpoint=ckpt, extra=_keep_test_pass(run_dir, data, tested))
+             checkpoint=ckpt, extra=_keep_test_pass(run_dir, data, tested, precision))
     return load(run_dir, on)
 
 
@@ -322,25 +322,23 @@ def _prepare_data(cfg: Config, mnist: Any, normalizer: Any = None) -> Any:
                    normalizer=normalizer)
 
 
-def _training_data(cfg: Config, echo: Echo | None, model: CnnModel, precision: str) -> tuple[Any, str | None]:
-    """The run's prepared data and, where its validation pass is the test pass (validation on the test set, in
-    float32), the ``cache.arrays_hash`` of the raw test images and labels (a key of the test pass's cache), else
-    None."""
+def _training_data(cfg: Config, echo: Echo | None, model: CnnModel) -> tuple[Any, str]:
+    """The run's prepared data and the ``cache.arrays_hash`` of its raw test images and labels (a key of the test
+    pass's cache)."""
     mnist = load_data(cfg.data, log=(lambda m: echo(f"  data: {m}")) if echo else None)
     check_classes(model, mnist)
     data = _prepare_data(cfg, mnist)
-    if not data.val_is_test or precision != "fp32":
-        return data, None
     sets = ImageSets(cfg, mnist)
     return data, arrays_hash(sets.images("test"), sets.labels("test"))
 
 
-def _keep_test_pass(run_dir: Path, data: Any, tested: str | None) -> list[Any]:
-    """The listener that keeps the last validation's logits as the test pass's (``cb.KeepTestLogits``) where
-    that pass is the test pass (``tested``: see ``_training_data``)."""
-    if tested is None:
-        return []
-    return [cb.KeepTestLogits(run_dir, tested, data.normalizer.to_dict())]
+def _keep_test_pass(run_dir: Path, data: Any, tested: str, precision: str) -> list[Any]:
+    """The listener that keeps the test set's logits when training ends (``cb.KeepTestLogits``): the last
+    validation's where that pass is the test pass (validation on the test set, in float32), else a pass of its
+    own over the test images (``tested``: see ``_training_data``)."""
+    validation_is_test_pass = data.val_is_test and precision == "fp32"
+    return [cb.KeepTestLogits(run_dir, tested, data.normalizer.to_dict(),
+                              None if validation_is_test_pass else data.test_x)]
 
 
 def check_classes(model: CnnModel, mnist: Any) -> None:
