@@ -45,6 +45,10 @@ def _child(args: list[str], log: str, env: dict[str, str], fsize: int | None, ui
     # The native kernels are not under test here, and a child killed while it builds them would leave a partial
     # library (and a line about removing it in the next child's output): the children use torch's own ops.
     os.environ.update({"CNNLAB_NATIVE": "0", **env})
+    # No byte-code writes: under a file-size limit CPython's writer keeps a short write as the module's .pyc
+    # (it does not check the count), and every later import of that module in the virtual env then fails
+    # ("EOFError: marshal data too short"; seen when a child imported a module nothing had compiled yet).
+    sys.dont_write_bytecode = True
     if fsize is not None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
