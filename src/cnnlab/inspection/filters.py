@@ -239,7 +239,7 @@ def _own_maps(named: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor
         return None
     m, c, h, w = hidden.shape
     bias = None if conv.bias is None else conv.bias[target]
-    # channels-last: oneDNN's grouped conv, forward and backward, 1.4-3.4x faster so for the seed model's layers
+    # channels-last: oneDNN's grouped conv forward + backward is faster so (seed model: Conv2D_2 3.4x, Conv2D_3 1.4x)
     grouped = hidden.reshape(1, m * c, h, w).contiguous(memory_format=torch.channels_last)
     maps = F.conv2d(grouped, conv.weight[target], bias, conv.stride, conv.padding, conv.dilation, groups=m)
     return maps[0]
