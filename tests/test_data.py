@@ -418,6 +418,15 @@ def test_integer_statistics_of_uint8_images_match_the_float64_route(per_pixel):
         assert std_int[0, 0] == 0 and mean_int[0, 0] == 7
 
 
+def test_integer_statistics_stay_exact_where_a_chunk_would_overflow_int32():
+    # 40,000 white pixels: 40,000 * 255**2 > 2**31, so no chunk's int32 sums may hold that many images
+    images = np.full((40_000, 2, 2), 255, dtype=np.uint8)
+    images[::2, 1, 1] = 0
+    mean, std = preparation._mean_std(images, per_pixel=True, chunk=100_000)
+    np.testing.assert_array_equal(mean, [[255.0, 255.0], [255.0, 127.5]])
+    np.testing.assert_array_equal(std, [[0.0, 0.0], [0.0, 127.5]])
+
+
 def test_normalizer_dict_round_trip_and_shapes():
     norm = fit_normalizer("pixel", _tiny().train_images)
     again = Normalizer.from_dict(json.loads(json.dumps(norm.to_dict())))
@@ -575,3 +584,6 @@ def test_from_pool_is_the_concatenated_pool_indexed(chunk, monkeypatch):
         if len(idx):
             got[0] = 255  # a copy: the data set's arrays stay as they were
     np.testing.assert_array_equal(np.concatenate([train, test]), pool)
+    view = from_pool(train, test, np.asarray([8, 9]), copy=False)  # a run of one file: a view where asked
+    assert np.shares_memory(view, test) and np.array_equal(view, pool[[8, 9]])
+    assert not np.shares_memory(from_pool(train, test, np.asarray([8, 9])), test)
