@@ -79,8 +79,9 @@ class Run:
     def prepare(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Turn uint8 images (N, 28, 28) into the normalized float tensor (N, 1, 28, 28) the model expects, on
         the model's device."""
-        images = images if isinstance(images, torch.Tensor) else np.asarray(images)  # (read-only ones too:
-        uint8 = torch.uint8 if isinstance(images, torch.Tensor) else np.uint8  # apply copies what it must)
+        # numpy arrays stay numpy (read-only ones too: the normalizer copies what it must)
+        images = images if isinstance(images, torch.Tensor) else np.asarray(images)
+        uint8 = torch.uint8 if isinstance(images, torch.Tensor) else np.uint8
         if images.dtype != uint8 or images.ndim != 3 or tuple(images.shape[1:]) != (28, 28):
             raise CnnlabError(f"images must be uint8 of shape (N, 28, 28), got {images.dtype} {tuple(images.shape)}")
         return self.normalizer.apply(images).to(self.device)

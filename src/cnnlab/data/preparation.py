@@ -217,25 +217,18 @@ def prepare(mnist: Mnist, normalize: str = "pixel", split: str = "standard", val
             raise CnnlabError(f"{name} = {value!r}: expected a whole number >= 0")
     train_idx, val_idx, test_idx = split_indices(len(mnist.train_images), len(mnist.test_images), split,
                                                  validation, seed, limit_train, limit_test)
-
-    def images(idx: np.ndarray) -> np.ndarray:  # a view where the split takes a run of one file (no copy:
-        return from_pool(mnist.train_images, mnist.test_images, idx, copy=False)  # apply makes the floats)
-
-    def labels(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(from_pool(mnist.train_labels, mnist.test_labels, idx).astype(np.int64))
-
-    train_images = images(train_idx)
+    train_images = _pool_images(mnist, train_idx)
     if normalizer is None:
         normalizer = fit_normalizer(normalize, train_images)
     elif normalizer.mode != normalize:
         raise CnnlabError(f"normalize = {normalize!r}, but the given normalizer is {normalizer.mode!r}; "
                           "pass one fitted with the same mode")
-    train_x, train_y = normalizer.apply(train_images), labels(train_idx)
-    test_x, test_y = normalizer.apply(images(test_idx)), labels(test_idx)
+    train_x, train_y = normalizer.apply(train_images), _pool_labels(mnist, train_idx)
+    test_x, test_y = normalizer.apply(_pool_images(mnist, test_idx)), _pool_labels(mnist, test_idx)
     if val_idx is None:
         val_x, val_y, val_idx = test_x, test_y, test_idx
     else:
-        val_x, val_y = normalizer.apply(images(val_idx)), labels(val_idx)
+        val_x, val_y = normalizer.apply(_pool_images(mnist, val_idx)), _pool_labels(mnist, val_idx)
     return Prepared(train_x, train_y, val_x, val_y, test_x, test_y, val_is_test=validation == 0,
                     normalizer=normalizer, train_indices=train_idx, val_indices=val_idx, test_indices=test_idx,
                     origin=mnist.origin, md5=dict(mnist.md5), dataset=mnist.dataset, classes=tuple(mnist.classes))
@@ -247,9 +240,16 @@ def prepare_test(mnist: Mnist, normalizer: Normalizer, split: str = "standard", 
     run's own, fitted when it trained) instead of a new fit: a look at the test set prepares nothing else."""
     n_train = len(mnist.train_images)
     _, _, idx = split_indices(n_train, len(mnist.test_images), split, validation, seed, limit_train, limit_test)
-    images = from_pool(mnist.train_images, mnist.test_images, idx)
-    labels = from_pool(mnist.train_labels, mnist.test_labels, idx).astype(np.int64)
-    return normalizer.apply(images), torch.from_numpy(labels)
+    return normalizer.apply(_pool_images(mnist, idx)), _pool_labels(mnist, idx)
+
+
+def _pool_images(mnist: Mnist, idx: np.ndarray) -> np.ndarray:
+    # a view where the split takes a run of one file: the normalizer makes the float copy anyway
+    return from_pool(mnist.train_images, mnist.test_images, idx, copy=False)
+
+
+def _pool_labels(mnist: Mnist, idx: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(from_pool(mnist.train_labels, mnist.test_labels, idx, copy=False).astype(np.int64))
 
 
 FROM_POOL_CHUNK = 4096  # rows gathered at a time: small temporaries, the same few pages reused

@@ -65,7 +65,7 @@ class ImageSets:
         key = (what, _check_set(image_set))
         if key not in self._whole:
             pool = self._images if what == "images" else self._labels
-            whole = from_pool(*pool, self.indices[image_set])
+            whole = from_pool(*pool, self.indices[image_set], copy=False)  # a run of one file: a view, no copy
             whole = whole.astype(np.int64) if what == "labels" else whole
             whole.flags.writeable = False  # shared by every caller: a change in place must fail, not spread
             self._whole[key] = whole

@@ -169,11 +169,11 @@ class _ConvMaxPool(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         x, wt, where = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
+        grad, grad_x, grad_w, grad_b = grad.float(), None, None, None
         if ctx.needs_input_grad[0]:  # an input being optimized or explained (filter patterns, saliency)
-            grad_x = kernels().conv_pool_backward_input(grad.float(), where, wt, x.shape[2], x.shape[3])
+            grad_x = kernels().conv_pool_backward_input(grad, where, wt, x.shape[2], x.shape[3])
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_wt, grad_b = kernels().conv_pool_backward(grad.float(), where, x, wt)
+            grad_wt, grad_b = kernels().conv_pool_backward(grad, where, x, wt)
             c = ctx.weight_shape[0]
             grad_w = grad_wt[:, :c].t().reshape(ctx.weight_shape)
             grad_b = grad_b[:c] if ctx.has_bias else None
