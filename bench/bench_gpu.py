@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 import cnnlab
 from cnnlab import store
-from cnnlab.speed import cpu_name, usable_cores
+from cnnlab.cpu import cpu_name, usable_cores
 
 
 def timed_train(preset: str, out: Path, overrides: list[str], epochs: int | None = None) -> tuple[cnnlab.Run, float]:

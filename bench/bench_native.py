@@ -161,7 +161,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="training blocks of each side, in turn")
     parser.add_argument("--batches", type=int, default=10, help="batches of 64 per training block")
     args = parser.parse_args()
-    from cnnlab.speed import cpu_name
+    from cnnlab.cpu import cpu_name
 
     print(f"CPU: {cpu_name()}; {os.cpu_count()} cores; load average before: {os.getloadavg()}")
     with tempfile.TemporaryDirectory() as tmp:

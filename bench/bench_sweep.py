@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     args = parser.parse_args()
     from cnnlab import store
-    from cnnlab.speed import cpu_name, usable_cores
+    from cnnlab.cpu import cpu_name, usable_cores
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

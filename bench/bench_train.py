@@ -181,7 +181,7 @@ def spread(values: list[float], digits: int = 0) -> str:
 def machine() -> str:
     """Return the CPU name, the ISA level torch uses, threads and versions."""
     from cnnlab import native
-    from cnnlab.speed import cpu_name, usable_cores
+    from cnnlab.cpu import cpu_name, usable_cores
 
     kernels = "on" if native.prepare(echo=None) is not None else "off"
     return (f"{cpu_name()}; torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}); "

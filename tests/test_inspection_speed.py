@@ -246,7 +246,7 @@ def test_evaluate_and_patterns_draw_from_kept_results_without_torch(run, tmp_pat
     folder = tmp_path / "run"
     shutil.copytree(run.path, folder, ignore=shutil.ignore_patterns("cache", "inspect"))
     imported, record, arrays = _kept_views(folder)
-    assert imported  # nothing kept yet: the model ran
+    assert not imported  # nothing kept yet: the numpy model ran (the torch-free inference), torch was not needed
     kept = sorted(p.name.split("-")[0] for p in (folder / "cache" / "testpass").glob("*.npz"))
     assert kept == ["logits", "means", "sums"] and len(list((folder / "cache" / "centroids").glob("*.npz"))) == 1
     again_imported, again_record, again_arrays = _kept_views(folder)
@@ -259,7 +259,7 @@ def test_evaluate_and_patterns_draw_from_kept_results_without_torch(run, tmp_pat
         model.layers["Dense_2"].op.bias.add_(torch.arange(10.0))
     store.replace_weights(folder, model)
     new_imported, new_record, _ = _kept_views(folder)
-    assert new_imported and new_record != record
+    assert not new_imported and new_record != record
     assert len(list((folder / "cache" / "testpass").glob("logits-*.npz"))) == 2
 
 
@@ -297,7 +297,9 @@ def test_a_damaged_or_misshapen_kept_result_is_computed_again(run, tmp_path):
         lazy.means("Conv9")
 
 
-def test_training_keeps_its_last_validation_as_the_test_pass(real_mnist, tmp_path):
+def test_training_keeps_the_test_pass_of_the_torch_free_inference(real_mnist, tmp_path):
+    """Training ends with one pass of the numpy model over the test images: the bits the inspection computes when
+    nothing is kept, and the last validation's logits (torch's pass over the same images) up to float rounding."""
     import shutil
 
     from cnnlab.report import test_pass
@@ -312,8 +314,10 @@ def test_training_keeps_its_last_validation_as_the_test_pass(real_mnist, tmp_pat
     computed = test_pass(trained).logits()  # the inspection's own pass over the test set
     np.testing.assert_array_equal(logits, computed)  # bit for bit: the same pass
     assert [p.name for p in testpass.glob("*.npz")] == [kept[0].name]  # under the same key
+    history_accuracy = trained.history[-1]["val_accuracy"]
+    assert (logits.argmax(1) == test_pass(trained).labels).mean() == history_accuracy
     imported, record, _ = _kept_views(trained.path)
-    assert imported  # patterns needed the class sums: the model ran, but evaluate found its logits
+    assert not imported  # patterns needed the class sums: the numpy model ran, evaluate found its logits
     resumed = cnnlab.resume(trained.path, 1, echo=None)  # new weights: their own logits, kept again
     again = [p for p in testpass.glob("logits-*.npz") if p.name != kept[0].name]
     assert len(again) == 1
@@ -322,21 +326,25 @@ def test_training_keeps_its_last_validation_as_the_test_pass(real_mnist, tmp_pat
     np.testing.assert_array_equal(kept_again, test_pass(resumed).logits())
 
 
-@pytest.mark.parametrize("setting", ["data.validation=128", "train.precision=bf16"])
+@pytest.mark.parametrize("setting", ["data.validation=128", "train.precision=bf16", "gelu", "gelu held-out"])
 def test_training_keeps_a_test_pass_of_its_own_where_validation_is_another_pass(real_mnist, tmp_path, setting):
-    """A held-out validation set or bf16 training: the last validation is not the test pass, so training ends
-    with a float32 pass over the test images of its own, the bits of the inspection's."""
+    """A held-out validation set or bf16 training: training ends with a float32 pass over the test images, the
+    bits of the inspection's. A gelu layer (the numpy model lacks erf): the inspection's pass is torch's, and so
+    is the one kept (the last validation's where it is the test pass, else one of its own)."""
     import shutil
 
     from cnnlab.report import test_pass
 
-    trained = cnnlab.train("tiny", out=tmp_path / "run", epochs=1, overrides=[setting], echo=None)
+    overrides = {"gelu": ["model.layers.2.activation=gelu", "train.precision=fp32"],
+                 "gelu held-out": ["model.layers.2.activation=gelu", "data.validation=128"]}.get(setting, [setting])
+    trained = cnnlab.train("tiny", out=tmp_path / "run", epochs=1, overrides=overrides, echo=None)
     testpass = trained.path / "cache" / "testpass"
     kept = list(testpass.glob("*.npz"))
     assert [p.name.split("-")[0] for p in kept] == ["logits"]
     logits = np.load(kept[0])["logits"]
     assert logits.shape == (256, 10) and logits.dtype == np.float32
     shutil.rmtree(trained.path / "cache")
+    assert (test_pass(trained)._numpy_model() is None) == setting.startswith("gelu")
     np.testing.assert_array_equal(logits, test_pass(trained).logits())  # bit for bit, under the same key
     assert [p.name for p in testpass.glob("*.npz")] == [kept[0].name]
 

@@ -221,9 +221,11 @@ def test_the_seed_model_trains_its_conv_blocks_in_one_pass_each(monkeypatch):
     model = build_model(load_config(preset="seed").model.layers).to(memory_format=torch.channels_last)
     x = torch.randn(16, 1, 28, 28)
     calls = []
+    from cnnlab.native import autograd
+
     for name in ("first_conv_max_pool", "winograd_conv_max_pool"):
-        kernel = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, k=kernel, n=name: calls.append(n) or k(*a))
+        kernel = getattr(autograd, name)
+        monkeypatch.setattr(autograd, name, lambda *a, k=kernel, n=name: calls.append(n) or k(*a))
     results = []
     for fuse in (native.conv_max_pool, lambda x, conv, relu=False: None):
         monkeypatch.setattr(native, "conv_max_pool", fuse)

@@ -13,7 +13,7 @@ import pytest
 
 from cnnlab import native
 from cnnlab.native import build
-from cnnlab.speed import cpu_flags
+from cnnlab.cpu import cpu_flags
 
 ARM_CPUINFO = textwrap.dedent("""\
     processor\t: 0
@@ -146,11 +146,11 @@ def test_arm_cpu_features_come_from_the_features_line_and_key_the_build(monkeypa
     flags = cpu_flags(ARM_CPUINFO)
     assert {"asimd", "atomics", "asimddp"} <= flags and len(flags) == 16
     assert cpu_flags("flags\t\t: fpu sse2 avx2\n") == {"fpu", "sse2", "avx2"}
-    import cnnlab.speed as speed
+    import cnnlab.cpu as cpu
 
-    monkeypatch.setattr(speed, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
     with_asimd = build.build_name()
-    monkeypatch.setattr(speed, "cpu_flags", lambda: flags - {"asimddp"})
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags - {"asimddp"})
     assert build.build_name() != with_asimd  # another CPU, another build: never code made for a different one
 
 

@@ -82,7 +82,7 @@ def test_throughput_bench_prints_ratios_that_are_the_quotients_of_its_figures():
     # A smoke run of the benchmark script (tiny epochs: the figures mean nothing, the script must not rot).
     from pathlib import Path
 
-    from cnnlab.speed import cpu_name
+    from cnnlab.cpu import cpu_name
 
     script = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
     done = subprocess.run([sys.executable, str(script), "--images", "256", "--pairs", "1", "--precision", "fp32"],

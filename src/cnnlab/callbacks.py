@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from cnnlab import store
 from cnnlab.files import write_bytes
 from cnnlab.loop import BatchLogs, Callback
@@ -215,33 +217,49 @@ class KeepTestLogits(Callback):
     see ``cnnlab.inspection.shared``), so that ``cnnlab evaluate`` right after training reads them instead of
     loading torch and the model.
 
-    Where the last validation pass is the test pass (``data.validation = 0``, float32: the same images, batches,
-    layout and precision, so the same logits bit for bit), its logits are kept as they are. Elsewhere (a held-out
-    validation set, bf16 training) one float32 pass over the test images computes them as the inspection would
-    (a fraction of a second; tested bit for bit against it). Logits of weights changed since (an epoch stopped
-    half-way) are not kept; where the best weights are restored after, the kept logits belong to weights the run
-    no longer has and are never read.
+    They come from one pass of the torch-free inference (``cnnlab.numpy_model``) over the test images, the pass
+    the inspection runs when nothing is kept: a kept result and one computed afresh are the same bits (tested).
+    Where that inference does not serve the model (a gelu layer), the inspection's pass is torch's: then the
+    last validation's logits are kept where that pass is the test pass (``test_x`` None: ``data.validation =
+    0``, float32, the same images, batches and layout), else one float32 torch pass over ``test_x`` gives them.
+    Logits of weights changed since (an epoch stopped half-way) are not kept; where the best weights are restored
+    after, the kept logits belong to weights the run no longer has and are never read.
     """
 
-    def __init__(self, run_dir: Path, images: str, normalizer: dict, test_x: Any = None):
+    def __init__(self, run_dir: Path, images: str, normalizer: dict, test_x: Any = None, numpy_x: Any = None):
         self.run_dir = Path(run_dir)
         self.images = images  # cache.arrays_hash of the raw test images and labels
         self.normalizer = normalizer
         self.test_x = test_x  # the normalized test images where the last validation is another pass, else None
+        self.numpy_x = numpy_x  # the normalized test images for the torch-free pass
 
     def on_train_end(self) -> None:  # noqa: D102
-        from cnnlab.inspection.cache import weights_hash
+        from cnnlab.inspection.cache import state_arrays, weights_hash
         from cnnlab.inspection.shared import test_keep
 
         trainer = self.trainer
         if trainer.validation_logits is None:  # stopped half-way: the weights changed since any pass
             return
-        if self.test_x is None:
-            logits = trainer.validation_logits
-        else:  # (float32: outside the loop's autocast, as the inspection runs)
-            logits = predict_logits(trainer.model, self.test_x, memory_format=trainer.memory_format)
+        logits = self._numpy_logits(state_arrays(trainer.model))
+        if logits is None and self.test_x is None:
+            logits = trainer.validation_logits.float().cpu().numpy()
+        elif logits is None:  # (float32: outside the loop's autocast, as the inspection runs)
+            logits = predict_logits(trainer.model, self.test_x, memory_format=trainer.memory_format).float().cpu()
+            logits = logits.numpy()
         keep = test_keep(self.run_dir, weights_hash(trainer.model), self.images, self.normalizer)
-        keep.put("logits", "model", logits.float().cpu().numpy())
+        keep.put("logits", "model", logits)
+
+    def _numpy_logits(self, weights: dict) -> Any:
+        """The logits of the torch-free inference over the test images, or None where it does not serve."""
+        from cnnlab import numpy_model
+        from cnnlab.inspection import CHUNK
+
+        specs = [layer.spec for layer in self.trainer.model.layers.values()]
+        if self.numpy_x is None or not numpy_model.supports(specs):
+            return None
+        engine = numpy_model.NumpyModel(specs, weights)
+        parts = [scores for _, scores, _ in engine.chunked_outputs(self.numpy_x, chunk=CHUNK)]
+        return np.concatenate(parts) if parts else None
 
 
 class ProgressFile(Callback):

@@ -137,7 +137,8 @@ def test_pass(run: Run | RunFolder) -> SharedPass:
         raw, labels = sets.images("test"), sets.labels("test")
         keep = test_keep(folder.path, folder.weights, cache.arrays_hash(raw, labels), folder.normalizer.to_dict())
         return SharedPass(lambda: folder.run().model, raw, labels, num_classes=folder.num_classes,
-                          shapes=folder.shapes, prepare=lambda images: folder.run().prepare(images), keep=keep)
+                          shapes=folder.shapes, prepare=lambda images: folder.run().prepare(images), keep=keep,
+                          numpy_model=folder.numpy_model, numpy_prepare=folder.normalizer.apply_numpy)
 
     return _per_folder(folder, "test pass", make)
 
@@ -343,7 +344,10 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
     sets = image_sets(folder)
     train_images, train_labels = sets.images("train"), sets.labels("train")
 
-    def train_means() -> np.ndarray:
+    def train_means() -> np.ndarray:  # in numpy where it serves, as the test pass (see SharedPass)
+        engine = folder.numpy_model()
+        if engine is not None:
+            return engine.map_means(train_images, layer, folder.normalizer.apply_numpy)
         loaded = folder.run()
         return act.map_means(loaded.model, train_images, layer, loaded.prepare)
 

@@ -31,7 +31,8 @@ from cnnlab.metrics import evaluate, predict_logits
 from cnnlab.model import CnnModel, build_model, layer_table
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.runfolder import RunFolder, open_folder, read_config
-from cnnlab.speed import cpu_name, keep_freed_memory, resolve_precision, threads
+from cnnlab.cpu import cpu_name
+from cnnlab.speed import keep_freed_memory, resolve_precision, threads
 from cnnlab.version import git_commit
 
 Echo = Callable[[str], None]
@@ -334,12 +335,13 @@ def _training_data(cfg: Config, echo: Echo | None, model: CnnModel) -> tuple[Any
 
 
 def _keep_test_pass(run_dir: Path, data: Any, tested: str, precision: str) -> list[Any]:
-    """The listener that keeps the test set's logits when training ends (``cb.KeepTestLogits``): the last
-    validation's where that pass is the test pass (validation on the test set, in float32), else a pass of its
-    own over the test images (``tested``: see ``_training_data``)."""
+    """The listener that keeps the test set's logits when training ends (``cb.KeepTestLogits``): a pass of the
+    torch-free inference over the test images; where it does not serve, the last validation's where that pass is
+    the test pass (validation on the test set, in float32), else a torch pass of its own (``tested``: see
+    ``_training_data``)."""
     validation_is_test_pass = data.val_is_test and precision == "fp32"
     return [cb.KeepTestLogits(run_dir, tested, data.normalizer.to_dict(),
-                              None if validation_is_test_pass else data.test_x)]
+                              None if validation_is_test_pass else data.test_x, data.test_x.cpu().numpy())]
 
 
 def check_classes(model: CnnModel, mnist: Any) -> None:

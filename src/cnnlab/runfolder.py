@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from cnnlab import store
 from cnnlab.config import Config, from_toml
 from cnnlab.data import Normalizer
 from cnnlab.errors import CnnlabError
 from cnnlab.inspection import cache
+
+if TYPE_CHECKING:
+    from cnnlab.numpy_model import NumpyModel
 
 Run = Any  # a cnnlab.run.Run (not imported: run imports this module)
 
@@ -65,6 +68,29 @@ class RunFolder:
             blob = self.checkpoint.blobs.get(self.weights_name) if self.checkpoint is not None else None
             self._weights = (blob is not None and cache.file_weights_hash(blob)) or cache.weights_hash(self.run().model)
         return self._weights
+
+    def numpy_model(self) -> NumpyModel | None:
+        """The model's torch-free inference (``cnnlab.numpy_model``), built once from the weights file (or the
+        loaded run's model); None where it does not serve: a GPU asked for, an activation it lacks, weights numpy
+        cannot read (bfloat16) or that do not fit (loading the model then says what is wrong)."""
+        if "numpy model" not in self.memo:
+            self.memo["numpy model"] = self._numpy_model()
+        return self.memo["numpy model"]
+
+    def _numpy_model(self) -> NumpyModel | None:
+        from cnnlab import numpy_model
+
+        specs = self.config.model.layers
+        if str(self.device).startswith("cuda") or not numpy_model.supports(specs):
+            return None
+        if self.checkpoint is None:
+            weights = cache.state_arrays(self.run().model)
+        else:
+            weights = cache.file_arrays(self.checkpoint.blobs.get(self.weights_name) or b"")
+        try:
+            return numpy_model.NumpyModel(specs, weights) if weights is not None else None
+        except ValueError:
+            return None
 
     def run(self) -> Run:
         """The run loaded (model, weights, history) onto ``device``; loaded on the first call."""

@@ -58,6 +58,21 @@ class Normalizer:
         out = x.to(torch.float32, copy=True)
         return out.sub_(torch.from_numpy(self.mean)).div_(torch.from_numpy(self.std)).contiguous()
 
+    def apply_numpy(self, images_uint8: np.ndarray) -> np.ndarray:
+        """``apply`` in numpy, without torch: the same float32 values bit for bit (one subtraction and one
+        division per pixel, each correctly rounded), as a new (N, 1, 28, 28) array."""
+        x = np.asarray(images_uint8)
+        x = x.reshape(-1, 1, *x.shape[-2:]) if x.ndim in (2, 3) or (x.ndim == 4 and x.shape[1] == 1) else None
+        if x is None:
+            raise CnnlabError(f"images of shape {np.shape(images_uint8)}; expected (N, 28, 28), (28, 28) or "
+                              "(N, 1, 28, 28)")
+        if self.mean.ndim == 2 and tuple(x.shape[-2:]) != self.mean.shape:
+            raise CnnlabError(f"images of {tuple(x.shape[-2:])} pixels; this normalizer expects {self.mean.shape}")
+        out = x.astype(np.float32)
+        out -= self.mean
+        out /= self.std
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict (``mode``, ``mean``, ``std`` as nested lists or numbers)."""
         return {"mode": self.mode, "mean": self.mean.tolist(), "std": self.std.tolist()}

@@ -35,22 +35,35 @@ def weights_hash(model: torch.nn.Module) -> str:
     It equals ``file_weights_hash`` of a safetensors file the model was loaded from, so a command can find a
     kept result from the file alone, without torch.
     """
+    return named_arrays_hash(state_arrays(model))
+
+
+def state_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters and buffers as numpy arrays by their state-dict names (on the CPU; bfloat16 ones
+    as float32)."""
     import torch
 
     def array(tensor: torch.Tensor) -> np.ndarray:
         tensor = tensor.detach().cpu()
         return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
-    return named_arrays_hash({name: array(t) for name, t in model.state_dict().items()})
+    return {name: array(t) for name, t in model.state_dict().items()}
 
 
 def file_weights_hash(data: bytes) -> str | None:
     """``weights_hash`` of a model holding the weights of safetensors bytes ``data``, read without torch; None
     where numpy cannot hold them (bfloat16) or the bytes are not safetensors."""
+    arrays = file_arrays(data)
+    return None if arrays is None else named_arrays_hash(arrays)
+
+
+def file_arrays(data: bytes) -> dict[str, np.ndarray] | None:
+    """The arrays of safetensors bytes ``data``, read without torch; None where numpy cannot hold them
+    (bfloat16) or the bytes are not safetensors."""
     from safetensors.numpy import load
 
     try:
-        return named_arrays_hash(load(data))
+        return load(data)
     except (SafetensorError, ValueError, TypeError, KeyError):  # KeyError: a dtype numpy lacks
         return None
 

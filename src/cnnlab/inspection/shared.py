@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from cnnlab.layers.table import check_layer_name
 
 if TYPE_CHECKING:
     from cnnlab.model import CnnModel
+    from cnnlab.numpy_model import NumpyModel
 
 KIND = "testpass"  # the cache folder: <run>/cache/testpass/
 
@@ -64,14 +65,22 @@ class SharedPass:
         shapes: layer name -> output shape without the batch, in forward order (default: the model's).
         prepare: turns a chunk of ``x`` into the model's input.
         keep: where results are kept between processes (default: only in this object).
+        numpy_model: returns the model's torch-free inference (``cnnlab.numpy_model.NumpyModel``) or None
+            where it does not serve; when it serves, every pass runs there (so the results kept are the same
+            bits whichever process computes them) and torch is never imported.
+        numpy_prepare: turns a chunk of ``x`` into the numpy model's input (default: ``prepare``).
     """
 
     def __init__(self, model: CnnModel | Callable[[], CnnModel], x: Any, y: Any, chunk: int = CHUNK,
                  num_classes: int | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-                 prepare: Callable[[Any], Any] | None = None, keep: Keep | None = None):
+                 prepare: Callable[[Any], Any] | None = None, keep: Keep | None = None,
+                 numpy_model: Callable[[], NumpyModel | None] | None = None,
+                 numpy_prepare: Callable[[Any], np.ndarray] | None = None):
         self._model = model if hasattr(model, "output_shapes") else None
         self._load = model if self._model is None else None
         self.x, self.chunk, self.prepare, self.keep = x, chunk, prepare, keep
+        self._numpy_model = numpy_model
+        self.numpy_prepare = numpy_prepare or prepare
         if shapes is None:
             shapes = {name: tuple(self.model.output_shapes[name]) for name in self.model.layer_names}
         self.shapes = {name: tuple(shape) for name, shape in shapes.items()}
@@ -143,35 +152,50 @@ class SharedPass:
         return (k, *self.shapes[layer])
 
     def _compute(self, items: list[tuple[str, str]]) -> dict[tuple[str, str], np.ndarray]:
-        """The ``items`` from one forward pass over the images, a chunk at a time."""
-        import torch
-
-        from cnnlab.inspection.activations import chunked_outputs
-
+        """The ``items`` from one forward pass over the images, a chunk at a time (in numpy where the numpy
+        model serves, else in torch)."""
         new_means = [layer for what, layer in items if what == "means"]
         new_sums = [layer for what, layer in items if what == "sums"]
         new_logits = ("logits", "model") in items
         order = list(self.shapes)
         layers = sorted({*new_means, *new_sums}, key=order.index)
         n = len(self.labels)
-        got_means = {layer: np.empty((n, self.shapes[layer][0]), dtype=np.float32) for layer in new_means}
-        got_sums = {layer: torch.zeros((self.num_classes, *self.shapes[layer]), dtype=torch.float64)
-                    for layer in new_sums}
-        labels = torch.from_numpy(self.labels)
+        means = {layer: np.empty((n, self.shapes[layer][0]), dtype=np.float32) for layer in new_means}
+        sums = {layer: np.zeros((self.num_classes, *self.shapes[layer])) for layer in new_sums}
         parts = []
-        for start, scores, outputs in chunked_outputs(self.model, self.x, layers, new_logits, prepare=self.prepare,
-                                                      chunk=self.chunk):
+        for start, scores, outputs in self._passes(layers, new_logits):
             if scores is not None:
-                parts.append(scores.float())
-            for layer, mean in got_means.items():
+                parts.append(scores)
+            for layer, mean in means.items():
                 acts = outputs[layer]
-                mean[start:start + len(acts)] = (acts.mean(dim=(2, 3)) if acts.ndim == 4 else acts).numpy()
-            for layer, sums in got_sums.items():
-                acts = outputs[layer]
-                sums.index_add_(0, labels[start:start + len(acts)], acts.double())
-        result: dict[tuple[str, str], np.ndarray] = {("means", k): v for k, v in got_means.items()}
-        result.update({("sums", k): v.numpy() for k, v in got_sums.items()})
+                mean[start:start + len(acts)] = acts.mean(axis=(2, 3), dtype=np.float32) if acts.ndim == 4 else acts
+            for layer, total in sums.items():
+                _add_per_class(total, outputs[layer], self.labels[start:start + len(outputs[layer])])
+        result: dict[tuple[str, str], np.ndarray] = {("means", k): v for k, v in means.items()}
+        result.update({("sums", k): v for k, v in sums.items()})
         if new_logits:
             k = self._shape(("logits", "model"))[1]
-            result[("logits", "model")] = torch.cat(parts).numpy() if parts else np.zeros((0, k), np.float32)
+            result[("logits", "model")] = np.concatenate(parts) if parts else np.zeros((0, k), np.float32)
         return result
+
+    def _passes(self, layers: list[str], logits: bool) -> Iterator[tuple[int, np.ndarray | None,
+                                                                        dict[str, np.ndarray]]]:
+        """``(start, logits or None, {layer: activations})`` per chunk, as numpy arrays: from the numpy model
+        where it serves, else from the torch model."""
+        engine = self._numpy_model() if self._numpy_model is not None else None
+        if engine is not None:
+            yield from engine.chunked_outputs(self.x, layers, logits, self.numpy_prepare, self.chunk)
+            return
+        from cnnlab.inspection.activations import chunked_outputs
+
+        for start, scores, outputs in chunked_outputs(self.model, self.x, layers, logits, prepare=self.prepare,
+                                                      chunk=self.chunk):
+            yield (start, None if scores is None else scores.float().numpy(),
+                   {layer: acts.numpy() for layer, acts in outputs.items()})
+
+
+def _add_per_class(total: np.ndarray, acts: np.ndarray, labels: np.ndarray) -> None:
+    """Add each image's activations ``acts`` (N, ...) into its class's row of ``total`` (classes, ...), in
+    float64."""
+    for k in np.unique(labels):
+        total[k] += acts[labels == k].sum(axis=0, dtype=np.float64)

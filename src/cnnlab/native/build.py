@@ -92,7 +92,7 @@ def compile_command(output: Path, cxx: str) -> list[str]:
 def build_name() -> str:
     """The library's name: a hash of the sources, the compiler and its flags, the system and the CPU's name and
     features; the same in every checkout (no path, no torch or Python version: the library uses neither)."""
-    from cnnlab.speed import cpu_flags, cpu_name
+    from cnnlab.cpu import cpu_flags, cpu_name
 
     cflags, ldflags = compile_flags()
     cxx = os.environ.get("CXX", "")  # the default compiler is whichever the PATH has: part of the machine

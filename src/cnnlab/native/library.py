@@ -13,20 +13,7 @@ from pathlib import Path
 
 import torch
 
-_PTR, _SIZE, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-SIGNATURES = {
-    "cnnlab_max_pool_forward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
-    "cnnlab_max_pool_backward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
-    "cnnlab_conv_pool_forward": [_PTR] * 5 + [_SIZE] * 6 + [_INT] * 2,
-    "cnnlab_conv_pool_backward": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
-    "cnnlab_conv_pool_backward_input": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
-    "cnnlab_winograd_pool_forward": [_PTR] * 5 + [_SIZE] * 5 + [_INT] * 2,
-    "cnnlab_winograd_pool_backward": [_PTR] * 7 + [_SIZE] * 5 + [_INT],
-    "cnnlab_use_sgemm": [_PTR],
-    "cnnlab_use_sqrt": [_PTR],
-    "cnnlab_rmsprop_step": [_PTR] * 5 + [_SIZE] + [ctypes.c_double] * 4 + [_INT],
-    "cnnlab_adam_step": [_PTR] * 5 + [_SIZE] + [ctypes.c_double] * 5 + [_INT],
-}
+from cnnlab.native.abi import open_library
 CHANNELS_LAST = torch.channels_last
 
 
@@ -103,10 +90,7 @@ class Kernels:
 
     def __init__(self, path: Path):
         self.path = path
-        self._lib = ctypes.CDLL(str(path))
-        for name, args in SIGNATURES.items():
-            function = getattr(self._lib, name)
-            function.argtypes, function.restype = args, None
+        self._lib = open_library(path)
         self.gemm = "loops"
         self._lib.cnnlab_use_sqrt(torch_sqrt())  # the optimizer steps' square roots: torch's own
 

@@ -1,0 +1,293 @@
+"""A model's inference in numpy and the native kernels, without torch: the pass behind every kept test result.
+
+``cnnlab evaluate`` and ``cnnlab patterns`` on a run whose results are not kept yet spent 1-3 s importing
+torch before a 0.3 s pass. ``NumpyModel`` runs the same layers from the config and the weights file: the
+first layer's conv + max-pool and 3x3 conv + max-pool pairs through the native kernels (as the torch model
+does), other convolutions as one matrix product over the image patches, pools and the rest in numpy.
+
+It is the one implementation of every pass whose results are kept in a run's cache (the test pass, the class
+centroids, the logits training keeps when it ends), so a result computed in a process without torch and one
+computed right after training are the same bits. Its values equal the torch model's up to float rounding
+(tested per layer kind). It serves every layer kind and every activation except ``gelu`` (numpy has no erf);
+``supports`` says whether it serves a model (a model it does not serve runs on torch, as before). Maps are
+channels-last (N, H, W, C) inside; what it returns is in torch's order.
+
+numpy's BLAS runs on one thread during a pass, and the chunks of a pass run side by side, one per core: BLAS's
+own idle threads spin and took the cores from the native kernels' threads (the seed model's 10,000 test images:
+0.45-0.54 s with two BLAS threads, 0.22-0.26 s with one, AMD EPYC, 2 cores), and its sums' order depends on its
+thread count (other bits with two threads than with one), so one thread also makes a pass give the same bits in
+every process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+
+from cnnlab.cpu import usable_cores
+from cnnlab.native import arrays
+
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "linear", "softmax")
+KINDS = ("conv", "maxpool", "avgpool", "dense", "flatten", "globalavgpool", "batchnorm", "dropout", "activation")
+# Winograd F(2x2, 3x3): U = G g G^T, flattened as one product with kron(G, G) (16 x 9), as cnnlab.native does.
+_GG = np.kron(*[np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)] * 2)
+
+
+def supports(specs: list[dict[str, Any]]) -> bool:
+    """Whether ``NumpyModel`` serves layers ``specs``: each of a kind and with an activation it computes (a layer
+    kind added later runs on torch until it is added here)."""
+    return all(spec["type"] in KINDS and spec.get("activation", "linear") in ACTIVATIONS for spec in specs)
+
+
+class NumpyModel:
+    """The forward pass of layers ``specs`` (resolved config layers) with ``weights`` (the model's state dict
+    as numpy arrays, torch's names and shapes), in inference mode.
+
+    Raises:
+        ValueError: an activation it does not compute, or weights that do not fit the layers.
+    """
+
+    def __init__(self, specs: list[dict[str, Any]], weights: dict[str, np.ndarray]):
+        if not supports(specs):
+            raise ValueError("a layer kind or an activation the numpy model does not compute (gelu)")
+        self.specs = {spec["name"]: dict(spec) for spec in specs}
+        self.names = list(self.specs)
+        self.kernels = arrays.load()
+        self.params = {name: _layer_params(spec, weights) for name, spec in self.specs.items()}
+        self._fused: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # conv -> (kernel, filters, bias)
+
+    def outputs(self, x: np.ndarray, names: list[str] | tuple[str, ...] = (),
+                logits: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """One forward pass over images ``x`` (N, 1, H, W), float32, normalized: (the logits (N, classes) if
+        ``logits``, else None; the activation output of each layer in ``names``, maps as (N, C, H, W)). The pass
+        stops after the last layer needed."""
+        with one_blas_thread():
+            return self._outputs(x, names, logits)
+
+    def chunked_outputs(self, images: Any, names: list[str] | tuple[str, ...] = (), logits: bool = True,
+                        prepare: Callable[[Any], np.ndarray] | None = None,
+                        chunk: int = 256) -> Iterator[tuple[int, np.ndarray | None, dict[str, np.ndarray]]]:
+        """Yield ``(start, logits or None, {layer: activations})`` for each chunk of ``images`` (normalized, or
+        whatever ``prepare`` turns into normalized images), in order, as ``outputs`` gives them.
+
+        The chunks run side by side on every usable core, each on one thread (its native kernels too): the
+        same bits as one at a time, since no chunk's sums depend on another's or on the thread count.
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        workers = usable_cores()
+
+        def one(start: int) -> tuple[int, np.ndarray | None, dict[str, np.ndarray]]:
+            part = images[start:start + chunk]
+            return start, *self._outputs(prepare(part) if prepare is not None else part, names, logits,
+                                         threads=1 if workers > 1 else 0)
+
+        with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
+            pending: deque[Future] = deque()
+            for start in range(0, len(images), chunk):
+                pending.append(pool.submit(one, start))
+                if len(pending) > workers:  # at most one chunk waiting per core: memory stays a few chunks'
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def map_means(self, images: Any, layer: str, prepare: Callable[[Any], np.ndarray] | None = None,
+                  chunk: int = 256) -> np.ndarray:
+        """Each map's mean activation of ``layer`` per image, (N, maps); the unit values (N, units) of a flat
+        layer (as ``cnnlab.inspection.activations.map_means``)."""
+        parts = [acts[layer].mean(axis=(2, 3), dtype=np.float32) if acts[layer].ndim == 4 else acts[layer]
+                 for _, _, acts in self.chunked_outputs(images, [layer], False, prepare, chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def _outputs(self, x: np.ndarray, names: list[str] | tuple[str, ...], logits: bool,
+                 threads: int = 0) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        wanted = set(names)
+        stop = len(self.names) if logits or not wanted else max(self.names.index(n) for n in wanted) + 1
+        h = np.ascontiguousarray(x, dtype=np.float32).transpose(0, 2, 3, 1)  # (N, H, W, 1): the same memory
+        out: dict[str, np.ndarray] = {}
+        i, scores = 0, None
+        while i < stop:
+            name = self.names[i]
+            pool = self.names[i + 1] if i + 1 < len(self.names) else None
+            if name not in wanted and pool is not None and self._fusable(name, pool, h):
+                h = self._conv_pool(name, h, threads)
+                name, i = pool, i + 2
+            else:
+                last = i == len(self.names) - 1
+                h = self._op(name, h)
+                if last:
+                    scores = h
+                h = _activate(self.specs[name].get("activation", "linear"), h)
+                i += 1
+            if name in wanted:
+                out[name] = h.transpose(0, 3, 1, 2) if h.ndim == 4 else h
+        return (scores if logits else None), out
+
+    # -- layers -------------------------------------------------------------------------------------------
+
+    def _op(self, name: str, h: np.ndarray) -> np.ndarray:
+        """Layer ``name``'s operation (before its activation) on ``h``."""
+        spec, params = self.specs[name], self.params[name]
+        kind = spec["type"]
+        if kind == "conv":
+            return _conv(h, params["weight"], params.get("bias"), spec["kernel"], max(spec["stride"], 1),
+                         spec["padding"] == "same")
+        if kind in ("maxpool", "avgpool"):
+            size = spec["size"]
+            return _pool(h, kind, size, spec["stride"] or size, spec["padding"] == "same")
+        if kind == "dense":
+            y = h @ params["weight"].T
+            return y + params["bias"] if "bias" in params else y
+        if kind == "flatten":
+            return h.transpose(0, 3, 1, 2).reshape(len(h), -1) if h.ndim == 4 else h  # torch's (C, H, W) order
+        if kind == "globalavgpool":
+            return h.mean(axis=(1, 2), dtype=np.float32)
+        if kind == "batchnorm":
+            scale = params["weight"] / np.sqrt(params["running_var"] + np.float32(spec["epsilon"]))
+            return (h - params["running_mean"]) * scale + params["bias"]
+        return h  # dropout (off in inference), activation (its function follows)
+
+    def _fusable(self, name: str, pool: str, h: np.ndarray) -> bool:
+        """Whether conv ``name`` with its relu and the 2x2 max-pool ``pool`` after it runs as one native kernel
+        (the torch model fuses the same pairs)."""
+        spec, after = self.specs[name], self.specs[pool]
+        if (self.kernels is None or spec["type"] != "conv" or spec.get("activation") != "relu"
+                or after["type"] != "maxpool" or after["size"] != 2 or (after["stride"] or 2) != 2
+                or after["padding"] != "valid" or max(spec["stride"], 1) != 1):
+            return False
+        k, channels = spec["kernel"], h.shape[3]
+        pad = (k - 1) // 2 if spec["padding"] == "same" else 0
+        if spec["padding"] == "same" and k % 2 == 0:
+            return False
+        if channels == 1:
+            return k <= min(h.shape[1:3]) + 2 * pad
+        return k == 3 and min(h.shape[1:3]) + 2 * pad >= 4
+
+    def _conv_pool(self, name: str, h: np.ndarray, threads: int = 0) -> np.ndarray:
+        """relu(max_pool(conv(h), 2)) of conv ``name`` by the native kernel that serves it, on ``threads`` (0:
+        every usable core)."""
+        spec, params = self.specs[name], self.params[name]
+        if name not in self._fused:
+            self._fused[name] = _fused_filters(params["weight"], params.get("bias"), h.shape[3])
+        kernel, filters, bias = self._fused[name]
+        if spec["padding"] == "same":
+            p = spec["kernel"] // 2
+            h = np.pad(h, ((0, 0), (p, p), (p, p), (0, 0)))
+        h = np.ascontiguousarray(h)
+        if kernel == "first":
+            return self.kernels.conv_pool_forward(h.reshape(h.shape[:3]), filters, bias, len(params["weight"]),
+                                                  relu=True, threads=threads)
+        return self.kernels.winograd_pool_forward(h, filters, bias, relu=True, threads=threads)
+
+
+def one_blas_thread() -> AbstractContextManager:
+    """numpy's BLAS on one thread inside the block (see the module's note), as it was after."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+def _layer_params(spec: dict[str, Any], weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float32 arrays of layer ``spec`` in ``weights`` (``layers.<name>.op.<key>``, or ``op.1.<key>`` for a
+    padded op), checked against the shapes the layer needs."""
+    prefixes = (f"layers.{spec['name']}.op.", f"layers.{spec['name']}.op.1.")
+    found = {key[len(p):]: value for p in prefixes for key, value in weights.items()
+             if key.startswith(p) and "." not in key[len(p):]}
+    kind = spec["type"]
+    keys = {"conv": ["weight"], "dense": ["weight"],
+            "batchnorm": ["weight", "bias", "running_mean", "running_var"]}.get(kind, [])
+    if kind in ("conv", "dense") and spec.get("use_bias", True):
+        keys.append("bias")
+    missing = [key for key in keys if key not in found]
+    if missing:
+        raise ValueError(f"the weights lack {spec['name']}'s {', '.join(missing)}")
+    params = {key: np.ascontiguousarray(found[key], dtype=np.float32) for key in keys}
+    if kind == "conv" and params["weight"].shape[1:] != (params["weight"].shape[1], spec["kernel"], spec["kernel"]):
+        raise ValueError(f"{spec['name']}'s kernel has shape {params['weight'].shape}")
+    return params
+
+
+def _fused_filters(weight: np.ndarray, bias: np.ndarray | None, channels: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """(which kernel, its filters, its bias) for conv weights (F, C, K, K): the first layer's (K*K, F padded to
+    32s) or Winograd's U = G g G^T as (16, C, F)."""
+    f = weight.shape[0]
+    if channels == 1:
+        padded = -(-f // 32) * 32
+        wt = np.zeros((weight.shape[2] * weight.shape[3], padded), np.float32)
+        wt[:, :f] = weight.reshape(f, -1).T
+        b = np.zeros(padded, np.float32)
+        if bias is not None:
+            b[:f] = bias
+        return "first", wt, b
+    u = (_GG @ weight.reshape(f * channels, 9).T).reshape(16, f, channels).transpose(0, 2, 1)
+    return "winograd", np.ascontiguousarray(u, dtype=np.float32), (bias if bias is not None
+                                                                   else np.zeros(f, np.float32))
+
+
+def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """Keras ``same`` padding of one side length: (before, after), the extra pixel after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _padded(h: np.ndarray, kernel: int, stride: int, value: float = 0.0) -> np.ndarray:
+    """``h`` (N, H, W, C) with Keras ``same`` padding of ``value``."""
+    pads = ((0, 0), _same_pads(h.shape[1], kernel, stride), _same_pads(h.shape[2], kernel, stride), (0, 0))
+    return np.pad(h, pads, constant_values=value) if any(sum(p) for p in pads) else h
+
+
+def _windows(h: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """The ``size`` x ``size`` windows of ``h`` (N, H, W, C) at ``stride``: a view (N, Ho, Wo, C, size, size)."""
+    return np.lib.stride_tricks.sliding_window_view(h, (size, size), axis=(1, 2))[:, ::stride, ::stride]
+
+
+def _conv(h: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, k: int, stride: int,
+          same: bool) -> np.ndarray:
+    """A convolution of ``h`` (N, H, W, C) with ``weight`` (F, C, K, K): one product of the patches (N*Ho*Wo,
+    K*K*C) with the filters (K*K*C, F)."""
+    if same:
+        h = _padded(h, k, stride)
+    patches = _windows(h, k, stride).transpose(0, 1, 2, 4, 5, 3)  # (N, Ho, Wo, K, K, C)
+    n, ho, wo = patches.shape[:3]
+    y = patches.reshape(n * ho * wo, -1) @ weight.transpose(2, 3, 1, 0).reshape(-1, len(weight))
+    if bias is not None:
+        y += bias
+    return y.reshape(n, ho, wo, len(weight))
+
+
+def _pool(h: np.ndarray, kind: str, size: int, stride: int, same: bool) -> np.ndarray:
+    """Max or average pooling of ``h`` (N, H, W, C); ``same``: max pads with -inf, average counts only the
+    cells each window covers (as TensorFlow)."""
+    if kind == "maxpool":
+        if same:
+            h = _padded(h, size, stride, -np.inf)
+        return _windows(h, size, stride).max(axis=(4, 5))
+    if not same:
+        return _windows(h, size, stride).mean(axis=(4, 5), dtype=np.float32)
+    ones = _padded(np.ones((1, *h.shape[1:3], 1), np.float32), size, stride)
+    return (_windows(_padded(h, size, stride), size, stride).sum(axis=(4, 5), dtype=np.float32)
+            / _windows(ones, size, stride).sum(axis=(4, 5), dtype=np.float32))
+
+
+def _activate(name: str, h: np.ndarray) -> np.ndarray:
+    """The activation function ``name`` of ``h``; softmax over the channels (maps) or the features (flat), the
+    last axis either way here."""
+    if name == "relu":
+        return np.maximum(h, np.float32(0))
+    if name == "tanh":
+        return np.tanh(h)
+    if name == "sigmoid":
+        with np.errstate(over="ignore"):  # exp of a large negative input overflows to inf: 1 / inf = 0, right
+            return 1 / (1 + np.exp(-h))
+    if name == "elu":
+        return np.where(h > 0, h, np.expm1(np.minimum(h, 0)))
+    if name == "softmax":
+        e = np.exp(h - h.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+    return h
