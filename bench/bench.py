@@ -10,7 +10,7 @@ process; medians with their spread (min-max), since shared machines are noisy.
 2. Time to accuracy: ``cnnlab train --preset fast`` for seeds 0-4 (wall time, start-up included) against the
    baseline's epochs; test accuracy worst and mean; the 4-epoch stretch.
 3. Inspection on the seed run of 1.: ``summary``, ``evaluate``, ``patterns --layer Conv2D_3`` and ``report``
-   as whole commands: ``evaluate`` right after the training (which kept its last validation, the test pass),
+   as whole commands: ``evaluate`` right after the training (which kept its test pass),
    then each with the run's cache emptied first and with what the command before kept there.
 4. Set-up: the native kernels' build in an empty cache.
 5. Peak resident memory of a seed epoch and of ``cnnlab report``.

@@ -101,8 +101,8 @@ class NumpyModel:
                   chunk: int = 256) -> np.ndarray:
         """Each map's mean activation of ``layer`` per image, (N, maps); the unit values (N, units) of a flat
         layer (as ``cnnlab.inspection.activations.map_means``)."""
-        parts = [acts[layer].mean(axis=(2, 3), dtype=np.float32) if acts[layer].ndim == 4 else acts[layer]
-                 for _, _, acts in self.chunked_outputs(images, [layer], False, prepare, chunk)]
+        parts = [map_means_of(acts[layer]) for _, _, acts in self.chunked_outputs(images, [layer], False, prepare,
+                                                                                  chunk)]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def _outputs(self, x: np.ndarray, names: list[str] | tuple[str, ...], logits: bool,
@@ -184,6 +184,15 @@ class NumpyModel:
             return self.kernels.conv_pool_forward(h.reshape(h.shape[:3]), filters, bias, len(params["weight"]),
                                                   relu=True, threads=threads)
         return self.kernels.winograd_pool_forward(h, filters, bias, relu=True, threads=threads)
+
+
+def map_means_of(acts: np.ndarray) -> np.ndarray:
+    """Each map's mean of activations ``acts`` (N, C, H, W) as (N, C), float32; flat ones (N, units) as they are.
+    Summed in the channels-last order the numpy model keeps its maps in (its (N, C, H, W) arrays are views of
+    (N, H, W, C) ones): 10x faster than over their strided last axes."""
+    if acts.ndim != 4:
+        return acts
+    return np.moveaxis(acts, 1, -1).mean(axis=(1, 2), dtype=np.float32)
 
 
 def one_blas_thread() -> AbstractContextManager:

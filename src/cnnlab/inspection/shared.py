@@ -19,6 +19,7 @@ import numpy as np
 
 from cnnlab.inspection import CHUNK, cache
 from cnnlab.layers.table import check_layer_name
+from cnnlab.numpy_model import map_means_of
 
 if TYPE_CHECKING:
     from cnnlab.model import CnnModel
@@ -168,7 +169,7 @@ class SharedPass:
                 parts.append(scores)
             for layer, mean in means.items():
                 acts = outputs[layer]
-                mean[start:start + len(acts)] = acts.mean(axis=(2, 3), dtype=np.float32) if acts.ndim == 4 else acts
+                mean[start:start + len(acts)] = map_means_of(acts)
             for layer, total in sums.items():
                 _add_per_class(total, outputs[layer], self.labels[start:start + len(outputs[layer])])
         result: dict[tuple[str, str], np.ndarray] = {("means", k): v for k, v in means.items()}
