@@ -50,7 +50,7 @@ glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 def test_keep_freed_memory_serves_large_blocks_from_the_heap_it_keeps():
     # Without the setting each large block is a fresh mmap, page-faulted in anew and handed back on free.
     assert _where("pass") == "mmap"
-    assert _where("from cnnlab.speed import keep_freed_memory; assert keep_freed_memory()") == "heap"
+    assert _where("from cnnlab.cpu import keep_freed_memory; assert keep_freed_memory()") == "heap"
 
 
 @glibc_only

@@ -22,7 +22,8 @@ from cnnlab.augment import pad_images, random_flip, random_shift
 from cnnlab.device import get_cuda_rng, model_device, reproducible, set_cuda_rng
 from cnnlab.errors import CnnlabError
 from cnnlab.metrics import predict_logits, scores
-from cnnlab.speed import autocast, keep_freed_memory
+from cnnlab.cpu import keep_freed_memory
+from cnnlab.speed import autocast
 
 EVENTS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 
@@ -124,7 +125,7 @@ class Trainer:
         flip: mirror each training image left to right with probability 1/2 (after any shift).
 
     Process-wide, on purpose: the trainer asks glibc's allocator to keep freed blocks for reuse
-    (``cnnlab.speed.keep_freed_memory``), which cannot be read back or undone; it changes no result.
+    (``cnnlab.cpu.keep_freed_memory``), which cannot be read back or undone; it changes no result.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Any, batch_size: int,

@@ -31,8 +31,8 @@ from cnnlab.metrics import evaluate, predict_logits
 from cnnlab.model import CnnModel, build_model, layer_table
 from cnnlab.optim import get_optimizer, get_regularizer, get_schedule, regularization_loss
 from cnnlab.runfolder import RunFolder, open_folder, read_config
-from cnnlab.cpu import cpu_name
-from cnnlab.speed import keep_freed_memory, resolve_precision, threads
+from cnnlab.cpu import cpu_name, keep_freed_memory
+from cnnlab.speed import resolve_precision, threads
 from cnnlab.version import git_commit
 
 Echo = Callable[[str], None]
@@ -152,7 +152,7 @@ def train(config: str | Path | Config = "seed", out: str | Path | None = None, e
     Process state: torch's thread count is ``train.threads`` while training and the caller's again after;
     the global RNG states (the CPU's, and a GPU's where it trains on one) are the caller's before and after
     (the run keeps its own); the model's weights are channels-last only inside the loop. One setting stays
-    process-wide: glibc's allocator keeps freed memory for reuse (``cnnlab.speed.keep_freed_memory``; it cannot
+    process-wide: glibc's allocator keeps freed memory for reuse (``cnnlab.cpu.keep_freed_memory``; it cannot
     be read back, and changes no result).
     """
     cfg = _resolve_config(config, overrides)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
-import platform
 from typing import ContextManager, Iterator
 
 import torch
@@ -15,10 +12,6 @@ from cnnlab.errors import CnnlabError
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
-# glibc's mallopt parameters and the largest mmap threshold it accepts on 64-bit (32 MiB).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
-_TRIM_THRESHOLD = 1 << 30
 
 
 @contextlib.contextmanager
@@ -75,21 +68,3 @@ def autocast(precision: str, device: torch.device | str = "cpu") -> ContextManag
     return contextlib.nullcontext()
 
 
-@functools.lru_cache(maxsize=None)
-def keep_freed_memory() -> bool:
-    """Tell glibc's allocator to keep freed blocks up to 32 MiB for reuse; return whether it took the setting.
-
-    By default glibc serves large blocks (above a threshold that starts at 128 KiB and adapts slowly) with
-    a fresh mmap and hands them back on free, so each training step page-faults its activation buffers in anew (about 1,400 faults per batch of
-    64 for the seed model, a fifth of the step's time). With a fixed 32 MiB threshold and trimming only
-    above 1 GiB, the same memory is reused from batch to batch. The training loop and ``run.load`` (the way
-    into every inspection) call it. The setting is process-wide and has no effect on results. Elsewhere than
-    on glibc (macOS, musl) nothing happens.
-    """
-    if platform.system() != "Linux":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter itself runs on
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
