@@ -496,20 +496,32 @@ def write_report(run_dir: str | Path | Run, echo: Echo | None = print) -> Path:
     run = as_run(run_dir)
     image = REPORT_IMAGE if image_sets(run).size("test") > REPORT_IMAGE else 0
     convs = [name for name, layer in run.model.layers.items() if layer.kind == "conv"]
-    if convs:  # one pass over the test set for every section below
-        test_pass(run).want(means=convs, class_sums=[convs[-1]], logits=True)
     sections = [_section_run(run)]
     steps = [("evaluation", lambda: _section_evaluation(run)),
              (f"activations of test image {image}", lambda: _section_activations(run, image)),
              ("filter patterns", lambda: _section_filters(run)),
              ("class patterns", lambda: _section_patterns(run))]
+    done: dict[str, tuple[str, float]] = {}
+    if convs:  # one pass over the test set for every section, beside the drawing of one image's maps
+        shared = test_pass(run)  # (made here: both threads then share its image sets)
+        with ThreadPoolExecutor(1) as background:
+            passing = background.submit(shared.want, means=convs, class_sums=[convs[-1]], logits=True)
+            what, make = steps[1]
+            done[what] = _timed(make)
+            passing.result()
     for what, make in steps:
-        started = time.perf_counter()
-        sections.append(make())
-        say(f"  report: {what} ({time.perf_counter() - started:.1f} s)")
+        section, seconds = done.get(what) or _timed(make)
+        sections.append(section)
+        say(f"  report: {what} ({seconds:.1f} s)")
     path = write_text(run.path / REPORT, _page(run, sections))
     say(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return path
+
+
+def _timed(make: Callable[[], str]) -> tuple[str, float]:
+    """(``make()``, the seconds it took)."""
+    started = time.perf_counter()
+    return make(), time.perf_counter() - started
 
 
 def _section_run(run: Run) -> str:

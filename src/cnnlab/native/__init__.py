@@ -111,4 +111,6 @@ def __getattr__(name: str) -> Any:
     imported on first use, so that loading the kernels or the torch-free inference imports no torch."""
     if name.startswith("__") or (Path(__file__).parent / f"{name}.py").exists():
         raise AttributeError(name)  # a submodule: ``from cnnlab.native import arrays`` imports it, not torch
-    return getattr(importlib.import_module("cnnlab.native.autograd"), name)
+    value = getattr(importlib.import_module("cnnlab.native.autograd"), name)
+    globals()[name] = value  # found once: the model and the optimizers ask for some of these every step
+    return value
