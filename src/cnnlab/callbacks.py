@@ -220,33 +220,34 @@ class KeepTestLogits(Callback):
     They come from one pass of the torch-free inference (``cnnlab.numpy_model``) over the test images, the pass
     the inspection runs when nothing is kept: a kept result and one computed afresh are the same bits (tested).
     Where that inference does not serve the model (a gelu layer), the inspection's pass is torch's: then the
-    last validation's logits are kept where that pass is the test pass (``test_x`` None: ``data.validation =
-    0``, float32, the same images, batches and layout), else one float32 torch pass over ``test_x`` gives them.
+    last validation's logits are kept where that pass is the test pass (``validation_is_test``: ``data.validation
+    = 0``, float32, the same images, batches and layout), else one float32 torch pass over ``test_x`` gives them.
     Logits of weights changed since (an epoch stopped half-way) are not kept; where the best weights are restored
     after, the kept logits belong to weights the run no longer has and are never read.
     """
 
-    def __init__(self, run_dir: Path, images: str, normalizer: dict, test_x: Any = None, numpy_x: Any = None):
+    def __init__(self, run_dir: Path, images: str, normalizer: dict, test_x: Any, validation_is_test: bool):
         self.run_dir = Path(run_dir)
         self.images = images  # cache.arrays_hash of the raw test images and labels
         self.normalizer = normalizer
-        self.test_x = test_x  # the normalized test images where the last validation is another pass, else None
-        self.numpy_x = numpy_x  # the normalized test images for the torch-free pass
+        self.test_x = test_x  # the normalized test images
+        self.validation_is_test = validation_is_test  # the last validation is the torch test pass
 
     def on_train_end(self) -> None:  # noqa: D102
-        from cnnlab.inspection.cache import state_arrays, weights_hash
+        from cnnlab.inspection.cache import named_arrays_hash, state_arrays
         from cnnlab.inspection.shared import test_keep
 
         trainer = self.trainer
         if trainer.validation_logits is None:  # stopped half-way: the weights changed since any pass
             return
-        logits = self._numpy_logits(state_arrays(trainer.model))
-        if logits is None and self.test_x is None:
+        weights = state_arrays(trainer.model)
+        logits = self._numpy_logits(weights)
+        if logits is None and self.validation_is_test:
             logits = trainer.validation_logits.float().cpu().numpy()
         elif logits is None:  # (float32: outside the loop's autocast, as the inspection runs)
             logits = predict_logits(trainer.model, self.test_x, memory_format=trainer.memory_format).float().cpu()
             logits = logits.numpy()
-        keep = test_keep(self.run_dir, weights_hash(trainer.model), self.images, self.normalizer)
+        keep = test_keep(self.run_dir, named_arrays_hash(weights), self.images, self.normalizer)  # = weights_hash
         keep.put("logits", "model", logits)
 
     def _numpy_logits(self, weights: dict) -> Any:
@@ -255,10 +256,10 @@ class KeepTestLogits(Callback):
         from cnnlab.inspection import CHUNK
 
         specs = [layer.spec for layer in self.trainer.model.layers.values()]
-        if self.numpy_x is None or not numpy_model.supports(specs):
+        if not numpy_model.supports(specs):
             return None
         engine = numpy_model.NumpyModel(specs, weights)
-        parts = [scores for _, scores, _ in engine.chunked_outputs(self.numpy_x, chunk=CHUNK)]
+        parts = [scores for _, scores, _ in engine.chunked_outputs(self.test_x.cpu().numpy(), chunk=CHUNK)]
         return np.concatenate(parts) if parts else None
 
 

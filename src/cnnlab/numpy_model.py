@@ -21,7 +21,6 @@ every process.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,12 +30,11 @@ from typing import Any
 import numpy as np
 
 from cnnlab.cpu import keep_freed_memory, usable_cores
+from cnnlab.layers.base import same_pads
 from cnnlab.native import arrays
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "linear", "softmax")
 KINDS = ("conv", "maxpool", "avgpool", "dense", "flatten", "globalavgpool", "batchnorm", "dropout", "activation")
-# Winograd F(2x2, 3x3): U = G g G^T, flattened as one product with kron(G, G) (16 x 9), as cnnlab.native does.
-_GG = np.kron(*[np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)] * 2)
 
 
 def supports(specs: list[dict[str, Any]]) -> bool:
@@ -219,7 +217,7 @@ def _layer_params(spec: dict[str, Any], weights: dict[str, np.ndarray]) -> dict[
     if missing:
         raise ValueError(f"the weights lack {spec['name']}'s {', '.join(missing)}")
     params = {key: np.ascontiguousarray(found[key], dtype=np.float32) for key in keys}
-    if kind == "conv" and params["weight"].shape[1:] != (params["weight"].shape[1], spec["kernel"], spec["kernel"]):
+    if kind == "conv" and params["weight"].shape[2:] != (spec["kernel"], spec["kernel"]):
         raise ValueError(f"{spec['name']}'s kernel has shape {params['weight'].shape}")
     return params
 
@@ -236,20 +234,14 @@ def _fused_filters(weight: np.ndarray, bias: np.ndarray | None, channels: int) -
         if bias is not None:
             b[:f] = bias
         return "first", wt, b
-    u = (_GG @ weight.reshape(f * channels, 9).T).reshape(16, f, channels).transpose(0, 2, 1)
+    u = (arrays.WINOGRAD_GG @ weight.reshape(f * channels, 9).T).reshape(16, f, channels).transpose(0, 2, 1)
     return "winograd", np.ascontiguousarray(u, dtype=np.float32), (bias if bias is not None
                                                                    else np.zeros(f, np.float32))
 
 
-def _same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """Keras ``same`` padding of one side length: (before, after), the extra pixel after."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 def _padded(h: np.ndarray, kernel: int, stride: int, value: float = 0.0) -> np.ndarray:
     """``h`` (N, H, W, C) with Keras ``same`` padding of ``value``."""
-    pads = ((0, 0), _same_pads(h.shape[1], kernel, stride), _same_pads(h.shape[2], kernel, stride), (0, 0))
+    pads = ((0, 0), same_pads(h.shape[1], kernel, stride), same_pads(h.shape[2], kernel, stride), (0, 0))
     return np.pad(h, pads, constant_values=value) if any(sum(p) for p in pads) else h
 
 

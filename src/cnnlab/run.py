@@ -339,9 +339,8 @@ def _keep_test_pass(run_dir: Path, data: Any, tested: str, precision: str) -> li
     torch-free inference over the test images; where it does not serve, the last validation's where that pass is
     the test pass (validation on the test set, in float32), else a torch pass of its own (``tested``: see
     ``_training_data``)."""
-    validation_is_test_pass = data.val_is_test and precision == "fp32"
-    return [cb.KeepTestLogits(run_dir, tested, data.normalizer.to_dict(),
-                              None if validation_is_test_pass else data.test_x, data.test_x.cpu().numpy())]
+    return [cb.KeepTestLogits(run_dir, tested, data.normalizer.to_dict(), data.test_x,
+                              validation_is_test=data.val_is_test and precision == "fp32")]
 
 
 def check_classes(model: CnnModel, mnist: Any) -> None:

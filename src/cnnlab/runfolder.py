@@ -65,8 +65,9 @@ class RunFolder:
         """``cache.weights_hash`` of the model: from the weights file without torch where numpy can read it, else
         from the loaded model."""
         if self._weights is None:
-            blob = self.checkpoint.blobs.get(self.weights_name) if self.checkpoint is not None else None
-            self._weights = (blob is not None and cache.file_weights_hash(blob)) or cache.weights_hash(self.run().model)
+            arrays = self._file_arrays()
+            self._weights = (cache.named_arrays_hash(arrays) if arrays is not None  # = cache.file_weights_hash
+                             else cache.weights_hash(self.run().model))
         return self._weights
 
     def numpy_model(self) -> NumpyModel | None:
@@ -83,14 +84,19 @@ class RunFolder:
         specs = self.config.model.layers
         if str(self.device).startswith("cuda") or not numpy_model.supports(specs):
             return None
-        if self.checkpoint is None:
-            weights = cache.state_arrays(self.run().model)
-        else:
-            weights = cache.file_arrays(self.checkpoint.blobs.get(self.weights_name) or b"")
+        weights = cache.state_arrays(self.run().model) if self.checkpoint is None else self._file_arrays()
         try:
             return numpy_model.NumpyModel(specs, weights) if weights is not None else None
         except ValueError:
             return None
+
+    def _file_arrays(self) -> dict[str, Any] | None:
+        """The committed weights file's arrays, read by numpy once for the weights' hash and the numpy model;
+        None without a file, or where numpy cannot read it (bfloat16, not safetensors)."""
+        if "file arrays" not in self.memo:
+            blob = self.checkpoint.blobs.get(self.weights_name) if self.checkpoint is not None else None
+            self.memo["file arrays"] = cache.file_arrays(blob) if blob is not None else None
+        return self.memo["file arrays"]
 
     def run(self) -> Run:
         """The run loaded (model, weights, history) onto ``device``; loaded on the first call."""

@@ -100,6 +100,12 @@ def window_size(size: int, window: int, stride: int, same: bool) -> int:
     return math.ceil(size / stride) if same else (size - window) // stride + 1
 
 
+def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
+    """Keras/TensorFlow ``same`` padding of one axis: (before, after), the extra cell, if any, after."""
+    total = max((math.ceil(size / stride) - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
 _KINDS: dict[str, LayerKind] = {}
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cnnlab.layers.base import same_pads
 
 _ACTIVATION_MODULES = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "gelu": nn.GELU,
                        "linear": nn.Identity, "softmax": lambda: nn.Softmax(dim=1)}
@@ -25,10 +25,8 @@ class SamePad(nn.Module):
         self.kernel, self.stride, self.value = kernel, stride, value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        pads = []
-        for size in (x.shape[-1], x.shape[-2]):  # F.pad wants (left, right, top, bottom)
-            total = max((math.ceil(size / self.stride) - 1) * self.stride + self.kernel - size, 0)
-            pads += [total // 2, total - total // 2]
+        pads = [*same_pads(x.shape[-1], self.kernel, self.stride),  # F.pad wants (left, right, top, bottom)
+                *same_pads(x.shape[-2], self.kernel, self.stride)]
         return F.pad(x, pads, value=self.value) if any(pads) else x
 
 

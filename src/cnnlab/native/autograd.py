@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from cnnlab import native
+from cnnlab.native import arrays
 from cnnlab.native.library import Kernels
 
 
@@ -137,10 +138,7 @@ def first_conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return _ConvMaxPool.apply(x, weight, bias, relu)
 
 
-# Winograd F(2x2, 3x3): U = G g G^T turns each 3x3 filter into a 4x4 one. Flattened, that is one product with
-# kron(G, G) (16 x 9) for the whole bank: one small GEMM instead of thousands of 4x3 ones (4-8x faster per step).
-_G = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
-_GG = torch.kron(_G, _G)
+_GG = torch.from_numpy(arrays.WINOGRAD_GG)  # kron(G, G) of Winograd F(2x2, 3x3): see cnnlab.native.arrays
 
 
 def _winograd_filters(weight: torch.Tensor) -> torch.Tensor:
