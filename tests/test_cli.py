@@ -129,3 +129,33 @@ def test_demo_trains_and_ends_with_the_report(capsys, real_mnist, in_tmp, monkey
     assert last.endswith("cnnlab lab --root . --run d --open")  # the demo ends with the command to open it
     assert (in_tmp / "d" / "report.html").stat().st_size > 10_000
     assert len(store.read_history(in_tmp / "d")) == 1
+
+
+# A module-level object whose finalizer prints: it runs in the interpreter's teardown, which an inspection
+# command skips; an exit handler runs either way.
+_EXIT_PROBE = ("import atexit, sys; from cnnlab import cli\n"
+               "class Probe:\n    def __del__(self): print('teardown ran', flush=True)\n"
+               "probe = Probe()\natexit.register(lambda: print('exit handler ran', flush=True))\n"
+               "sys.argv = ['cnnlab', *sys.argv[1:]]\ncli.run()\n")
+
+
+def _exit_probe(*argv):
+    return subprocess.run([sys.executable, "-c", _EXIT_PROBE, *argv], capture_output=True, text=True, timeout=120)
+
+
+def test_inspection_commands_end_without_the_teardown_but_with_exit_handlers_and_all_output(tmp_path):
+    done = _exit_probe("summary", "--preset", "tiny")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("layer ") and "Conv2D_1" in done.stdout and lines[-1] == "exit handler ran"
+    assert "teardown ran" not in done.stdout
+    failed = _exit_probe("evaluate", str(tmp_path / "none"))
+    assert failed.returncode == 2 and failed.stderr.startswith("cnnlab: error: ") and "Traceback" not in failed.stderr
+    assert failed.stdout.splitlines() == ["exit handler ran"]
+
+
+def test_other_commands_end_with_the_interpreters_teardown(tmp_path):
+    done = _exit_probe("train", "--preset", "nosuch", "--out", str(tmp_path / "run"))
+    assert done.returncode == 2 and done.stderr.startswith("cnnlab: error: ")
+    assert done.stdout.splitlines() == ["exit handler ran", "teardown ran"]
+    assert not (tmp_path / "run").exists()

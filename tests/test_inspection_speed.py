@@ -1,6 +1,7 @@
 """Inspection on the fast path: one forward pass for several views, filter patterns and class centroids cached by
 the weights' hash, and no optimizer machinery (torch._dynamo) in commands that do not train."""
 
+import json
 import os
 import subprocess
 import sys
@@ -369,3 +370,72 @@ def test_a_validation_is_forgotten_once_the_weights_change(real_mnist):
     trainer.callbacks[0].trainer = trainer
     trainer.fit(1)
     assert trainer.state.epoch == 1 and trainer.validation_logits is None
+
+
+def _copy_run(run, folder):
+    import shutil
+
+    shutil.copytree(run.path, folder, ignore=shutil.ignore_patterns("cache", "inspect", "report.html"))
+    return folder
+
+
+def _fail_here(*args, **kwargs):
+    raise AssertionError("computed in the parent process")
+
+
+def _inspect_arrays(folder):
+    """The arrays of every picture a report wrote that do not depend on timing, and the evaluation's record."""
+    arrays = {}
+    for path in sorted((folder / "inspect").glob("*.npz")):
+        with np.load(path) as kept:
+            arrays.update({f"{path.stem}:{key}": kept[key] for key in kept.files})
+    return arrays, json.loads((folder / "inspect" / "evaluation.json").read_text())
+
+
+def test_the_report_makes_its_torch_free_sections_in_a_child_process(run, tmp_path, monkeypatch):
+    """The test pass, the class centroids, the evaluation and the class patterns come from a child process (this
+    process's passes fail if asked), and every picture's arrays are those of a report made in one process."""
+    from cnnlab import report
+
+    alone, child = _copy_run(run, tmp_path / "alone"), _copy_run(run, tmp_path / "child")
+    with monkeypatch.context() as patched:
+        patched.setattr(report, "_start_child", lambda *args, **kwargs: None)
+        report.write_report(alone, echo=None)
+    monkeypatch.setattr(SharedPass, "_compute", _fail_here)
+    monkeypatch.setattr(pat, "fit_centroids", _fail_here)
+    lines = []
+    report.write_report(child, echo=lines.append)
+    assert [line.split(" (")[0] for line in lines[:-1]] == [
+        "  report: evaluation", "  report: activations of test image 19", "  report: filter patterns",
+        "  report: class patterns"]
+    (want, want_record), (got, got_record) = _inspect_arrays(alone), _inspect_arrays(child)
+    assert got_record == want_record and sorted(got) == sorted(want) and len(got) > 40
+    for key, value in want.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    page = (child / "report.html").read_text()
+    assert "<h2>Evaluation on the test set</h2>" in page and "<h2>Class patterns of Conv2D_2</h2>" in page
+
+
+def test_a_report_whose_child_fails_is_made_in_this_process(run, tmp_path, monkeypatch):
+    from cnnlab import report
+
+    folder = _copy_run(run, tmp_path / "run")
+    start = report._start_child
+    monkeypatch.setattr(report, "_start_child",
+                        lambda folder, function, *args, **kwargs: start(folder, "no_such_function", **kwargs))
+    path = report.write_report(folder, echo=None)
+    assert "<h2>Class patterns of Conv2D_2</h2>" in path.read_text()
+    assert (folder / "inspect" / "evaluation.json").is_file() and (folder / "inspect" / "patterns_Conv2D_2.npz").is_file()
+
+
+def test_patterns_fit_the_class_centroids_in_a_child_process(run, tmp_path, monkeypatch):
+    from cnnlab import report
+
+    alone, child = _copy_run(run, tmp_path / "alone"), _copy_run(run, tmp_path / "child")
+    with monkeypatch.context() as patched:
+        patched.setattr(report, "_start_child", lambda *args, **kwargs: None)
+        want = report.pattern_pictures(alone, "Conv2D_2").summary
+    monkeypatch.setattr(pat, "fit_centroids", _fail_here)
+    got = report.pattern_pictures(child, "Conv2D_2").summary
+    assert got == want and 0 < got["nearest_accuracy"] <= 1
+    assert report.pattern_pictures(child, "Conv2D_2").summary == want  # kept: no child this time

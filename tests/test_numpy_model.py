@@ -87,11 +87,56 @@ def test_the_native_kernels_serve_the_seed_pairs_and_numpy_the_rest_gives_the_sa
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
 
 
+MEANS_MODELS = {
+    "seed-like": MODELS["seed-like: fused first layer and 3x3 pairs"],
+    "odd maps the pools leave a row and column of, same padding": [
+        {**CONV, "name": "C1", "kernel": 4}, {"type": "maxpool", "name": "P1"},  # 25 x 25 -> 12 x 12
+        {**CONV, "name": "C2", "padding": "same", "filters": 17}, {"type": "maxpool", "name": "P2"},  # 12 -> 6
+        {**CONV, "name": "C3", "filters": 9}, {"type": "maxpool", "name": "P3"},  # 4 -> 2
+        {**CONV, "name": "C4", "kernel": 1, "filters": 5}, {"type": "flatten", "name": "F"},
+        {"type": "dense", "name": "D", "units": 10, "activation": "softmax"}],
+}
+
+
+@pytest.mark.parametrize("name", list(MEANS_MODELS))
+def test_map_means_from_the_fused_kernels_equal_the_maps_means(name):
+    """A conv layer whose means alone are asked keeps its fused kernel, which sums each pooling window; the rows
+    and columns a pool leaves out are added from numpy; the logits of that pass are the logits-only pass's bits."""
+    if arrays.load() is None:
+        pytest.skip("the native kernels are not built on this machine")
+    model = _model(MEANS_MODELS[name])
+    engine = numpy_model.NumpyModel([layer.spec for layer in model.layers.values()], state_arrays(model))
+    convs = [n for n, layer in model.layers.items() if layer.kind == "conv"]
+    x = np.random.default_rng(3).standard_normal((7, 1, 28, 28)).astype(np.float32)
+    _, maps = engine.outputs(x, convs, logits=False)
+    asked = []
+    for kernel in ("conv_pool_forward", "winograd_pool_forward"):
+        real = getattr(engine.kernels, kernel)
+        setattr(engine.kernels, kernel,
+                lambda *a, real=real, **kw: asked.append(kw.get("sums", False)) or real(*a, **kw))
+    got = engine.forward(x, means=convs)
+    fused = sum(1 for n in convs if model.layer_names.index(n) + 1 < len(model.layer_names)
+                and model.layers[model.layer_names[model.layer_names.index(n) + 1]].kind == "maxpool")
+    assert asked == [True] * fused and fused >= 2
+    for layer in convs:
+        assert got.means[layer].shape == (7, maps[layer].shape[1]) and got.means[layer].dtype == np.float32
+        np.testing.assert_allclose(got.means[layer], maps[layer].mean(axis=(2, 3)), rtol=1e-5, atol=1e-6,
+                                   err_msg=layer)
+    assert got.maps == {}
+    # the logits and the means are the same bits whatever maps the pass also gives
+    np.testing.assert_array_equal(got.logits, engine.outputs(x, logits=True)[0])
+    both = engine.forward(x, convs, convs)
+    np.testing.assert_array_equal(both.logits, got.logits)
+    for layer in convs:
+        np.testing.assert_array_equal(both.means[layer], got.means[layer], err_msg=layer)
+        np.testing.assert_array_equal(both.maps[layer], maps[layer], err_msg=layer)
+
+
 def test_chunks_side_by_side_give_the_bits_of_one_pass_at_a_time():
     model = _model(MODELS["seed-like: fused first layer and 3x3 pairs"])
     engine = numpy_model.NumpyModel([layer.spec for layer in model.layers.values()], state_arrays(model))
     x = np.random.default_rng(2).standard_normal((300, 1, 28, 28)).astype(np.float32)
-    whole = np.concatenate([s for _, s, _ in engine.chunked_outputs(x, chunk=256)])
+    whole = np.concatenate([got.logits for _, got in engine.chunked_outputs(x, chunk=256)])
     np.testing.assert_array_equal(whole[256:], engine.outputs(x[256:])[0])
     means = engine.map_means(x, "C3", chunk=100)
     np.testing.assert_allclose(means, engine.outputs(x, ["C3"])[1]["C3"].mean(axis=(2, 3)), rtol=1e-6)

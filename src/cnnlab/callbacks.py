@@ -259,7 +259,7 @@ class KeepTestLogits(Callback):
         if not numpy_model.supports(specs):
             return None
         engine = numpy_model.NumpyModel(specs, weights)
-        parts = [scores for _, scores, _ in engine.chunked_outputs(self.test_x.cpu().numpy(), chunk=CHUNK)]
+        parts = [got.logits for _, got in engine.chunked_outputs(self.test_x.cpu().numpy(), chunk=CHUNK)]
         return np.concatenate(parts) if parts else None
 
 

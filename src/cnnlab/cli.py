@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from cnnlab.errors import CnnlabError
 
@@ -18,17 +20,22 @@ EXIT_INTERRUPTED = 130
 DEMO_PRESET = "fast"  # the main job: the speed recipe, a 99.4%+ model in about half a minute
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+_QUICK_EXIT: set[str] = set()  # commands that end without the interpreter's teardown (see run)
 
 # Modules that add subcommands: each has add_parsers(sub) and registers its handlers with @command.
 _COMMAND_MODULES: list[str] = ["cnnlab.cli_interop", "cnnlab.cli_inspect", "cnnlab.cli_experiments",
                               "cnnlab.cli_lab"]
 
 
-def command(name: str) -> Callable:
-    """Register a function as the handler of ``cnnlab NAME``: it returns the exit code, or None for 0."""
+def command(name: str, quick_exit: bool = False) -> Callable:
+    """Register a function as the handler of ``cnnlab NAME``: it returns the exit code, or None for 0. With
+    ``quick_exit``, a command that only reads and writes whole files ends without the interpreter's teardown
+    (see ``run``)."""
 
     def register(func: Callable) -> Callable:
         _COMMANDS[name] = func
+        if quick_exit:
+            _QUICK_EXIT.add(name)
         return func
 
     return register
@@ -131,6 +138,25 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run() -> NoReturn:
+    """The ``cnnlab`` console script and ``python -m cnnlab``: ``main()``, then the process's exit.
+
+    After a command registered with ``quick_exit`` (the inspection commands), the process ends once its exit
+    handlers have run and its output is flushed, without the interpreter's teardown, which frees every object of
+    torch and matplotlib one by one: 0.8-1.4 s of ``cnnlab report``'s 5-6 s, 0.3 s of ``cnnlab evaluate``'s
+    1.1 s (AMD EPYC, 2 cores). Their files are written whole and closed by then; ``main()`` itself, as tests and
+    notebooks call it, never exits.
+    """
+    code = main()
+    name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if name in _QUICK_EXIT:
+        atexit._run_exitfuncs()  # what a normal exit runs first (logging's flush, finalizers, ...)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _load_config(args: argparse.Namespace):
     from cnnlab.config import load_config
 
@@ -163,12 +189,12 @@ def _data(args: argparse.Namespace) -> None:
     echo(f"  classes: {', '.join(data.classes)}")
 
 
-@command("config")
+@command("config", quick_exit=True)
 def _config(args: argparse.Namespace) -> None:
     sys.stdout.write(_load_config(args).to_toml())
 
 
-@command("summary")
+@command("summary", quick_exit=True)
 def _summary(args: argparse.Namespace) -> None:
     from cnnlab.layers.table import format_table  # torch-free: the table comes from the layer kinds
 

@@ -135,7 +135,7 @@ def _pictures(name: str) -> Callable:
     they show; the command then lists the files written."""
 
     def register(func: Callable) -> Callable:
-        @command(name)
+        @command(name, quick_exit=True)
         def run_command(args: argparse.Namespace) -> None:
             for path in func(args).paths:
                 echo(f"wrote {path}")
@@ -212,8 +212,8 @@ def _saliency(args: argparse.Namespace) -> Any:
     return written
 
 
-@command("report")
+@command("report", quick_exit=True)
 def _report(args: argparse.Namespace) -> None:
     from cnnlab.report import write_report
 
-    write_report(_load(args), echo=echo)
+    write_report(_folder(args), echo=echo)

@@ -14,17 +14,18 @@ import html
 import io
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from cnnlab import __version__, plots
+from cnnlab import __version__
 from cnnlab import layers as kinds
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_bytes, write_json, write_text
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from cnnlab.run import Run
 
 # The views that need the model import torch on first use: evaluate and patterns draw from kept results without it.
+# matplotlib too is imported when the first picture is drawn: the report's passes run in a child process that
+# draws nothing (0.3 s of its start).
+plots = lazy_module("cnnlab.plots")
 act = lazy_module("cnnlab.inspection.activations")
 flt = lazy_module("cnnlab.inspection.filters")
 sal = lazy_module("cnnlab.inspection.saliency")
@@ -83,19 +87,24 @@ def as_run(run: Run | RunFolder | str | Path) -> Run:
 
 def as_folder(run: Run | RunFolder | str | Path, device: Any = "auto") -> RunFolder:
     """The run folder as the pictures that can draw from kept results see it: read without the model (which is
-    loaded onto ``device`` when first needed), or the folder of a loaded run (one per run, so its pictures share
-    one test pass)."""
+    loaded onto ``device`` when first needed), or the folder of a loaded run (the one it was loaded from, else
+    one per run), so that all pictures of a run share one test pass."""
     if isinstance(run, RunFolder):
         return run
     if isinstance(run, (str, Path)):
         return open_folder(run, device, load=_load_folder)
-    return _per_run(run, "folder", lambda: RunFolder.of_run(run))
+    loaded_from = _PER_RUN.get(run, {}).get("loaded from")
+    folder = loaded_from() if loaded_from is not None else None
+    return folder or _per_run(run, "folder", lambda: RunFolder.of_run(run))
 
 
 def _load_folder(folder: RunFolder) -> Run:
     from cnnlab.run import load_folder
 
-    return load_folder(folder)
+    run = load_folder(folder)
+    # weak: the folder keeps its run, and a run's entry must not keep the run alive through its folder
+    _PER_RUN.setdefault(run, {})["loaded from"] = weakref.ref(folder)
+    return run
 
 
 def check_writable(folder: Path, option: str) -> None:
@@ -186,7 +195,7 @@ def _keep(png_bytes: bytes, png: Path, arrays: dict[str, Any], written: Written)
 # Activations
 
 
-def activation_pictures(run: Run | str | Path, layer: str, images: list[int], image_set: str = "test",
+def activation_pictures(run: Run | RunFolder | str | Path, layer: str, images: list[int], image_set: str = "test",
                         cols: int = 8, cmap: str = "viridis", scale: bool = False,
                         out: str | Path | None = None) -> Written:
     """Write, per image and layer, the grid of every map's activation beside the input image.
@@ -256,8 +265,9 @@ def _activation_figure(run: Run, layer: str, values: np.ndarray, picked: Any, i:
 # Filter patterns
 
 
-def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = None, steps: int | None = None,
-                    seed: int = 0, cols: int = 8, out: str | Path | None = None) -> Written:
+def filter_pictures(run: Run | RunFolder | str | Path, layer: str, maps: list[int] | None = None,
+                    steps: int | None = None, seed: int = 0, cols: int = 8,
+                    out: str | Path | None = None) -> Written:
     """Write the gradient-ascent pattern of each map of ``layer`` and how strongly it drives its map.
 
     Returns:
@@ -265,7 +275,8 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
         ``ratio`` (pattern / average test image) and ``ratio_max`` (pattern / strongest test image), plus
         ``seconds`` of the optimization.
     """
-    run = as_run(run)
+    folder = as_folder(run)
+    run = folder.run()
     steps = flt.STEPS if steps is None else steps
     act.check_layer(run.model, layer)
     chosen = flt.check_maps(run.model, layer, maps)
@@ -277,7 +288,7 @@ def filter_pictures(run: Run | str | Path, layer: str, maps: list[int] | None = 
         result = flt.cached_filter_patterns(run.path, run.model, layer, _pixel_bounds(run), maps=chosen.tolist(),
                                             steps=steps, seed=seed, pixel_scale=_pixel_scale(run))
         result.seconds = time.perf_counter() - started
-    ratios = flt.pattern_ratios(result.activation, result.maps, test_pass(run).means(layer))
+    ratios = flt.pattern_ratios(result.activation, result.maps, test_pass(folder).means(layer))
     name = f"filters_{layer}.png" if every else f"filters_{layer}_maps{_span(chosen)}.png"
     (png,) = output_paths(run, [name], out)
     title = (f"{layer}: inputs that maximize each map's mean activation ({steps} steps, seed {seed}); "
@@ -342,32 +353,23 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
     plots.check_cmap(cmap)
     shared.want(means=[layer], class_sums=[layer], logits=True)
     classes = pat.patterns_from_sums(layer, shared.class_sums(layer), shared.labels, shared.means(layer))
-    sets = image_sets(folder)
-    train_images, train_labels = sets.images("train"), sets.labels("train")
-
-    def train_means() -> np.ndarray:  # in numpy where it serves, as the test pass (see SharedPass)
-        engine = folder.numpy_model()
-        if engine is not None:
-            return engine.map_means(train_images, layer, folder.normalizer.apply_numpy)
-        loaded = folder.run()
-        return act.map_means(loaded.model, train_images, layer, loaded.prepare)
-
     has_maps = classes.map_images.ndim == 4
     names = [f"patterns_{layer}.png"] + ([f"patterns_{layer}_class{k}.png" for k in range(len(classes.counts))]
                                          if has_maps else [])
     paths = output_paths(folder, names, out)
-    # The pass over the training images (kept after the first time) runs while the class maps are drawn: the
-    # drawing holds one core, the pass's chunks the other (patterns with nothing kept: 3.4-4.0 -> ... s).
-    with ThreadPoolExecutor(1) as background:
-        fitting = background.submit(pat.cached_centroids, folder.path, folder.weights, layer, train_images,
-                                    train_labels, train_means, json.dumps(folder.normalizer.to_dict()),
-                                    folder.num_classes)
+    # The pass over the training images (kept after the first time) runs in a child process while the class
+    # maps are drawn (see _start_child)
+    kept = ("centroids", layer) in folder.memo or cache.read_arrays(_centroids_path(folder, layer), ()) is not None
+    child = None if kept else _start_child(folder, "keep_centroids", layer)
+    try:
         class_pictures = _class_map_pictures(folder, classes, shared.labels, len(paths) - 1, cols, cmap)
-        centroids = fitting.result()
+    finally:
+        _end_child(child, wait=True)
+    centroids = class_centroids(folder, layer)
     nearest = pat.score_nearest(layer, centroids, classes.features, shared.labels)
     network = ev.from_logits(shared.logits(), shared.labels, folder.num_classes).accuracy
     summary = {"layer": layer, "nearest_accuracy": nearest.accuracy, "network_accuracy": network,
-               "test_images": int(len(shared.labels)), "train_images": int(len(train_labels))}
+               "test_images": int(len(shared.labels)), "train_images": image_sets(folder).size("train")}
     written = Written(summary=summary)
     title = (f"{layer}: mean activation of each map per class ({summary['test_images']} test images); "
              f"nearest class pattern {nearest.accuracy:.4f} vs network {network:.4f}")
@@ -378,6 +380,37 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
     for png, (picture, arrays) in zip(paths[1:], class_pictures):
         _keep(picture, png, arrays, written)
     return written
+
+
+def class_centroids(folder: RunFolder, layer: str) -> np.ndarray:
+    """The class means (classes, maps) of ``layer``'s map means over the run's training images: computed once
+    per folder, kept in the run's cache (as ``patterns.cached_centroids``); in numpy where it serves, as the test
+    pass (see ``SharedPass``)."""
+    sets = image_sets(folder)
+
+    def fit() -> dict[str, np.ndarray]:
+        engine, images = folder.numpy_model(), sets.images("train")
+        if engine is not None:
+            means = engine.map_means(images, layer, folder.normalizer.apply_numpy)
+        else:
+            loaded = folder.run()
+            means = act.map_means(loaded.model, images, layer, loaded.prepare)
+        return {"centroids": pat.fit_centroids(means, sets.labels("train"), folder.num_classes)}
+
+    return _per_folder(folder, ("centroids", layer),
+                       lambda: cache.cached_arrays(_centroids_path(folder, layer), ("centroids",), fit)["centroids"])
+
+
+def _centroids_path(folder: RunFolder, layer: str) -> Path:
+    sets = image_sets(folder)
+    return _per_folder(folder, ("centroids path", layer), lambda: pat.centroids_path(
+        folder.path, folder.weights, layer, sets.images("train"), sets.labels("train"),
+        json.dumps(folder.normalizer.to_dict()), folder.num_classes))
+
+
+def keep_centroids(run_dir: str, layer: str) -> None:
+    """In a child process of ``pattern_pictures``: ``class_centroids`` of the run, kept in its cache."""
+    class_centroids(as_folder(run_dir, "cpu"), layer)
 
 
 def _class_map_pictures(folder: RunFolder, classes: pat.ClassPatterns, labels: np.ndarray, count: int, cols: int,
@@ -446,8 +479,8 @@ def _name(run: Run | RunFolder, label: int) -> str:
 # Saliency
 
 
-def saliency_pictures(run: Run | str | Path, images: list[int], image_set: str = "test", layer: str | None = None,
-                      out: str | Path | None = None) -> Written:
+def saliency_pictures(run: Run | RunFolder | str | Path, images: list[int], image_set: str = "test",
+                      layer: str | None = None, out: str | Path | None = None) -> Written:
     """Write, per image, the input with gradient saliency and Grad-CAM (last conv layer unless ``layer``).
 
     Returns:
@@ -478,7 +511,7 @@ def saliency_pictures(run: Run | str | Path, images: list[int], image_set: str =
 # The HTML report
 
 
-def write_report(run_dir: str | Path | Run, echo: Echo | None = print) -> Path:
+def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = print) -> Path:
     """Write ``<run>/report.html``: one self-contained page with every picture embedded.
 
     It holds the config, the layer table, the curves, the evaluation, the activation grids of one test image
@@ -486,36 +519,106 @@ def write_report(run_dir: str | Path | Run, echo: Echo | None = print) -> Path:
     class patterns of the last conv layer. The pictures also stay in ``<run>/inspect/``.
 
     Args:
-        run_dir: the run folder, or a loaded ``Run`` (on the device it was loaded to).
+        run_dir: the run folder (its path, or as ``as_folder`` reads it), or a loaded ``Run`` (on the device
+            it was loaded to).
         echo: receives one progress line per section (None = silent).
 
     Returns:
         The path of the page.
     """
     say = echo or (lambda _line: None)
-    run = as_run(run_dir)
-    image = REPORT_IMAGE if image_sets(run).size("test") > REPORT_IMAGE else 0
-    convs = [name for name, layer in run.model.layers.items() if layer.kind == "conv"]
-    sections = [_section_run(run)]
-    steps = [("evaluation", lambda: _section_evaluation(run)),
-             (f"activations of test image {image}", lambda: _section_activations(run, image)),
-             ("filter patterns", lambda: _section_filters(run)),
-             ("class patterns", lambda: _section_patterns(run))]
+    folder = as_folder(run_dir)
+    convs = [spec["name"] for spec in folder.config.model.layers if spec["type"] == "conv"]
+    child = _start_child(folder, "write_child_sections", lines=True)
     done: dict[str, tuple[str, float]] = {}
-    if convs:  # one pass over the test set for every section, beside the drawing of one image's maps
-        shared = test_pass(run)  # (made here: both threads then share its image sets)
-        with ThreadPoolExecutor(1) as background:
-            passing = background.submit(shared.want, means=convs, class_sums=[convs[-1]], logits=True)
-            what, make = steps[1]
-            done[what] = _timed(make)
-            passing.result()
-    for what, make in steps:
-        section, seconds = done.get(what) or _timed(make)
+    try:
+        run = folder.run()
+        image = REPORT_IMAGE if image_sets(folder).size("test") > REPORT_IMAGE else 0
+        activations = f"activations of test image {image}"
+        done[activations] = _timed(lambda: _section_activations(folder, image))
+        if child is not None:
+            _child_line(child)  # its test pass is kept: the filter pictures find their test means there
+        done["filter patterns"] = _timed(lambda: _section_filters(folder, convs))
+        if child is not None:
+            done.update(_child_sections(_child_line(child)))
+        for what, make in _torch_free_sections(folder, convs):
+            if what not in done:  # no child, or it failed: made here (an error is then met here, in one line)
+                done[what] = _timed(make)
+    finally:
+        _end_child(child, wait=False)  # done by now, unless this process failed
+    sections = [_section_run(run)]
+    for what in ("evaluation", activations, "filter patterns", "class patterns"):
+        section, seconds = done[what]
         sections.append(section)
         say(f"  report: {what} ({seconds:.1f} s)")
     path = write_text(run.path / REPORT, _page(run, sections))
     say(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return path
+
+
+def _torch_free_sections(folder: RunFolder, convs: list[str]) -> list[tuple[str, Callable[[], str]]]:
+    """The sections drawn from the test pass and the class centroids, which need no torch where the numpy model
+    serves: (name, make)."""
+    return [("evaluation", lambda: _section_evaluation(folder)),
+            ("class patterns", lambda: _section_patterns(folder, convs))]
+
+
+def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = False) -> subprocess.Popen | None:
+    """Start a process that calls ``function(run folder, *args)`` of this module, a torch-free job that keeps its
+    results in the run's cache (with ``lines``, it also talks on stdout); None where the numpy model does not
+    serve, or the folder is a loaded run's (its weights may not be the file's).
+
+    A pass over many images runs there, not in a thread: in a thread it would share the interpreter's lock with
+    torch's import and the drawing, whose Python holds it while the pass's workers wait for it between numpy
+    calls (the seed model's test pass beside a busy Python thread: 0.7 s alone, 9.8 s beside it). It computes
+    the same bits as this process would; where it fails, this process computes what it finds missing (and
+    meets the same error, if any, as a one-line message).
+    """
+    if folder.checkpoint is None or folder.numpy_model() is None:
+        return None
+    source = str(Path(__file__).resolve().parents[1])  # the child imports this cnnlab, whatever its sys.path
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    # (its files are written and closed when the function returns: it ends without the interpreter's teardown)
+    code = f"import os, sys; from cnnlab.report import {function}; {function}(*sys.argv[1:]); os._exit(0)"
+    return subprocess.Popen([sys.executable, "-c", code, str(folder.path), *args], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if lines else subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, text=True)
+
+
+def _end_child(child: subprocess.Popen | None, wait: bool) -> None:
+    """Wait for the child to finish (``wait``), or stop it (this process failed)."""
+    if child is None:
+        return
+    if not wait:
+        child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
+
+
+def _child_line(child: subprocess.Popen) -> str:
+    """The child's next line ("" once it has ended)."""
+    return child.stdout.readline() if child.stdout is not None else ""
+
+
+def _child_sections(line: str) -> dict[str, tuple[str, float]]:
+    """The sections in the child's last line: name -> (HTML, seconds); none where it failed."""
+    try:
+        return {what: (str(html_), float(seconds)) for what, (html_, seconds) in json.loads(line).items()}
+    except (ValueError, TypeError):
+        return {}
+
+
+def write_child_sections(run_dir: str) -> None:
+    """In the report's child process: keep the test pass in the run's cache and say so in a line on stdout, then
+    write one line of JSON with the torch-free sections, name -> [HTML, seconds]."""
+    lines, sys.stdout = sys.stdout, sys.stderr  # whatever else prints, prints elsewhere
+    folder = as_folder(run_dir, "cpu")
+    convs = [spec["name"] for spec in folder.config.model.layers if spec["type"] == "conv"]
+    test_pass(folder).want(means=convs, class_sums=convs[-1:], logits=True)
+    print("test pass kept", file=lines, flush=True)
+    made = {what: _timed(make) for what, make in _torch_free_sections(folder, convs) if convs or what == "evaluation"}
+    print(json.dumps(made), file=lines, flush=True)
 
 
 def _timed(make: Callable[[], str]) -> tuple[str, float]:
@@ -542,8 +645,8 @@ def _section_run(run: Run) -> str:
             + "</details>")
 
 
-def _section_evaluation(run: Run) -> str:
-    written = evaluation_pictures(run)
+def _section_evaluation(folder: RunFolder) -> str:
+    written = evaluation_pictures(folder)
     s = written.summary
     rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{'-' if a is None else f'{a:.4f}'}</td></tr>"
                    for c, a in s["per_class_accuracy"].items())
@@ -556,23 +659,22 @@ def _section_evaluation(run: Run) -> str:
             + _img(gallery, "most confident mistakes"))
 
 
-def _section_activations(run: Run, image: int) -> str:
-    grids = activation_pictures(run, "all", [image]).pngs()
-    cams = saliency_pictures(run, [image]).pngs()
+def _section_activations(folder: RunFolder, image: int) -> str:
+    grids = activation_pictures(folder, "all", [image]).pngs()
+    cams = saliency_pictures(folder, [image]).pngs()
     return (f"<h2>Activations of test image {image}</h2><p>What each map's activation function produced, "
             "on one colour scale per layer.</p>"
             + "".join(_img(p, p.stem) for p in grids)
             + f"<h3>Saliency</h3>{_img(cams[0], cams[0].stem)}")
 
 
-def _section_filters(run: Run) -> str:
+def _section_filters(folder: RunFolder, convs: list[str]) -> str:
     parts = ["<h2>Filter patterns</h2><p>Per map, an input found by gradient ascent from noise that maximizes "
              "the map's mean activation; the label gives the map and the pattern's activation over the average "
              "test image's.</p>"]
-    convs = [n for n, lay in run.model.layers.items() if lay.kind == "conv"]
-    every_map_patterns(run, convs)  # side by side; the pictures below take them from here
+    every_map_patterns(folder.run(), convs)  # side by side; the pictures below take them from here
     for layer in convs:
-        written = filter_pictures(run, layer)
+        written = filter_pictures(folder, layer)
         s = written.summary
         parts.append(f"<h3>{html.escape(layer)}</h3>" + _facts(_ratio_facts(s)) + _img(written.pngs()[0], layer))
     return "".join(parts)
@@ -589,9 +691,9 @@ def _ratio_facts(s: dict[str, Any]) -> list[tuple[str, str]]:
              + (f" ({int((~live).sum())} maps no test image activates)" if (~live).any() else ""))]
 
 
-def _section_patterns(run: Run) -> str:
-    layer = act.last_conv_layer(run.model)
-    written = pattern_pictures(run, layer)
+def _section_patterns(folder: RunFolder, convs: list[str]) -> str:
+    layer = convs[-1] if convs else act.last_conv_layer(folder.run().model)  # (which says there is none)
+    written = pattern_pictures(folder, layer)
     s = written.summary
     heat, *classes = written.pngs()
     return (f"<h2>Class patterns of {html.escape(layer)}</h2>"

@@ -113,6 +113,15 @@ class SharedPass:
                 for (what, layer), array in computed.items():
                     self.keep.put(what, layer, array)
 
+    def results(self) -> dict[tuple[str, str], np.ndarray]:
+        """What this pass has at hand: ``(what, layer)`` -> array, ``what`` one of ``logits`` (layer ``model``),
+        ``means``, ``sums``."""
+        return dict(self._kept)
+
+    def add(self, results: dict[tuple[str, str], np.ndarray]) -> None:
+        """Take ``results()`` of another pass over the same images with the same weights (a child process's)."""
+        self._kept.update(results)
+
     def check(self, layer: str) -> str:
         """Return ``layer`` if the model has it, else raise a one-line error listing the valid names."""
         return check_layer_name(layer, self.shapes)
@@ -158,20 +167,17 @@ class SharedPass:
         new_means = [layer for what, layer in items if what == "means"]
         new_sums = [layer for what, layer in items if what == "sums"]
         new_logits = ("logits", "model") in items
-        order = list(self.shapes)
-        layers = sorted({*new_means, *new_sums}, key=order.index)
         n = len(self.labels)
         means = {layer: np.empty((n, self.shapes[layer][0]), dtype=np.float32) for layer in new_means}
         sums = {layer: np.zeros((self.num_classes, *self.shapes[layer])) for layer in new_sums}
         parts = []
-        for start, scores, outputs in self._passes(layers, new_logits):
+        for start, scores, maps, mean_parts in self._passes(new_sums, new_means, new_logits):
             if scores is not None:
                 parts.append(scores)
             for layer, mean in means.items():
-                acts = outputs[layer]
-                mean[start:start + len(acts)] = map_means_of(acts)
+                mean[start:start + len(mean_parts[layer])] = mean_parts[layer]
             for layer, total in sums.items():
-                _add_per_class(total, outputs[layer], self.labels[start:start + len(outputs[layer])])
+                _add_per_class(total, maps[layer], self.labels[start:start + len(maps[layer])])
         result: dict[tuple[str, str], np.ndarray] = {("means", k): v for k, v in means.items()}
         result.update({("sums", k): v for k, v in sums.items()})
         if new_logits:
@@ -179,20 +185,25 @@ class SharedPass:
             result[("logits", "model")] = np.concatenate(parts) if parts else np.zeros((0, k), np.float32)
         return result
 
-    def _passes(self, layers: list[str], logits: bool) -> Iterator[tuple[int, np.ndarray | None,
-                                                                        dict[str, np.ndarray]]]:
-        """``(start, logits or None, {layer: activations})`` per chunk, as numpy arrays: from the numpy model
-        where it serves, else from the torch model."""
+    def _passes(self, maps: list[str], means: list[str], logits: bool) -> Iterator[
+            tuple[int, np.ndarray | None, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """``(start, logits or None, {layer: activations}, {layer: per-map means})`` per chunk, as numpy arrays,
+        for the layers in ``maps`` and ``means``: from the numpy model where it serves (whose logits and means
+        are the same bits whatever else a pass gives), else from the torch model."""
         engine = self._numpy_model() if self._numpy_model is not None else None
         if engine is not None:
-            yield from engine.chunked_outputs(self.x, layers, logits, self.numpy_prepare, self.chunk)
+            for start, got in engine.chunked_outputs(self.x, maps, logits, self.numpy_prepare, self.chunk, means):
+                yield start, got.logits, got.maps, got.means
             return
         from cnnlab.inspection.activations import chunked_outputs
 
+        order = list(self.shapes)
+        layers = sorted({*maps, *means}, key=order.index)
         for start, scores, outputs in chunked_outputs(self.model, self.x, layers, logits, prepare=self.prepare,
                                                       chunk=self.chunk):
-            yield (start, None if scores is None else scores.float().numpy(),
-                   {layer: acts.numpy() for layer, acts in outputs.items()})
+            arrays = {layer: acts.numpy() for layer, acts in outputs.items()}
+            yield (start, None if scores is None else scores.float().numpy(), arrays,
+                   {layer: map_means_of(arrays[layer]) for layer in means})
 
 
 def _add_per_class(total: np.ndarray, acts: np.ndarray, labels: np.ndarray) -> None:

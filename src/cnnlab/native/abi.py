@@ -13,10 +13,10 @@ _PTR, _SIZE, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 SIGNATURES = {
     "cnnlab_max_pool_forward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
     "cnnlab_max_pool_backward": [_PTR] * 3 + [_SIZE] * 4 + [_INT],
-    "cnnlab_conv_pool_forward": [_PTR] * 5 + [_SIZE] * 6 + [_INT] * 2,
+    "cnnlab_conv_pool_forward": [_PTR] * 6 + [_SIZE] * 6 + [_INT] * 2,
     "cnnlab_conv_pool_backward": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
     "cnnlab_conv_pool_backward_input": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
-    "cnnlab_winograd_pool_forward": [_PTR] * 5 + [_SIZE] * 5 + [_INT] * 2,
+    "cnnlab_winograd_pool_forward": [_PTR] * 6 + [_SIZE] * 5 + [_INT] * 2,
     "cnnlab_winograd_pool_backward": [_PTR] * 7 + [_SIZE] * 5 + [_INT],
     "cnnlab_use_sgemm": [_PTR],
     "cnnlab_use_sqrt": [_PTR],

@@ -27,6 +27,10 @@ def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
+def _ptr_or_none(a: np.ndarray | None) -> int | None:
+    return None if a is None else a.ctypes.data
+
+
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"native kernels: {what}")
@@ -46,10 +50,11 @@ class ArrayKernels:
         self.threads = usable_cores()
 
     def conv_pool_forward(self, x: np.ndarray, wt: np.ndarray, bias: np.ndarray, filters: int,
-                          relu: bool, threads: int = 0) -> np.ndarray:
+                          relu: bool, threads: int = 0, sums: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """One-channel conv + bias + 2x2 max-pool (+ ReLU): ``x`` (N, H, W), ``wt`` (K*K, filters padded to 32s),
-        ``bias`` padded alike; returns (N, (H-K+1)//2, (W-K+1)//2, filters). On ``threads`` (0: every usable
-        core); each image is one thread's, so the result is the same on any number."""
+        ``bias`` padded alike; returns (the pooled maps (N, (H-K+1)//2, (W-K+1)//2, filters), with ``sums`` each
+        pooled window's sum of its four conv values after the ReLU (same shape), else None). On ``threads`` (0:
+        every usable core); each image is one thread's, so the result is the same on any number."""
         _float32(x, 3, "conv_pool_forward: x")
         _float32(wt, 2, "conv_pool_forward: wt")
         _float32(bias, 1, "conv_pool_forward: bias")
@@ -59,15 +64,16 @@ class ArrayKernels:
                  and bias.shape == (padded,) and k <= min(h, w), "conv_pool_forward: weights do not fit")
         out = np.empty((n, (h - k + 1) // 2, (w - k + 1) // 2, filters), np.float32)
         where = np.empty(out.shape, np.uint8)
-        self._lib.cnnlab_conv_pool_forward(_ptr(x), _ptr(wt), _ptr(bias), _ptr(out), _ptr(where), n, h, w, k,
-                                           filters, padded, int(relu), threads or self.threads)
-        return out
+        totals = np.empty(out.shape, np.float32) if sums else None
+        self._lib.cnnlab_conv_pool_forward(_ptr(x), _ptr(wt), _ptr(bias), _ptr(out), _ptr(where), _ptr_or_none(totals),
+                                           n, h, w, k, filters, padded, int(relu), threads or self.threads)
+        return out, totals
 
     def winograd_pool_forward(self, x: np.ndarray, u: np.ndarray, bias: np.ndarray, relu: bool,
-                              threads: int = 0) -> np.ndarray:
+                              threads: int = 0, sums: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """3x3 conv + bias + 2x2 max-pool (+ ReLU) by Winograd F(2x2, 3x3): ``x`` (N, H, W, C), ``u`` the
-        transformed filters (16, C, K), ``bias`` (K,); returns (N, (H-2)//2, (W-2)//2, K). On ``threads`` as
-        ``conv_pool_forward``."""
+        transformed filters (16, C, K), ``bias`` (K,); returns (the pooled maps (N, (H-2)//2, (W-2)//2, K), the
+        windows' sums or None) as ``conv_pool_forward``, on ``threads`` as it."""
         _float32(x, 4, "winograd_pool_forward: x")
         _float32(u, 3, "winograd_pool_forward: u")
         _float32(bias, 1, "winograd_pool_forward: bias")
@@ -77,9 +83,10 @@ class ArrayKernels:
                  "winograd_pool_forward: filters, bias or input size do not fit")
         out = np.empty((n, (h - 2) // 2, (w - 2) // 2, k), np.float32)
         where = np.empty(out.shape, np.uint8)
-        self._lib.cnnlab_winograd_pool_forward(_ptr(x), _ptr(u), _ptr(bias), _ptr(out), _ptr(where), n, c, h, w, k,
-                                               int(relu), threads or self.threads)
-        return out
+        totals = np.empty(out.shape, np.float32) if sums else None
+        self._lib.cnnlab_winograd_pool_forward(_ptr(x), _ptr(u), _ptr(bias), _ptr(out), _ptr(where),
+                                               _ptr_or_none(totals), n, c, h, w, k, int(relu), threads or self.threads)
+        return out, totals
 
 
 def load() -> ArrayKernels | None:

@@ -8,6 +8,8 @@
 // that won (a quarter of the multiply-adds). Ties go to the first maximum in row-major order, as in torch.
 // With `relu`, the ReLU after the pool happens here too: a maximum <= 0 is stored as 0 with position 4, which
 // no window position matches, so its gradient is zero (torch's threshold_backward: grad where output > 0).
+// Where asked (`sums` not null), each pooled output's window also gives the sum of its four convolution values
+// (after the ReLU): a map's mean without storing the map (the report's pass over the test images).
 // The input's gradient too, for inputs that need one (a filter pattern's gradient ascent, a saliency map):
 // per pooled output, the weights times the gradient its window position won, summed into the input pixels
 // the window covers.
@@ -56,10 +58,10 @@ inline void window_sums(const Geometry& g, const float* top, const float* wp, in
 }
 
 // Pooled outputs [j, j + NW) of one row for one block of channels: the bias, the window sums, the maximum
-// and its position, the ReLU where asked.
+// and its position, the ReLU where asked; the window's sum of values where `sums` is not null.
 template <int K_, int NW>
 inline void pooled_outputs(const Geometry& g, const float* src, const float* wp, const float* bp, float* dst,
-                           uint8_t* pos, bool relu, int64_t row, int64_t j, int64_t c0) {
+                           uint8_t* pos, float* sums, bool relu, int64_t row, int64_t j, int64_t c0) {
   const int64_t n = row / g.h, i = row % g.h;
   Floats acc[NW][2][4];
   for (int half = 0; half < 2; half++) {
@@ -89,6 +91,8 @@ inline void pooled_outputs(const Geometry& g, const float* src, const float* wp,
       if (c < g.C) {
         store(out + c, m, g.C - c);
         store_positions(p + c, at, g.C - c);
+        if (sums != nullptr)
+          store(sums + (row * g.w + j + o) * g.C + c, window_total(acc[o][half], relu), g.C - c);
       }
     }
   }
@@ -96,15 +100,15 @@ inline void pooled_outputs(const Geometry& g, const float* src, const float* wp,
 
 template <int K_>
 void forward_rows(const Geometry& g, const float* src, const float* wp, const float* bp, float* dst,
-                  uint8_t* pos, bool relu, int64_t begin, int64_t end) {
+                  uint8_t* pos, float* sums, bool relu, int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; row++) {
     // Channel blocks outside the pixel loop: the compiler then streams each pixel from memory instead of
     // hoisting (and spilling) the whole window's broadcasts.
     for (int64_t c0 = 0; c0 < g.C; c0 += kBlock) {
       int64_t j = 0;
       for (; j + kWindows <= g.w; j += kWindows)
-        pooled_outputs<K_, kWindows>(g, src, wp, bp, dst, pos, relu, row, j, c0);
-      for (; j < g.w; j++) pooled_outputs<K_, 1>(g, src, wp, bp, dst, pos, relu, row, j, c0);
+        pooled_outputs<K_, kWindows>(g, src, wp, bp, dst, pos, sums, relu, row, j, c0);
+      for (; j < g.w; j++) pooled_outputs<K_, 1>(g, src, wp, bp, dst, pos, sums, relu, row, j, c0);
     }
   }
 }
@@ -213,8 +217,8 @@ void input_grad_images(const Geometry& g, const float* gp, const uint8_t* pos, c
 }  // namespace
 
 extern "C" void cnnlab_conv_pool_forward(const float* x, const float* wt, const float* bias, float* out,
-                                         uint8_t* where, int64_t N, int64_t H, int64_t W, int64_t K, int64_t C,
-                                         int64_t Cp, int relu, int threads) {
+                                         uint8_t* where, float* sums, int64_t N, int64_t H, int64_t W, int64_t K,
+                                         int64_t C, int64_t Cp, int relu, int threads) {
   const Geometry g{N, H, W, C, K, (H - K + 1) / 2, (W - K + 1) / 2, Cp};
   const int64_t rows = g.N * g.h;
   const int nt = cnnlab_parallel::threads_for(rows, 1, threads);
@@ -223,9 +227,9 @@ extern "C" void cnnlab_conv_pool_forward(const float* x, const float* wt, const 
     int64_t begin, end;
     cnnlab_parallel::share(rows, static_cast<int>(t), nt, &begin, &end);
     if (g.K == 3) {
-      forward_rows<3>(g, x, wt, bias, out, where, relu != 0, begin, end);
+      forward_rows<3>(g, x, wt, bias, out, where, sums, relu != 0, begin, end);
     } else {
-      forward_rows<0>(g, x, wt, bias, out, where, relu != 0, begin, end);
+      forward_rows<0>(g, x, wt, bias, out, where, sums, relu != 0, begin, end);
     }
   }
 }

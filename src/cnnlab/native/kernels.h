@@ -23,10 +23,11 @@ void cnnlab_max_pool_backward(const float* grad_out, const uint8_t* where, float
 
 // One-channel KxK convolution (stride 1, valid) + bias, then 2x2 max-pool: x (N, 1, H, W) contiguous, wt the
 // filters as (K*K, Cp) with Cp = C padded with zero filters to a multiple of 32, bias (Cp); out (N, C, h, w)
-// channels-last.
+// channels-last; sums (the shape of out), or null for none: each pooled window's sum of its four conv values
+// (after the ReLU where relu).
 void cnnlab_conv_pool_forward(const float* x, const float* wt, const float* bias, float* out, uint8_t* where,
-                              int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t Cp, int relu,
-                              int threads);
+                              float* sums, int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t Cp,
+                              int relu, int threads);
 // Its gradients: grad_wt (K*K, Cp) then grad_bias (Cp), one array of (K*K + 1) * Cp floats, overwritten.
 void cnnlab_conv_pool_backward(const float* grad_out, const uint8_t* where, const float* x, float* grad_wt_bias,
                                int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t Cp, int threads);
@@ -36,9 +37,11 @@ void cnnlab_conv_pool_backward_input(const float* grad_out, const uint8_t* where
                                      int threads);
 
 // 3x3 convolution (stride 1, valid) + bias, then 2x2 max-pool, by Winograd F(2x2, 3x3): x (N, C, H, W)
-// channels-last, u the transformed filters (16, C, K), bias (K); out (N, K, (H-2)/2, (W-2)/2) channels-last.
+// channels-last, u the transformed filters (16, C, K), bias (K); out (N, K, (H-2)/2, (W-2)/2) channels-last;
+// sums as conv_pool_forward's.
 void cnnlab_winograd_pool_forward(const float* x, const float* u, const float* bias, float* out, uint8_t* where,
-                                  int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int relu, int threads);
+                                  float* sums, int64_t N, int64_t C, int64_t H, int64_t W, int64_t K, int relu,
+                                  int threads);
 // Its gradients: dx (N, C, H, W) channels-last, zeroed by the caller, or null for none; du (16, C, K), or null
 // for none, and dbias (K) overwritten. u_t is u transposed, (16, K, C).
 void cnnlab_winograd_pool_backward(const float* grad_out, const uint8_t* where, const float* x, const float* u_t,

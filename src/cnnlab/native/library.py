@@ -131,8 +131,8 @@ class Kernels:
         k = self._kernel_size(x, wt, filters, bias)
         out = torch.empty(n, filters, (h - k + 1) // 2, (w - k + 1) // 2, memory_format=CHANNELS_LAST)
         where = torch.empty(n, out.shape[2], out.shape[3], filters, dtype=torch.uint8)
-        self._lib.cnnlab_conv_pool_forward(_ptr(x), _ptr(wt), _ptr(bias), _ptr(out), _ptr(where), n, h, w, k,
-                                           filters, wt.shape[1], int(relu), torch.get_num_threads())
+        self._lib.cnnlab_conv_pool_forward(_ptr(x), _ptr(wt), _ptr(bias), _ptr(out), _ptr(where), None, n, h, w,
+                                           k, filters, wt.shape[1], int(relu), torch.get_num_threads())
         return out, where
 
     def conv_pool_backward(self, grad: torch.Tensor, where: torch.Tensor, x: torch.Tensor,
@@ -183,8 +183,8 @@ class Kernels:
                  "winograd_pool: bias must have one value per filter")
         out = torch.empty(n, k, (h - 2) // 2, (w - 2) // 2, memory_format=CHANNELS_LAST)
         where = torch.empty(n, out.shape[2], out.shape[3], k, dtype=torch.uint8)
-        self._lib.cnnlab_winograd_pool_forward(_ptr(x), _ptr(u), _ptr(bias), _ptr(out), _ptr(where), n, c, h, w, k,
-                                               int(relu), torch.get_num_threads())
+        self._lib.cnnlab_winograd_pool_forward(_ptr(x), _ptr(u), _ptr(bias), _ptr(out), _ptr(where), None, n, c,
+                                               h, w, k, int(relu), torch.get_num_threads())
         return out, where
 
     def winograd_pool_backward(self, grad: torch.Tensor, where: torch.Tensor, x: torch.Tensor, u: torch.Tensor,

@@ -43,6 +43,15 @@ inline void store(T* p, const V& v, int64_t lanes = kLanes) {
 // backward passes give it no gradient.
 constexpr int32_t kDead = 4;
 
+// The sum of a 2x2 window's four values, each through the ReLU where `relu` (a NaN passes, as through torch's
+// relu), in a fixed order: a map's mean without the map (the pooled kernels' `sums`).
+template <typename V>
+inline V window_total(const V y[4], bool relu) {
+  V r[4];
+  for (int e = 0; e < 4; e++) r[e] = relu ? (y[e] <= V{} ? V{} : y[e]) : y[e];
+  return (r[0] + r[1]) + (r[2] + r[3]);
+}
+
 // Window positions, one int32 lane each, stored as bytes; and loaded back. GCC's generic conversions go lane
 // by lane without AVX-512, so AVX2 gets its pack and widen instructions.
 inline void store_positions(uint8_t* p, const Ints& at, int64_t lanes) {

@@ -7,8 +7,10 @@
 // side hands one over: see cnnlab_use_sgemm). The 2x2 output blocks are exactly the pooling
 // windows, so the output transform, the bias and the max-pool happen in one step and the full-size
 // convolution output is never stored; a row or column the pool leaves out is never computed; with `relu`, the
-// ReLU after the pool too (a dead output gets position kDead, so its gradient is zero). Images are
-// processed a few at a time per thread, so the transformed blocks stay in the cache.
+// ReLU after the pool too (a dead output gets position kDead, so its gradient is zero). Where asked, each block
+// also gives the sum of its four outputs (after the ReLU): a map's mean without the map, less the row and column
+// the pool leaves out (the caller adds those). Images are processed a few at a time per thread, so the
+// transformed blocks stay in the cache.
 //
 // Notation (Lavin & Gray, 2016): V = B^T d B (input blocks), U = G g G^T (filters, done by the Python side),
 // M = U . V summed over input channels, Y = A^T M A (the 2x2 outputs). The backward pass runs the same steps
@@ -86,7 +88,7 @@ void input_blocks(const Shape& s, const float* x, int64_t n0, int64_t n1, float*
 
 template <typename V, typename I>
 inline void pool_block(const float* mt, const float* bias, int64_t k, int64_t plane, bool relu, float* o,
-                       uint8_t* p) {
+                       uint8_t* p, float* sm) {
   V q[2][4];  // A^T M: rows
   for (int b = 0; b < 4; b++) {
     const V m0 = load<V>(mt + (0 + b) * plane + k), m1 = load<V>(mt + (4 + b) * plane + k);
@@ -104,7 +106,12 @@ inline void pool_block(const float* mt, const float* bias, int64_t k, int64_t pl
     best = more ? y[e] : best;
     at = more ? I{} + e : at;
   }
-  V value = best + load<V>(bias + k);
+  const V b = load<V>(bias + k);
+  if (sm != nullptr) {
+    const V biased[4] = {y[0] + b, y[1] + b, y[2] + b, y[3] + b};
+    store(sm + k, window_total(biased, relu));
+  }
+  V value = best + b;
   if (relu) {
     const auto dead = value <= V{};  // (not value > 0: a NaN passes, as through torch's relu)
     value = dead ? V{} : value;
@@ -114,16 +121,18 @@ inline void pool_block(const float* mt, const float* bias, int64_t k, int64_t pl
   put_positions(p + k, at);
 }
 
-// Y = A^T M A plus the bias for each tile; the maximum of the 2x2 block and its position go to out/where.
+// Y = A^T M A plus the bias for each tile; the maximum of the 2x2 block and its position go to out/where, the
+// block's sum to sums where it is not null.
 void pool_outputs(const Shape& s, const float* m, const float* bias, bool relu, int64_t n0, int64_t n1,
-                  float* out, uint8_t* where) {
+                  float* out, uint8_t* where, float* sums) {
   const int64_t T = (n1 - n0) * s.tiles(), K = s.K, plane = T * K;
   for (int64_t t = 0; t < T; t++) {
     float* o = out + (n0 * s.tiles() + t) * K;
     uint8_t* p = where + (n0 * s.tiles() + t) * K;
+    float* sm = sums != nullptr ? sums + (n0 * s.tiles() + t) * K : nullptr;
     int64_t k = 0;
-    for (; k + kLanes <= K; k += kLanes) pool_block<Floats, Ints>(m + t * K, bias, k, plane, relu, o, p);
-    for (; k < K; k++) pool_block<float, int32_t>(m + t * K, bias, k, plane, relu, o, p);
+    for (; k + kLanes <= K; k += kLanes) pool_block<Floats, Ints>(m + t * K, bias, k, plane, relu, o, p, sm);
+    for (; k < K; k++) pool_block<float, int32_t>(m + t * K, bias, k, plane, relu, o, p, sm);
   }
 }
 
@@ -290,8 +299,8 @@ int64_t chunks(int64_t N) { return (N + kImagesPerChunk - 1) / kImagesPerChunk; 
 extern "C" void cnnlab_use_sgemm(cnnlab_sgemm_fn sgemm) { blas_sgemm = sgemm; }
 
 extern "C" void cnnlab_winograd_pool_forward(const float* x, const float* u, const float* bias, float* out,
-                                             uint8_t* where, int64_t N, int64_t C, int64_t H, int64_t W,
-                                             int64_t K, int relu, int threads) {
+                                             uint8_t* where, float* sums, int64_t N, int64_t C, int64_t H,
+                                             int64_t W, int64_t K, int relu, int threads) {
   const Shape s{N, H, W, C, K, (H - 2) / 2, (W - 2) / 2};
   const int64_t all = chunks(N), most = kImagesPerChunk * s.tiles();
   const int nt = cnnlab_parallel::threads_for(all, 1, threads);
@@ -306,7 +315,7 @@ extern "C" void cnnlab_winograd_pool_forward(const float* x, const float* u, con
       input_blocks(s, x, n0, n1, v.data());
       for (int e = 0; e < 16; e++)
         matmul(false, v.data() + e * T * C, u + e * C * K, m.data() + e * T * K, T, K, C, false);
-      pool_outputs(s, m.data(), bias, relu != 0, n0, n1, out, where);
+      pool_outputs(s, m.data(), bias, relu != 0, n0, n1, out, where, sums);
     }
   }
 }
