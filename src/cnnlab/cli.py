@@ -145,11 +145,12 @@ def run() -> NoReturn:
     handlers have run and its output is flushed, without the interpreter's teardown, which frees every object of
     torch and matplotlib one by one: 0.8-1.4 s of ``cnnlab report``'s 5-6 s, 0.3 s of ``cnnlab evaluate``'s
     1.1 s (AMD EPYC, 2 cores). Their files are written whole and closed by then; ``main()`` itself, as tests and
-    notebooks call it, never exits.
+    notebooks call it, never exits. Under a profiler or a debugger (``python -m cProfile -m cnnlab ...``, which
+    writes its figures after the command returns) the exit is the normal one.
     """
     code = main()
     name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    if name in _QUICK_EXIT:
+    if name in _QUICK_EXIT and sys.getprofile() is None and sys.gettrace() is None:
         atexit._run_exitfuncs()  # what a normal exit runs first (logging's flush, finalizers, ...)
         sys.stdout.flush()
         sys.stderr.flush()

@@ -350,21 +350,23 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
     folder = as_folder(run)
     shared = test_pass(folder)
     shared.check(layer)
-    plots.check_cmap(cmap)
-    shared.want(means=[layer], class_sums=[layer], logits=True)
-    classes = pat.patterns_from_sums(layer, shared.class_sums(layer), shared.labels, shared.means(layer))
-    has_maps = classes.map_images.ndim == 4
-    names = [f"patterns_{layer}.png"] + ([f"patterns_{layer}_class{k}.png" for k in range(len(classes.counts))]
-                                         if has_maps else [])
-    paths = output_paths(folder, names, out)
-    # The pass over the training images (kept after the first time) runs in a child process while the class
-    # maps are drawn (see _start_child)
+    # The pass over the training images (kept after the first time) runs in a child process from here on,
+    # beside the test pass and the drawing of the class maps (see _start_child)
     kept = ("centroids", layer) in folder.memo or cache.read_arrays(_centroids_path(folder, layer), ()) is not None
     child = None if kept else _start_child(folder, "keep_centroids", layer)
     try:
+        plots.check_cmap(cmap)
+        shared.want(means=[layer], class_sums=[layer], logits=True)
+        classes = pat.patterns_from_sums(layer, shared.class_sums(layer), shared.labels, shared.means(layer))
+        has_maps = classes.map_images.ndim == 4
+        names = [f"patterns_{layer}.png"] + ([f"patterns_{layer}_class{k}.png" for k in range(len(classes.counts))]
+                                             if has_maps else [])
+        paths = output_paths(folder, names, out)
         class_pictures = _class_map_pictures(folder, classes, shared.labels, len(paths) - 1, cols, cmap)
-    finally:
-        _end_child(child, wait=True)
+    except BaseException:
+        _end_child(child, wait=False)
+        raise
+    _end_child(child, wait=True)
     centroids = class_centroids(folder, layer)
     nearest = pat.score_nearest(layer, centroids, classes.features, shared.labels)
     network = ev.from_logits(shared.logits(), shared.labels, folder.num_classes).accuracy
