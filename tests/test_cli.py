@@ -159,3 +159,10 @@ def test_other_commands_end_with_the_interpreters_teardown(tmp_path):
     assert done.returncode == 2 and done.stderr.startswith("cnnlab: error: ")
     assert done.stdout.splitlines() == ["exit handler ran", "teardown ran"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_profiled_inspection_command_ends_normally_so_the_profile_is_written(tmp_path):
+    out = tmp_path / "summary.prof"
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(out), "-m", "cnnlab", "summary", "--preset",
+                           "tiny"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Conv2D_1" in done.stdout and out.stat().st_size > 0
