@@ -53,6 +53,7 @@ sal = lazy_module("cnnlab.inspection.saliency")
 INSPECT_DIR = "inspect"
 REPORT = "report.html"
 REPORT_IMAGE = 19  # the articles' test image
+NICE_CHILD = 10  # the report's torch-free child runs this many steps below it (see write_report)
 
 Echo = Callable[[str], None]
 
@@ -531,7 +532,9 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
     say = echo or (lambda _line: None)
     folder = as_folder(run_dir)
     convs = [spec["name"] for spec in folder.config.model.layers if spec["type"] == "conv"]
-    child = _start_child(folder, "write_child_sections", lines=True)
+    # The child's work fills what this process leaves of the cores: this process's own sections are the longer
+    # path (torch's import, one image's activations and saliency, the ascent, the filter pictures)
+    child = _start_child(folder, "write_child_sections", lines=True, nice=NICE_CHILD)
     done: dict[str, tuple[str, float]] = {}
     try:
         run = folder.run()
@@ -565,10 +568,12 @@ def _torch_free_sections(folder: RunFolder, convs: list[str]) -> list[tuple[str,
             ("class patterns", lambda: _section_patterns(folder, convs))]
 
 
-def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = False) -> subprocess.Popen | None:
+def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = False,
+                 nice: int = 0) -> subprocess.Popen | None:
     """Start a process that calls ``function(run folder, *args)`` of this module, a torch-free job that keeps its
-    results in the run's cache (with ``lines``, it also talks on stdout); None where the numpy model does not
-    serve, or the folder is a loaded run's (its weights may not be the file's).
+    results in the run's cache (with ``lines``, it also talks on stdout), ``nice`` steps below this process's
+    priority (and its own children with it); None where the numpy model does not serve, or the folder is a
+    loaded run's (its weights may not be the file's).
 
     A pass over many images runs there, not in a thread: in a thread it would share the interpreter's lock with
     torch's import and the drawing, whose Python holds it while the pass's workers wait for it between numpy
@@ -581,7 +586,8 @@ def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = Fal
     source = str(Path(__file__).resolve().parents[1])  # the child imports this cnnlab, whatever its sys.path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
     # (its files are written and closed when the function returns: it ends without the interpreter's teardown)
-    code = f"import os, sys; from cnnlab.report import {function}; {function}(*sys.argv[1:]); os._exit(0)"
+    code = (f"import os, sys; os.nice({int(nice)}); from cnnlab.report import {function}; "
+            f"{function}(*sys.argv[1:]); os._exit(0)")
     return subprocess.Popen([sys.executable, "-c", code, str(folder.path), *args], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if lines else subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, text=True)
