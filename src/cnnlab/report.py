@@ -586,7 +586,7 @@ def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = Fal
     source = str(Path(__file__).resolve().parents[1])  # the child imports this cnnlab, whatever its sys.path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
     # (its files are written and closed when the function returns: it ends without the interpreter's teardown)
-    code = (f"import os, sys; os.nice({int(nice)}); from cnnlab.report import {function}; "
+    code = (f"import os, sys; hasattr(os, 'nice') and os.nice({int(nice)}); from cnnlab.report import {function}; "
             f"{function}(*sys.argv[1:]); os._exit(0)")
     return subprocess.Popen([sys.executable, "-c", code, str(folder.path), *args], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if lines else subprocess.DEVNULL,
