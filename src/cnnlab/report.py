@@ -536,6 +536,7 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
     # path (torch's import, one image's activations and saliency, the ascent, the filter pictures)
     child = _start_child(folder, "write_child_sections", lines=True, nice=NICE_CHILD)
     done: dict[str, tuple[str, float]] = {}
+    beside: dict[str, tuple[str, float]] = {}  # the sections the child made
     try:
         run = folder.run()
         image = REPORT_IMAGE if image_sets(folder).size("test") > REPORT_IMAGE else 0
@@ -545,7 +546,8 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
             _child_line(child)  # its test pass is kept: the filter pictures find their test means there
         done["filter patterns"] = _timed(lambda: _section_filters(folder, convs))
         if child is not None:
-            done.update(_child_sections(_child_line(child)))
+            beside = _child_sections(_child_line(child))
+            done.update(beside)
         for what, make in _torch_free_sections(folder, convs):
             if what not in done:  # no child, or it failed: made here (an error is then met here, in one line)
                 done[what] = _timed(make)
@@ -555,7 +557,7 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
     for what in ("evaluation", activations, "filter patterns", "class patterns"):
         section, seconds = done[what]
         sections.append(section)
-        say(f"  report: {what} ({seconds:.1f} s)")
+        say(f"  report: {what} ({seconds:.1f} s{', in a process beside the rest' if what in beside else ''})")
     path = write_text(run.path / REPORT, _page(run, sections))
     say(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return path
