@@ -207,8 +207,7 @@ class NumpyModel:
             self._fused[name] = _fused_filters(params["weight"], params.get("bias"), h.shape[3])
         kernel, filters, bias = self._fused[name]
         if spec["padding"] == "same":
-            p = spec["kernel"] // 2
-            h = np.pad(h, ((0, 0), (p, p), (p, p), (0, 0)))
+            h = _padded(h, spec["kernel"], 1)
         h = np.ascontiguousarray(h)
         if kernel == "first":
             pooled, totals = self.kernels.conv_pool_forward(h.reshape(h.shape[:3]), filters, bias,

@@ -531,7 +531,7 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
     """
     say = echo or (lambda _line: None)
     folder = as_folder(run_dir)
-    convs = [spec["name"] for spec in folder.config.model.layers if spec["type"] == "conv"]
+    convs = _conv_names(folder)
     # The child's work fills what this process leaves of the cores: this process's own sections are the longer
     # path (torch's import, one image's activations and saliency, the ascent, the filter pictures)
     child = _start_child(folder, "write_child_sections", lines=True, nice=NICE_CHILD)
@@ -561,6 +561,11 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
     path = write_text(run.path / REPORT, _page(run, sections))
     say(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return path
+
+
+def _conv_names(folder: RunFolder) -> list[str]:
+    """The run's conv layers, in order, from its config."""
+    return [spec["name"] for spec in folder.config.model.layers if spec["type"] == "conv"]
 
 
 def _torch_free_sections(folder: RunFolder, convs: list[str]) -> list[tuple[str, Callable[[], str]]]:
@@ -624,7 +629,7 @@ def write_child_sections(run_dir: str) -> None:
     write one line of JSON with the torch-free sections, name -> [HTML, seconds]."""
     lines, sys.stdout = sys.stdout, sys.stderr  # whatever else prints, prints elsewhere
     folder = as_folder(run_dir, "cpu")
-    convs = [spec["name"] for spec in folder.config.model.layers if spec["type"] == "conv"]
+    convs = _conv_names(folder)
     test_pass(folder).want(means=convs, class_sums=convs[-1:], logits=True)
     print("test pass kept", file=lines, flush=True)
     made = {what: _timed(make) for what, make in _torch_free_sections(folder, convs) if convs or what == "evaluation"}

@@ -113,15 +113,6 @@ class SharedPass:
                 for (what, layer), array in computed.items():
                     self.keep.put(what, layer, array)
 
-    def results(self) -> dict[tuple[str, str], np.ndarray]:
-        """What this pass has at hand: ``(what, layer)`` -> array, ``what`` one of ``logits`` (layer ``model``),
-        ``means``, ``sums``."""
-        return dict(self._kept)
-
-    def add(self, results: dict[tuple[str, str], np.ndarray]) -> None:
-        """Take ``results()`` of another pass over the same images with the same weights (a child process's)."""
-        self._kept.update(results)
-
     def check(self, layer: str) -> str:
         """Return ``layer`` if the model has it, else raise a one-line error listing the valid names."""
         return check_layer_name(layer, self.shapes)
