@@ -168,6 +168,31 @@ def test_two_trains_into_one_new_folder_make_one_run(real_mnist, tmp_path):
     assert store.open_checkpoint(run).epoch == 1 and leftovers(run) == []
 
 
+def test_a_writer_refused_while_the_holder_writes_its_record_still_names_it(tmp_path):
+    """The holder takes the flock, then writes who it is: a second writer in between waits for the record."""
+    import fcntl
+    import threading
+
+    fd = os.open(tmp_path / runlock.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # held, the record not yet written
+    late = threading.Timer(0.1, lambda: os.pwrite(fd, b'{"pid": 4242, "action": "cnnlab train", '
+                                                      b'"since": "now"}\n', 0))
+    try:
+        late.start()
+        with pytest.raises(runlock.RunLocked, match="pid 4242 is running 'cnnlab train'"):
+            with runlock.writer_lock(tmp_path, "cnnlab second"):
+                pass
+        late.join()
+        os.ftruncate(fd, 0)  # a holder that never says who it is: the message that names no one
+        with pytest.raises(runlock.RunLocked, match="is being written by another process"):
+            with runlock.writer_lock(tmp_path, "cnnlab second"):
+                pass
+    finally:
+        late.cancel()
+        late.join()
+        os.close(fd)
+
+
 def test_lock_refuses_in_process_and_frees_on_exit(tmp_path):
     with runlock.writer_lock(tmp_path, "cnnlab first"):
         assert runlock.holder(tmp_path)["pid"] == os.getpid()

@@ -14,6 +14,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,6 +23,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import fsync_dir
 
 LOCK = ".lock"
+HOLDER_WAITS = 50  # reads of an empty lock file, 10 ms apart, before its holder counts as unnamed
 
 
 class RunLocked(CnnlabError):
@@ -63,7 +65,7 @@ def holder(run_dir: str | Path) -> dict | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read(fd) or {"pid": None, "action": "unknown", "since": ""}
+            return _holders_record(fd) or {"pid": None, "action": "unknown", "since": ""}
         return None
     finally:
         os.close(fd)
@@ -79,7 +81,7 @@ def _acquire(path: Path, action: str, echo: Callable[[str], None] | None) -> int
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            other = _read(fd)
+            other = _holders_record(fd)
             os.close(fd)
             raise RunLocked(_busy_message(path.parent, other)) from None
         if not _same_file(fd, path):
@@ -107,6 +109,19 @@ def _same_file(fd: int, path: Path) -> bool:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False
+
+
+def _holders_record(fd: int) -> dict | None:
+    """The record of the process holding the lock of ``fd``. It writes its record right after it takes the lock
+    (truncating a stale one first), so an empty file is read again for up to half a second before the answer is
+    None: a second ``cnnlab train`` started at the same moment as the first was refused with the message that
+    names no one."""
+    for _ in range(HOLDER_WAITS):
+        record = _read(fd)
+        if record:
+            return record
+        time.sleep(0.01)
+    return _read(fd)
 
 
 def _read(fd: int) -> dict | None:
