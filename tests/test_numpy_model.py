@@ -35,6 +35,11 @@ MODELS = {
         {"type": "dropout", "name": "Dr", "rate": 0.5}, {**CONV, "name": "C2", "kernel": 4, "filters": 33},
         {"type": "globalavgpool", "name": "G"}, {"type": "batchnorm", "name": "B2"},
         {"type": "dense", "name": "D", "units": 7, "activation": "softmax"}],
+    "3x3 convs no pool follows (Winograd's F(3x3, 3x3)), same and valid, blocks cut at the edges": [
+        {**CONV, "name": "C1", "filters": 16, "padding": "same"},
+        {**CONV, "name": "C2", "filters": 20, "padding": "same"}, {**CONV, "name": "C3", "filters": 17},
+        {"type": "maxpool", "name": "P", "size": 3}, {"type": "flatten", "name": "F"},
+        {"type": "dense", "name": "D", "units": 10, "activation": "linear"}],
 }
 
 

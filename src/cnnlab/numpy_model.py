@@ -3,7 +3,8 @@
 ``cnnlab evaluate`` and ``cnnlab patterns`` on a run whose results are not kept yet spent 1-3 s importing
 torch before a 0.3 s pass. ``NumpyModel`` runs the same layers from the config and the weights file: the
 first layer's conv + max-pool and 3x3 conv + max-pool pairs through the native kernels (as the torch model
-does), other convolutions as one matrix product over the image patches, pools and the rest in numpy.
+does), other 3x3 convolutions by Winograd's F(3x3, 3x3) (``cnnlab.winograd``), the rest of the convolutions as
+one matrix product over the image patches, pools and the rest in numpy.
 
 It is the one implementation of every pass whose results are kept in a run's cache (the test pass, the class
 centroids, the logits training keeps when it ends), so a result computed in a process without torch and one
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from cnnlab import winograd
 from cnnlab.cpu import keep_freed_memory, usable_cores
 from cnnlab.layers.base import same_pads
 from cnnlab.native import arrays
@@ -68,6 +70,7 @@ class NumpyModel:
         self.kernels = arrays.load()
         self.params = {name: _layer_params(spec, weights) for name, spec in self.specs.items()}
         self._fused: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # conv -> (kernel, filters, bias)
+        self._transformed: dict[str, np.ndarray] = {}  # conv -> its filters for winograd.conv3x3
 
     def forward(self, x: np.ndarray, maps: list[str] | tuple[str, ...] = (), means: list[str] | tuple[str, ...] = (),
                 logits: bool = True) -> Outputs:
@@ -165,8 +168,13 @@ class NumpyModel:
         spec, params = self.specs[name], self.params[name]
         kind = spec["type"]
         if kind == "conv":
-            return _conv(h, params["weight"], params.get("bias"), spec["kernel"], max(spec["stride"], 1),
-                         spec["padding"] == "same")
+            stride = max(spec["stride"], 1)
+            if winograd.fits(spec["kernel"], stride, h.shape[3]):  # a 3x3 conv without a pool after it
+                if name not in self._transformed:
+                    self._transformed[name] = winograd.filters(params["weight"])
+                h = _padded(h, 3, 1) if spec["padding"] == "same" else h
+                return winograd.conv3x3(h, self._transformed[name], params.get("bias"))
+            return _conv(h, params["weight"], params.get("bias"), spec["kernel"], stride, spec["padding"] == "same")
         if kind in ("maxpool", "avgpool"):
             size = spec["size"]
             return _pool(h, kind, size, spec["stride"] or size, spec["padding"] == "same")
