@@ -393,7 +393,7 @@ def confusion_figure(confusion: Any, title: str = "", classes: Any = None) -> An
     labels rows and columns (default 0, 1, ...)."""
     import numpy as np
     from matplotlib.colors import LogNorm
-    from matplotlib.ticker import LogFormatter, NullFormatter
+    from matplotlib.ticker import LogFormatter
 
     cm = np.asarray(confusion)
     k = len(cm)
@@ -415,7 +415,7 @@ def confusion_figure(confusion: Any, title: str = "", classes: Any = None) -> An
     # counts read as 1, 10, 100, 1000 rather than powers of ten; mathtext would also cost its parser's
     # start-up (about 0.07 s, once per process)
     bar.ax.yaxis.set_major_formatter(LogFormatter())
-    bar.ax.yaxis.set_minor_formatter(NullFormatter())
+    bar.minorticks_off()
     ax.set_title(title, fontsize=10)
     return fig
 
