@@ -34,9 +34,10 @@ def bf16_pays_off() -> bool:
     """True where bf16 autocast trains faster than fp32: CPUs with AMX (Intel Sapphire Rapids and later).
 
     With AVX512-BF16 alone (AMD Zen 4/5, Intel Cooper Lake) oneDNN's bf16 convolutions gain little, and under
-    autocast the float32 Winograd kernel no longer serves, so bf16 is slower there: on an AMD EPYC (Zen 4
-    class) the seed recipe's engine ran 6,807 img/s in bf16 against 7,310 in fp32; on an Intel Xeon with AMX
-    bf16 was 1.19x faster than fp32.
+    autocast the float32 Winograd kernel no longer serves: real seed epochs in bf16 take 1.18-1.19x fp32's on
+    an AMD EPYC of the Zen 5 class, 0.87-0.97x on one of the Zen 4 class (a gain within that machine's noise
+    from one epoch to the next, and bf16 moves the `fast` preset's accuracy, chosen in fp32); on an Intel Xeon
+    with AMX bf16 was 1.19x faster than fp32.
     """
     return "amx_bf16" in cpu_flags()
 
