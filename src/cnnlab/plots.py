@@ -84,18 +84,20 @@ def _encode_png(rgba: Any, dpi: int) -> bytes:
 
 
 def _png_pixels(rgba: Any) -> Any:
-    """A copy of the canvas's RGBA pixels to encode: RGB where every pixel is opaque, else RGBA."""
+    """A copy of the canvas's RGBA pixels to encode, as a Pillow image: RGB where every pixel is opaque, else
+    RGBA. (Pillow drops the alpha channel in a third of the time of numpy's copy of a strided view.)"""
     import numpy as np
+    from PIL import Image
 
     rgba = np.asarray(rgba)
-    return np.ascontiguousarray(rgba[..., :3]) if (rgba[..., 3] == 255).all() else rgba.copy()
+    image = Image.frombuffer("RGBA", (rgba.shape[1], rgba.shape[0]), rgba, "raw", "RGBA", 0, 1)
+    return image.convert("RGB") if rgba[..., 3].min() == 255 else image.copy()
 
 
 def _encode_pixels(pixels: Any, dpi: int) -> bytes:
-    from PIL import Image
-
+    """The PNG of a Pillow image at zlib's fastest level."""
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="png", compress_level=1, dpi=(dpi, dpi))
+    pixels.save(buf, format="png", compress_level=1, dpi=(dpi, dpi))
     return buf.getvalue()
 
 
