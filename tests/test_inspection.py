@@ -123,6 +123,38 @@ def test_whole_image_sets_are_the_prepared_sets_bit_for_bit(real_mnist, split, v
         assert sets.labels(image_set).dtype == np.int64 and np.array_equal(sets.labels(image_set), y.numpy())
 
 
+@pytest.mark.parametrize("overrides", [["data.split=standard"], ["data.split=reshuffle", "data.validation=300"],
+                                       ["data.split=reshuffle", "data.limit_train=5000"]])
+def test_a_sets_hash_and_its_blocks_need_not_gather_the_whole_set(real_mnist, overrides):
+    from cnnlab.config import load_config
+    from cnnlab.inspection import cache
+
+    config = load_config(preset="tiny", overrides=overrides)
+    for image_set in ("train", "test"):
+        fresh = ImageSets(config, real_mnist)
+        key = fresh.set_hash(image_set)  # in blocks, from the pool
+        whole = ImageSets(config, real_mnist)
+        images, labels = whole.images(image_set), whole.labels(image_set)
+        assert key == cache.arrays_hash(images, labels) == whole.set_hash(image_set)
+        rows = np.array([0, 7, len(labels) - 1, 3])
+        assert np.array_equal(fresh.gather(image_set, rows), images[rows])
+        assert np.array_equal(fresh.gather(image_set, slice(100, 4200)), images[100:4200])
+    other = ImageSets(load_config(preset="tiny", overrides=["data.split=reshuffle", "data.limit_train=4999"]),
+                      real_mnist)
+    assert other.set_hash("train") != ImageSets(config, real_mnist).set_hash("train")
+
+
+def test_streamed_hash_is_arrays_hash_in_any_blocks():
+    from cnnlab.inspection import cache
+
+    a = np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28)
+    b = np.array([3, 1, 4, 1, 5], dtype=np.int64)
+    want = cache.arrays_hash(a, b)
+    assert cache.streamed_hash((a.dtype, a.shape, [a[:2], a[2:3], a[3:]]), (b.dtype, b.shape, [b])) == want
+    assert cache.streamed_hash((a.dtype, a.shape, [a]), (b.dtype, b.shape, [b[:1], b[1:]])) == want
+    assert cache.streamed_hash((a.dtype, a.shape, [a[:4]]), (b.dtype, b.shape, [b])) != want
+
+
 def test_a_whole_image_set_is_gathered_once_and_read_only(run):
     sets = ImageSets(run.config)
     images, labels = sets.images("train"), sets.labels("train")

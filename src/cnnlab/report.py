@@ -392,12 +392,14 @@ def class_centroids(folder: RunFolder, layer: str) -> np.ndarray:
     sets = image_sets(folder)
 
     def fit() -> dict[str, np.ndarray]:
-        engine, images = folder.numpy_model(), sets.images("train")
-        if engine is not None:
-            means = engine.map_means(images, layer, folder.normalizer.apply_numpy)
+        engine = folder.numpy_model()
+        if engine is not None:  # each chunk gathered where it is normalized: no 47 MB copy of a reshuffled set
+            positions = np.arange(sets.size("train"))
+            means = engine.map_means(positions, layer,
+                                     lambda rows: folder.normalizer.apply_numpy(sets.gather("train", rows)))
         else:
             loaded = folder.run()
-            means = act.map_means(loaded.model, images, layer, loaded.prepare)
+            means = act.map_means(loaded.model, sets.images("train"), layer, loaded.prepare)
         return {"centroids": pat.fit_centroids(means, sets.labels("train"), folder.num_classes)}
 
     return _per_folder(folder, ("centroids", layer),
@@ -407,8 +409,8 @@ def class_centroids(folder: RunFolder, layer: str) -> np.ndarray:
 def _centroids_path(folder: RunFolder, layer: str) -> Path:
     sets = image_sets(folder)
     return _per_folder(folder, ("centroids path", layer), lambda: pat.centroids_path(
-        folder.path, folder.weights, layer, sets.images("train"), sets.labels("train"),
-        json.dumps(folder.normalizer.to_dict()), folder.num_classes))
+        folder.path, folder.weights, layer, sets.set_hash("train"), json.dumps(folder.normalizer.to_dict()),
+        folder.num_classes))
 
 
 def keep_centroids(run_dir: str, layer: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,6 +82,17 @@ def arrays_hash(*arrays: np.ndarray) -> str:
     digest = hashlib.sha256()
     for a in arrays:
         _update(digest, a)
+    return digest.hexdigest()
+
+
+def streamed_hash(*arrays: tuple[np.dtype, tuple[int, ...], Iterable[np.ndarray]]) -> str:
+    """``arrays_hash`` of arrays given as (dtype, shape, the array's consecutive row blocks), so that a large
+    array need never be whole in memory: the same digest, since SHA-256 reads its input as one stream."""
+    digest = hashlib.sha256()
+    for dtype, shape, blocks in arrays:
+        digest.update(f"{np.dtype(dtype).str}:{tuple(shape)};".encode())
+        for block in blocks:
+            digest.update(np.ascontiguousarray(block, dtype=dtype).reshape(-1).view(np.uint8))
     return digest.hexdigest()
 
 

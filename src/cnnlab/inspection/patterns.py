@@ -146,7 +146,7 @@ def cached_centroids(run_dir: str | Path, weights: str, layer: str, images: np.n
         prepare_key: names the normalization (e.g. the normalizer's record): another one misses the cache.
         num_classes: the centroids' rows.
     """
-    path = centroids_path(run_dir, weights, layer, images, labels, prepare_key, num_classes)
+    path = centroids_path(run_dir, weights, layer, cache.arrays_hash(images, labels), prepare_key, num_classes)
 
     def compute() -> dict[str, np.ndarray]:
         return {"centroids": fit_centroids(features(), labels, num_classes)}
@@ -154,8 +154,8 @@ def cached_centroids(run_dir: str | Path, weights: str, layer: str, images: np.n
     return cache.cached_arrays(path, ("centroids",), compute)["centroids"]
 
 
-def centroids_path(run_dir: str | Path, weights: str, layer: str, images: np.ndarray, labels: np.ndarray,
-                   prepare_key: str, num_classes: int) -> Path:
-    """Where ``cached_centroids`` keeps the centroids of these arguments."""
-    return cache.cache_path(run_dir, "centroids", layer, [
-        weights, layer, cache.arrays_hash(images, labels), prepare_key, str(num_classes)])
+def centroids_path(run_dir: str | Path, weights: str, layer: str, images_key: str, prepare_key: str,
+                   num_classes: int) -> Path:
+    """Where ``cached_centroids`` keeps the centroids of these arguments; ``images_key`` is the
+    ``cache.arrays_hash`` of the training images and their labels."""
+    return cache.cache_path(run_dir, "centroids", layer, [weights, layer, images_key, prepare_key, str(num_classes)])
