@@ -35,9 +35,9 @@ def bf16_pays_off() -> bool:
 
     With AVX512-BF16 alone (AMD Zen 4/5, Intel Cooper Lake) oneDNN's bf16 convolutions gain little, and under
     autocast the float32 Winograd kernel no longer serves: real seed epochs in bf16 take 1.18-1.19x fp32's on
-    an AMD EPYC of the Zen 5 class, 0.87-0.97x on one of the Zen 4 class (a gain within that machine's noise
-    from one epoch to the next, and bf16 moves the `fast` preset's accuracy, chosen in fp32); on an Intel Xeon
-    with AMX bf16 was 1.19x faster than fp32.
+    an AMD EPYC of the Zen 5 class, 0.87-1.24x on one of the Zen 4 class (either way from one bench to the
+    next, and bf16 moves the `fast` preset's accuracy, chosen in fp32); on an Intel Xeon with AMX bf16 was
+    1.19x faster than fp32.
     """
     return "amx_bf16" in cpu_flags()
 
