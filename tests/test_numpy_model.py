@@ -36,8 +36,8 @@ MODELS = {
         {"type": "globalavgpool", "name": "G"}, {"type": "batchnorm", "name": "B2"},
         {"type": "dense", "name": "D", "units": 7, "activation": "softmax"}],
     "3x3 convs no pool follows (Winograd's F(3x3, 3x3)), same and valid, blocks cut at the edges": [
-        {**CONV, "name": "C1", "filters": 16, "padding": "same"},
-        {**CONV, "name": "C2", "filters": 20, "padding": "same"}, {**CONV, "name": "C3", "filters": 17},
+        {**CONV, "name": "C1", "filters": 64, "padding": "same"},
+        {**CONV, "name": "C2", "filters": 64, "padding": "same"}, {**CONV, "name": "C3", "filters": 17},
         {"type": "maxpool", "name": "P", "size": 3}, {"type": "flatten", "name": "F"},
         {"type": "dense", "name": "D", "units": 10, "activation": "linear"}],
 }
@@ -144,7 +144,9 @@ def test_chunks_side_by_side_give_the_bits_of_one_pass_at_a_time():
     whole = np.concatenate([got.logits for _, got in engine.chunked_outputs(x, chunk=256)])
     np.testing.assert_array_equal(whole[256:], engine.outputs(x[256:])[0])
     means = engine.map_means(x, "C3", chunk=100)
-    np.testing.assert_allclose(means, engine.outputs(x, ["C3"])[1]["C3"].mean(axis=(2, 3)), rtol=1e-6)
+    # to float rounding: C3's BLAS product sums in another order for 100 images than for 300 on some CPUs (an
+    # AMD EPYC Zen 4: 2.6e-8 apart, which near-zero means make 5e-6 relative), so an absolute floor of 2e-7
+    np.testing.assert_allclose(means, engine.outputs(x, ["C3"])[1]["C3"].mean(axis=(2, 3)), rtol=1e-6, atol=2e-7)
 
 
 def test_what_it_does_not_serve_is_refused():

@@ -51,5 +51,5 @@ def test_images_do_not_mix_across_the_blocks():
 
 
 def test_what_it_serves():
-    assert winograd.fits(3, 1, 16) and winograd.fits(3, 1, 128)
-    assert not winograd.fits(3, 1, 15) and not winograd.fits(3, 2, 64) and not winograd.fits(5, 1, 64)
+    assert winograd.fits(3, 1, 64) and winograd.fits(3, 1, 128)
+    assert not winograd.fits(3, 1, 63) and not winograd.fits(3, 2, 64) and not winograd.fits(5, 1, 64)

@@ -3,8 +3,8 @@
 ``cnnlab evaluate`` and ``cnnlab patterns`` on a run whose results are not kept yet spent 1-3 s importing
 torch before a 0.3 s pass. ``NumpyModel`` runs the same layers from the config and the weights file: the
 first layer's conv + max-pool and 3x3 conv + max-pool pairs through the native kernels (as the torch model
-does), other 3x3 convolutions by Winograd's F(3x3, 3x3) (``cnnlab.winograd``), the rest of the convolutions as
-one matrix product over the image patches, pools and the rest in numpy.
+does), other 3x3 convolutions with 64 or more input channels by Winograd's F(3x3, 3x3) (``cnnlab.winograd``),
+the rest of the convolutions as one matrix product over the image patches, pools and the rest in numpy.
 
 It is the one implementation of every pass whose results are kept in a run's cache (the test pass, the class
 centroids, the logits training keeps when it ends), so a result computed in a process without torch and one

@@ -1,7 +1,8 @@
 """Winograd's minimal filtering F(3x3, 3x3) in numpy: a 3x3 convolution in 25 products per 3x3 block of outputs
 and channel pair instead of 81.
 
-The numpy model runs a 3x3 convolution that no 2x2 max-pool follows this way (the seed model's Conv2D_3, 5x5x64
+The numpy model runs a 3x3 convolution with 64 or more input channels that no 2x2 max-pool follows this way
+(the seed model's Conv2D_3, 5x5x64
 -> 3x3x128: 1.10 -> 0.53 s for the 60,000 training images of the class centroids, one core, AMD EPYC Zen 4);
 the pairs with a pool have their native kernel (F(2x2, 3x3), ``cnnlab.native``). Each 5x5 block of the input
 becomes ``B^T d B``, each filter ``G g G^T``; their products summed over the input channels are one matrix
@@ -20,7 +21,10 @@ import numpy as np
 POINTS = (0, 1, -1, 2, -2)
 TILE = 3  # outputs per block side
 SPAN = TILE + 2  # input per block side
-MIN_CHANNELS = 16  # fewer input channels: the products are too thin for the transforms to pay off
+# Fewer input channels: the products are too thin for the transforms to pay off. Direct time / this time, one
+# core, F = 32, 64, 128 filters (AMD EPYC Zen 4): 13x13 inputs with 16 channels 0.62-0.86x, 32: 0.94-1.04x,
+# 64: 1.02-1.44x, 128: 1.26-1.89x; 30x30 inputs alike; a 5x5 input (one block) 1.06-1.23x already at 16.
+MIN_CHANNELS = 64
 
 
 def matrices(m: int, r: int, points: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
