@@ -293,9 +293,8 @@ def _fused_filters(weight: np.ndarray, bias: np.ndarray | None, channels: int) -
         if bias is not None:
             b[:f] = bias
         return "first", wt, b
-    u = (arrays.WINOGRAD_GG @ weight.reshape(f * channels, 9).T).reshape(16, f, channels).transpose(0, 2, 1)
-    return "winograd", np.ascontiguousarray(u, dtype=np.float32), (bias if bias is not None
-                                                                   else np.zeros(f, np.float32))
+    return "winograd", winograd.filters(weight, arrays.WINOGRAD_GG), (bias if bias is not None
+                                                                      else np.zeros(f, np.float32))
 
 
 def _padded(h: np.ndarray, kernel: int, stride: int, value: float = 0.0) -> np.ndarray:

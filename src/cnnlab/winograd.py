@@ -70,10 +70,12 @@ def fits(kernel: int, stride: int, channels: int) -> bool:
     return kernel == 3 and stride == 1 and channels >= MIN_CHANNELS
 
 
-def filters(weight: np.ndarray) -> np.ndarray:
-    """The transformed filters ``G g G^T`` of conv weights (F, C, 3, 3) as (25, C, F), float32."""
+def filters(weight: np.ndarray, transform: np.ndarray = FILTER) -> np.ndarray:
+    """The transformed filters ``G g G^T`` of conv weights (F, C, 3, 3) as (positions, C, F), float32.
+    ``transform`` is kron(G, G) (positions x 9): this module's F(3x3, 3x3), applied in float64, or another
+    algorithm's, applied in its own dtype (the native kernels' F(2x2, 3x3), float32)."""
     f, c = weight.shape[:2]
-    u = (FILTER @ weight.reshape(f * c, 9).T.astype(np.float64)).reshape(25, f, c).transpose(0, 2, 1)
+    u = (transform @ weight.reshape(f * c, 9).T).reshape(len(transform), f, c).transpose(0, 2, 1)
     return np.ascontiguousarray(u, dtype=np.float32)
 
 
