@@ -210,13 +210,15 @@ def test_bf16_is_refused_without_native_support(monkeypatch):
     assert speed.resolve_precision("auto") == "fp32" and speed.resolve_precision("bf16") == "bf16"
 
 
-def test_seed_preset_one_epoch_reaches_97_5_percent(real_mnist, tmp_path):
-    """The articles' model and recipe, one real epoch on the full data (about 15 s on 2 cores)."""
+def test_seed_preset_one_epoch_reaches_97_percent(real_mnist, tmp_path):
+    """The articles' model and recipe, one real epoch on the full data (about 15 s on 2 cores). One epoch ends
+    at a noisy point: seeds 0-15 gave 97.47-98.86% (mean 98.36%), and float rounding alone moves a seed by a
+    quarter of a point (seed 0: 98.40% on 2 threads, 98.15% on one, with torch's convolution for Conv2D_3)."""
     run = cnnlab.train("seed", out=tmp_path / "seed", epochs=1, echo=None)
     row = run.history[0]
     assert row["step"] == 938  # ceil(60000 / 64)
     assert row["lr"] == pytest.approx(0.001 / (1 + 0.938), rel=1e-12)
-    assert run.evaluate()["accuracy"] >= 0.975
+    assert run.evaluate()["accuracy"] >= 0.97
 
 
 def test_initial_weights_follow_the_seed_only(real_mnist, tmp_path):

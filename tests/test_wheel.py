@@ -9,7 +9,6 @@ with dependencies from the registry is measured by hand (see the README's "Insta
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 
 from cnnlab import __version__
 from cnnlab.files import home_dir
+from cnnlab.native import build
 from conftest import cli_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_wheel_builds_installs_into_a_fresh_venv_and_runs(tmp_path):
     names = zipfile.ZipFile(wheels[0]).namelist()
     for shipped in ("cnnlab/presets/fast.toml", "cnnlab/presets/fashion.toml", "cnnlab/native/kernels.h",
                     "cnnlab/native/winograd_pool.cpp", "cnnlab/native/library.py",
-                    "cnnlab/data/acquisition.py"):
+                    "cnnlab/data/acquisition.py", *(f"cnnlab/native/{s.name}" for s in build.SOURCES)):
         assert shipped in names
 
     venv = tmp_path / "venv"

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnlab import winograd
 from cnnlab.errors import CnnlabError
 from cnnlab.layers import keras as kr
 from cnnlab.layers.base import LayerKind, register, window_size
@@ -25,6 +26,7 @@ from cnnlab.schema import REQUIRED, Key, boolean, choice, integer, number
 nn = lazy_module("torch.nn")
 ops = lazy_module("cnnlab.layers.ops")
 native = lazy_module("cnnlab.native")
+winograd_conv = lazy_module("cnnlab.layers.winograd_conv")
 
 _PADDING = Key("valid", choice("valid", "same"))
 _USE_BIAS = Key(True, boolean())
@@ -77,7 +79,10 @@ class Conv(_WithKernel):
 
     def build(self, spec, shape):  # noqa: D102
         k, s = spec["kernel"], max(spec["stride"], 1)
-        conv = nn.Conv2d(shape[0], spec["filters"], k, stride=s, bias=spec["use_bias"])
+        padded = [size + (k - 1 if spec["padding"] == "same" else 0) for size in shape[1:]]
+        plain = not (winograd.fits(k, s, shape[0]) and padded == [winograd.SPAN] * 2)  # (see WinogradConv2d)
+        conv = (nn.Conv2d if plain else winograd_conv.WinogradConv2d)(shape[0], spec["filters"], k, stride=s,
+                                                                       bias=spec["use_bias"])
         if spec["padding"] == "same":
             if s == 1 and k % 2 == 1:
                 conv.padding = (k // 2, k // 2)  # symmetric: same result, no extra pad op

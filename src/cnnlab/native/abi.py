@@ -18,6 +18,7 @@ SIGNATURES = {
     "cnnlab_conv_pool_backward_input": [_PTR] * 4 + [_SIZE] * 6 + [_INT],
     "cnnlab_winograd_pool_forward": [_PTR] * 6 + [_SIZE] * 5 + [_INT] * 2,
     "cnnlab_winograd_pool_backward": [_PTR] * 7 + [_SIZE] * 5 + [_INT],
+    "cnnlab_block_transform": [_PTR] * 4 + [_SIZE] * 8 + [_INT],
     "cnnlab_use_sgemm": [_PTR],
     "cnnlab_use_sqrt": [_PTR],
     "cnnlab_rmsprop_step": [_PTR] * 5 + [_SIZE] + [ctypes.c_double] * 4 + [_INT],

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 HERE = Path(__file__).parent
 SOURCES = [HERE / name for name in ("maxpool2x2.cpp", "conv_pool.cpp", "winograd_pool.cpp",
-                                         "optimizer_step.cpp")]
+                                         "block_transform.cpp", "optimizer_step.cpp")]
 HEADERS = [HERE / "kernels.h", HERE / "simd.h"]
 PARTIAL = ".partial"  # what a compiler writes before the finished file is renamed into place
 BUILT = "built"
