@@ -129,17 +129,17 @@ def test_the_native_block_transform_matches_matmul_in_strided_layouts(channels):
     kernels = native.prepare(echo=None)
     if kernels is None:
         pytest.skip(f"native kernels unavailable: {native.status()}")
-    matrix = winograd_conv._INPUT
+    side = winograd_conv._INPUT  # B^T, 5 x 5
     x = torch.randn(25, 7, channels).transpose(0, 1)  # (7 blocks, 25 positions, C): positions far apart
     out = torch.full((25, 7, channels), float("nan")).transpose(0, 1)
     bias = torch.randn(channels)
-    kernels.block_transform(matrix, x, out, bias)
-    torch.testing.assert_close(out, torch.matmul(matrix, x) + bias, rtol=1e-5, atol=1e-5)
+    kernels.block_transform(side, x, out, bias)
+    torch.testing.assert_close(out, torch.matmul(torch.kron(side, side), x) + bias, rtol=1e-5, atol=1e-5)
     adjoint, g = winograd_conv._ADJOINTS[id(winograd_conv._OUTPUT)], torch.randn(7, 9, channels)
-    assert adjoint.shape == (25, 9)
+    assert adjoint.shape == (5, 3)  # A: a 3x3 block of gradients to 5x5
     got = kernels.block_transform(adjoint, g, torch.empty(7, 25, channels))
-    torch.testing.assert_close(got, torch.matmul(winograd_conv._OUTPUT.t(), g), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, torch.matmul(torch.kron(adjoint, adjoint), g), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="block_transform"):
-        kernels.block_transform(matrix, x, torch.empty(7, 9, channels))
+        kernels.block_transform(side, x, torch.empty(7, 9, channels))
     with pytest.raises(ValueError, match="block_transform"):
-        kernels.block_transform(matrix, x.transpose(1, 2), out)
+        kernels.block_transform(side, x.transpose(1, 2), out)

@@ -21,22 +21,22 @@ from torch.autograd.function import once_differentiable
 
 from cnnlab import native, winograd
 
-_INPUT = torch.from_numpy(winograd.INPUT)  # (25, 25): B^T d B of a flattened 5x5 block
-_OUTPUT = torch.from_numpy(winograd.OUTPUT)  # (9, 25): A^T m A
-_FILTER = torch.from_numpy(winograd.FILTER.astype("float32"))  # (25, 9): G g G^T of a flattened 3x3 filter
+_OUTPUT, _FILTER, _INPUT = (torch.from_numpy(m).float().contiguous()  # A^T (3x5), G (5x3), B^T (5x5)
+                             for m in winograd.matrices(winograd.TILE, 3, winograd.POINTS))
 _ADJOINTS = {id(m): m.t().contiguous() for m in (_INPUT, _OUTPUT, _FILTER)}
 
 
-def _transform(matrix: torch.Tensor, x: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
+def _transform(side: torch.Tensor, x: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
                adjoint: bool = False) -> torch.Tensor:
-    """``out[g] = matrix @ x[g] (+ bias)`` (``matrix^T`` with ``adjoint``) for blocks of channel vectors x (G, Q, C)
-    into out (G, P, C), both laid out as the products around them read and write: by the native kernel where
-    loaded (float32), else by torch's matmul. Returns out."""
+    """``out[g] = L X L^T (+ bias)`` for each block X of channel vectors x (G, Q * Q, C) into out (G, P * P, C),
+    with ``side`` the matrix L (P x Q; its transpose with ``adjoint``), both laid out as the products around
+    them read and write: by the native kernel where loaded (float32), else by torch's matmul with kron(L, L).
+    Returns out."""
     kernels = native._state.get("module")
-    matrix = _ADJOINTS[id(matrix)] if adjoint else matrix
+    side = _ADJOINTS[id(side)] if adjoint else side
     if kernels is not None and x.dtype == torch.float32:
-        return kernels.block_transform(matrix, x, out, bias)  # type: ignore[attr-defined]
-    out.copy_(torch.matmul(matrix.to(x.dtype), x))
+        return kernels.block_transform(side, x, out, bias)  # type: ignore[attr-defined]
+    out.copy_(torch.matmul(torch.kron(side, side).to(x.dtype), x))
     return out if bias is None else out.add_(bias)
 
 

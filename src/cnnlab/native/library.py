@@ -203,18 +203,19 @@ class Kernels:
                                                 _ptr(dbias), n, c, h, w, k, torch.get_num_threads())
         return dx, du, dbias
 
-    def block_transform(self, matrix: torch.Tensor, x: torch.Tensor, out: torch.Tensor,
+    def block_transform(self, side: torch.Tensor, x: torch.Tensor, out: torch.Tensor,
                         bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``out[g] = matrix @ x[g] (+ bias)`` for blocks x (G, Q, C) into out (G, P, C), float32, whose last
-        dimension is contiguous (the first two may have any strides); ``matrix`` (P, Q), Q at most 25. Returns
-        out."""
-        (p, q), (g, c) = matrix.shape, (x.shape[0], x.shape[2])
-        _require(matrix.is_contiguous() and q <= 25 and x.dim() == 3 and x.shape[1] == q and out.shape == (g, p, c)
-                 and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1
-                         for t in (matrix, x, out)), "block_transform: shapes or layouts do not match")
+        """``out[g] = L X L^T (+ bias)`` for each block X of x (G, Q * Q, C) into out (G, P * P, C), float32, with
+        ``side`` the matrix L (P x Q: 5 x 5, 3 x 5 or 5 x 3) and each block's positions row by row; the last dimension
+        contiguous, the first two of any strides. Returns out."""
+        (p, q), (g, c) = side.shape, (x.shape[0], x.shape[2])
+        _require(side.is_contiguous() and (p, q) in ((5, 5), (3, 5), (5, 3)) and x.dim() == 3 and x.shape[1] == q * q
+                 and out.shape == (g, p * p, c) and all(t.dtype == torch.float32 and t.device.type == "cpu"
+                                                       and t.stride(-1) == 1 for t in (side, x, out)),
+                 "block_transform: shapes or layouts do not match")
         _require(bias is None or (bias.shape == (c,) and bias.is_contiguous() and bias.dtype == torch.float32),
                  "block_transform: bias must have one value per channel")
-        self._lib.cnnlab_block_transform(_ptr(matrix), _ptr(x), _ptr(out), _ptr(bias), p, q, g, c, x.stride(0),
+        self._lib.cnnlab_block_transform(_ptr(side), _ptr(x), _ptr(out), _ptr(bias), p, q, g, c, x.stride(0),
                                          x.stride(1), out.stride(0), out.stride(1), torch.get_num_threads())
         return out
 
