@@ -296,3 +296,22 @@ def test_bf16_refusal_comes_before_the_run_folder_is_made(tmp_path, monkeypatch)
     with pytest.raises(CnnlabError, match="no native bf16"):
         train_tiny(tmp_path / "bf", epochs=1, overrides=["train.precision=bf16"])
     assert not (tmp_path / "bf").exists()
+
+
+def test_seed_model_with_its_winograd_layer_resumes_bit_for_bit(real_mnist, tmp_path, monkeypatch):
+    """The seed model trains its Conv2D_3 (5x5x64 -> 3x3x128) by Winograd F(3x3, 3x3) in fp32: a resumed run
+    gives the same bits as one that never stopped."""
+    from cnnlab.layers import winograd_conv
+    from cnnlab.layers.winograd_conv import WinogradConv2d
+
+    calls = []
+    original = winograd_conv.conv3x3
+    monkeypatch.setattr(winograd_conv, "conv3x3", lambda *args: calls.append(1) or original(*args))
+    overrides = ["data.limit_train=640", "data.limit_test=256", "train.precision=fp32"]
+    three = cnnlab.train("seed", out=tmp_path / "three", epochs=3, overrides=overrides, echo=None)
+    one = cnnlab.train("seed", out=tmp_path / "one", epochs=1, overrides=overrides, echo=None)
+    resumed = cnnlab.resume(one.path, 2, echo=None)
+    assert same_weights(weights(three.path), weights(resumed.path))
+    assert same_history(three.history, resumed.history)
+    assert isinstance(cnnlab.build_model(three.config.model.layers).layers["Conv2D_3"].op, WinogradConv2d)
+    assert len(calls) >= 2 * 3 * 640 // 64  # every training step of both runs went through it

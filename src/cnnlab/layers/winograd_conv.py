@@ -1,15 +1,19 @@
-"""Winograd's F(3x3, 3x3) for torch: the conv module a 3x3 layer with 64 or more input channels trains through.
+"""Winograd's F(3x3, 3x3) for torch: the conv module a 3x3 layer on 5x5 maps (the seed model's Conv2D_3) trains
+through.
 
-The same algorithm and matrices as the numpy model's (``cnnlab.winograd``): each 5x5 block of the input becomes
+The same algorithm and matrices as the numpy model's (``cnnlab.winograd``): the 5x5 input of each image becomes
 ``B^T d B``, each filter ``G g G^T``, the 25 positions are 25 matrix products summed over the input channels and
-``A^T m A`` gives a 3x3 block of outputs; 25 products per block and channel pair instead of 81. The backward pass
-is the exact adjoint of these linear steps (the input's gradient ``B (U^T (A dy A^T)) B^T``, the filters'
-``G^T (V^T (A dy A^T)) G``), three batched products of the same size as the forward one.
+``A^T m A`` gives the 3x3 outputs; 25 products per channel pair instead of 81. The backward pass is the exact
+adjoint of these linear steps (the input's gradient ``B (U^T (A dy A^T)) B^T``, the filters'
+``G^T (V^T (A dy A^T)) G``): three batched products of the same size in all, and six transforms, which the native
+``block_transform`` kernel does where the kernels are loaded (torch's matmul otherwise).
 
-Where it serves: a plain 3x3 stride-1 convolution of channels-last float32 CPU maps, outside autocast, tracing,
-compiling and export (torch's own convolution runs everywhere else). The seed model's Conv2D_3 (5x5x64 ->
-3x3x128, one block per image), forward and backward of a batch of 64, 2 cores, AMD EPYC Zen 4: oneDNN 2.5 ms,
-this 1.0 ms. A layer followed by a 2x2 max-pool has the native fused kernel instead (``cnnlab.native``).
+Where it serves: a plain 3x3 stride-1 convolution with 64 or more input channels of channels-last float32 CPU
+maps that are 5x5 once padded, outside autocast, tracing, compiling and export (torch's own convolution runs
+everywhere else). The seed model's Conv2D_3 (5x5x64 -> 3x3x128), forward and backward of a batch of 64, 2 cores,
+AMD EPYC Zen 4 class: oneDNN 2.26-2.37 ms, this 1.55-1.75 ms. On larger maps, whose blocks overlap, oneDNN was
+faster (0.3-0.9x of its speed at 7x7 to 28x28 with the blocks cut out and added back in torch). A layer followed by
+a 2x2 max-pool has the native fused kernel instead (``cnnlab.native``).
 """
 
 from __future__ import annotations
