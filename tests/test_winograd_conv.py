@@ -143,3 +143,14 @@ def test_the_native_block_transform_matches_matmul_in_strided_layouts(channels):
         kernels.block_transform(side, x, torch.empty(7, 9, channels))
     with pytest.raises(ValueError, match="block_transform"):
         kernels.block_transform(side, x.transpose(1, 2), out)
+
+
+def test_it_runs_under_inference_mode_and_no_grad(transforms):
+    conv = WinogradConv2d(64, 8, 3).to(memory_format=CL)
+    x = _maps(2, 64, 5, 5)
+    with torch.inference_mode():
+        y = conv(x)
+    with torch.no_grad():
+        z = conv(x)
+    assert torch.equal(y, z)
+    assert _relative(y, F.conv2d(x.double(), conv.weight.double(), conv.bias.double())) < 5e-6
