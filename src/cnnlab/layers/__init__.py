@@ -7,7 +7,7 @@
 | ``table`` | the layer table (shapes, weight shapes, params, MACs) of resolved specs, from the kinds alone |
 | ``ops`` | torch modules the kinds build beyond torch's own (``same`` padding, global pooling), activations |
 | ``keras`` | reading a Keras layer's config and weights, shared by the kinds' conversions |
-| ``winograd_conv`` | ``WinogradConv2d``: the conv module ``conv`` builds for a 3x3 layer on 5x5 maps (Winograd F(3x3, 3x3)) |
+| ``winograd_conv`` | ``WinogradConv2d``, built by ``conv`` for a 3x3 layer on 5x5 maps: Winograd F(3x3, 3x3) |
 
 Importing the package does not import torch: ``ops``, ``winograd_conv`` (and torch) load when a kind first builds a
 module.

@@ -13,8 +13,9 @@ Three layer kernels, forward and backward each:
 
 ``conv_max_pool`` picks the one that serves a conv layer and its input; the model's forward pass asks it for
 every conv layer a max-pool follows. ``block_transform`` (on the loaded kernels) does Winograd F(3x3, 3x3)'s
-transforms for ``cnnlab.layers.winograd_conv``, a 3x3 layer on 5x5 maps that no pool follows. And one optimizer step of Keras' RMSprop or Adam in a single pass over
-each tensor (``fused_steps``; ``cnnlab.optim`` calls it), with the bits of the torch ops it replaces.
+transforms for ``cnnlab.layers.winograd_conv``, a 3x3 layer on 5x5 maps that no pool follows. And one optimizer
+step of Keras' RMSprop or Adam in a single pass over each tensor (``fused_steps``; ``cnnlab.optim`` calls it),
+with the bits of the torch ops it replaces.
 
 The C++ sources use no torch headers: ``cnnlab.native.build`` compiles them in one compiler call (seconds) and
 keeps the per-CPU cache, the build lock and the record of a failed build; ``cnnlab.native.library`` calls the

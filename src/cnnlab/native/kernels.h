@@ -49,8 +49,8 @@ void cnnlab_winograd_pool_backward(const float* grad_out, const uint8_t* where, 
                                    int64_t K, int threads);
 
 // Y = L X L^T for each of `groups` blocks X of Q x Q vectors of C contiguous channels, L (P x Q: 5 x 5, 3 x 5 or
-// 5 x 3) contiguous; position (i, j) of x's block g at x + g * x_group + (i * Q + j) * x_position, y's (P x P) likewise;
-// bias (C) added to every output vector, or null. Every output written; y must not overlap x.
+// 5 x 3) contiguous; position (i, j) of x's block g at x + g * x_group + (i * Q + j) * x_position, y's (P x P)
+// likewise; bias (C) added to every output vector, or null. Every output written; y must not overlap x.
 void cnnlab_block_transform(const float* L, const float* x, float* y, const float* bias, int64_t P, int64_t Q,
                             int64_t groups, int64_t C, int64_t x_group, int64_t x_position, int64_t y_group,
                             int64_t y_position, int threads);
