@@ -27,17 +27,16 @@ from cnnlab import native, winograd
 
 _OUTPUT, _FILTER, _INPUT = (torch.from_numpy(m).float().contiguous()  # A^T (3x5), G (5x3), B^T (5x5)
                              for m in winograd.matrices(winograd.TILE, 3, winograd.POINTS))
-_ADJOINTS = {id(m): m.t().contiguous() for m in (_INPUT, _OUTPUT, _FILTER)}
+# The backward pass's transforms: A (5x3), G^T (3x5), B (5x5)
+_OUTPUT_T, _FILTER_T, _INPUT_T = (m.t().contiguous() for m in (_OUTPUT, _FILTER, _INPUT))
 
 
-def _transform(side: torch.Tensor, x: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None,
-               adjoint: bool = False) -> torch.Tensor:
+def _transform(side: torch.Tensor, x: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None
+               ) -> torch.Tensor:
     """``out[g] = L X L^T (+ bias)`` for each block X of channel vectors x (G, Q * Q, C) into out (G, P * P, C),
-    with ``side`` the matrix L (P x Q; its transpose with ``adjoint``), both laid out as the products around
-    them read and write: by the native kernel where loaded (float32), else by torch's matmul with kron(L, L).
-    Returns out."""
+    with ``side`` the matrix L (P x Q), both laid out as the products around them read and write: by the native
+    kernel where loaded (float32), else by torch's matmul with kron(L, L). Returns out."""
     kernels = native._state.get("module")
-    side = _ADJOINTS[id(side)] if adjoint else side
     if kernels is not None and x.dtype == torch.float32:
         return kernels.block_transform(side, x, out, bias)  # type: ignore[attr-defined]
     out.copy_(torch.matmul(torch.kron(side, side).to(x.dtype), x))
@@ -68,15 +67,15 @@ class _Winograd3x3(torch.autograd.Function):
         v, u_t = ctx.saved_tensors
         (_, n, c), f, new = v.shape, u_t.shape[1], v.new_empty
         g = grad.to(v.dtype).permute(0, 2, 3, 1).reshape(n, 9, f)  # a view of a channels-last gradient
-        dm = _transform(_OUTPUT, g, new(25, n, f).transpose(0, 1), adjoint=True).transpose(0, 1)
+        dm = _transform(_OUTPUT_T, g, new(25, n, f).transpose(0, 1)).transpose(0, 1)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             dv = torch.bmm(dm, u_t)  # (25, N, C)
-            blocks = _transform(_INPUT, dv.transpose(0, 1), new(n, 25, c), adjoint=True)
+            blocks = _transform(_INPUT_T, dv.transpose(0, 1), new(n, 25, c))
             grad_x = blocks.view(n, 5, 5, c).permute(0, 3, 1, 2)
         if ctx.needs_input_grad[1]:
             du_t = torch.bmm(dm.transpose(1, 2), v)  # (25, F, C)
-            filters = _transform(_FILTER, du_t.transpose(0, 1), new(f, 9, c), adjoint=True)
+            filters = _transform(_FILTER_T, du_t.transpose(0, 1), new(f, 9, c))
             grad_w = filters.view(f, 3, 3, c).permute(0, 3, 1, 2)  # channels-last, as the weights train
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum((0, 1))
@@ -85,14 +84,14 @@ class _Winograd3x3(torch.autograd.Function):
 
 def applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     """Whether ``WinogradConv2d`` runs ``conv`` on ``x`` by Winograd: a plain 3x3 stride-1 convolution (no
-    dilation, no groups, zero padding) with 64 or more input channels, of channels-last float32 CPU maps of 5x5
-    once padded (one block per image), outside autocast, tracing, compiling and ONNX export."""
-    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
-            and conv.in_channels >= winograd.MIN_CHANNELS and x.dim() == 4 and x.dtype == torch.float32
-            and conv.weight.dtype == torch.float32 and x.device.type == "cpu"
-            and x.is_contiguous(memory_format=torch.channels_last) and all(size + 2 * pad == 5 for size, pad
-                                                                           in zip(x.shape[2:], conv.padding))
+    dilation, no groups, the same zero padding on every side) with 64 or more input channels, of channels-last
+    float32 CPU maps of 5x5 once padded (one block per image), outside autocast, tracing, compiling and ONNX
+    export."""
+    pad = native.zero_padding(conv)  # (the plain-conv check the fused kernels use)
+    return (pad is not None and conv.kernel_size == (3, 3) and conv.in_channels >= winograd.MIN_CHANNELS
+            and x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and all(size + 2 * pad == winograd.SPAN for size in x.shape[2:])
             and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling() and not torch.onnx.is_in_onnx_export())
 
@@ -111,7 +110,7 @@ class WinogradConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if not applies(x, self):
             return super().forward(x)
-        pad = self.padding[0], self.padding[1]
-        if any(pad):
-            x = F.pad(x, (pad[1], pad[1], pad[0], pad[0])).contiguous(memory_format=torch.channels_last)
+        pad = self.padding[0]  # (the same on every side: see applies)
+        if pad:
+            x = F.pad(x, (pad, pad, pad, pad)).contiguous(memory_format=torch.channels_last)
         return conv3x3(x, self.weight, self.bias)

@@ -107,9 +107,10 @@ class _ConvMaxPool(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def _zero_padding(conv: torch.nn.Module) -> int | None:
+def zero_padding(conv: torch.nn.Module) -> int | None:
     """The zero padding of a plain float32 conv (stride 1, no dilation, no groups, a square kernel, the same
-    padding on every side), or None for any other module: the fused kernels serve only such convs."""
+    padding on every side), or None for any other module: the fused kernels and ``cnnlab.layers.winograd_conv``
+    serve only such convs."""
     if not (isinstance(conv, torch.nn.Conv2d) and conv.groups == 1 and conv.stride == (1, 1)
             and conv.dilation == (1, 1) and conv.kernel_size[0] == conv.kernel_size[1]
             and conv.padding_mode == "zeros" and isinstance(conv.padding, tuple)
@@ -126,7 +127,7 @@ def first_conv_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
     pattern's ascent: 5-6x faster than the Winograd kernel, which would serve it otherwise). Under bf16
     autocast it still computes in float32 (as fast, and more exact, as a bf16 first layer here).
     """
-    return (_zero_padding(conv) is not None and conv.in_channels == 1 and _native_input(x)
+    return (zero_padding(conv) is not None and conv.in_channels == 1 and _native_input(x)
             and x.shape[1] == 1)
 
 
@@ -187,7 +188,7 @@ def winograd_pool_applies(x: torch.Tensor, conv: torch.nn.Module) -> bool:
     convolutions are faster there: the seed recipe trains at 3.0x the baseline with them, 2.5x with this kernel
     in float32).
     """
-    pad = _zero_padding(conv)
+    pad = zero_padding(conv)
     return (pad is not None and conv.kernel_size == (3, 3) and _native_input(x)
             and min(x.shape[2:]) + 2 * pad >= 4 and x.is_contiguous(memory_format=torch.channels_last)
             and not torch.is_autocast_enabled("cpu"))
