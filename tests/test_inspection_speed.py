@@ -3,6 +3,7 @@ the weights' hash, and no optimizer machinery (torch._dynamo) in commands that d
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -439,3 +440,68 @@ def test_patterns_fit_the_class_centroids_in_a_child_process(run, tmp_path, monk
     got = report.pattern_pictures(child, "Conv2D_2").summary
     assert got == want and 0 < got["nearest_accuracy"] <= 1
     assert report.pattern_pictures(child, "Conv2D_2").summary == want  # kept: no child this time
+
+
+def _record_starts(monkeypatch):
+    """The children ``child_process.start`` starts from here on, in a list."""
+    from cnnlab import child_process
+
+    started, start = [], child_process.start
+    monkeypatch.setattr(child_process, "start", lambda *args, **kwargs: started.append(start(*args, **kwargs))
+                        or started[-1])
+    return started
+
+
+def test_an_early_child_is_found_by_any_spelling_of_its_run_and_stopped_where_not_taken(run, tmp_path,
+                                                                                        monkeypatch):
+    from cnnlab import child_process
+
+    folder = _copy_run(run, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    started = _record_starts(monkeypatch)
+    with child_process.started_early("keep_centroids", "run", "Conv2D_2"):
+        assert child_process.take("keep_centroids", folder, "Conv2D_1") is None  # another job
+        child = child_process.take("keep_centroids", f"{folder}/", "Conv2D_2")
+        assert child is started[0]
+    assert child.poll() is None or child.returncode == 0  # taken: the block's end leaves it alone
+    child_process.end(child, wait=True)
+    assert child.returncode == 0 and cache.holds(folder, "centroids", "Conv2D_2")
+    assert not cache.holds(folder, "centroids", "Conv2D_1") and not cache.holds(folder, "testpass", "Conv2D_2")
+    with child_process.started_early("keep_centroids", folder, "Conv2D_1"):
+        pass  # not taken: stopped at the end of the block
+    with child_process.started_early("keep_centroids", folder, "Conv2D_1", unless=lambda: True):
+        assert child_process.take("keep_centroids", folder, "Conv2D_1") is None  # stopped at once
+    assert len(started) == 3 and started[1].returncode == started[2].returncode == -signal.SIGKILL
+    assert not cache.holds(folder, "centroids", "Conv2D_1")
+
+
+def test_patterns_on_the_command_line_start_the_centroids_child_before_their_imports(run, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """The pictures take the child the command started: one child, no centroids fitted here; with centroids kept,
+    the early child is stopped at once and none is started after; a command that fails stops its child."""
+    from cnnlab.cli import main
+
+    folder = _copy_run(run, tmp_path / "run")
+    started = _record_starts(monkeypatch)
+    monkeypatch.setattr(pat, "fit_centroids", _fail_here)
+    assert main(["patterns", str(folder), "--layer", "Conv2D_2"]) == 0
+    assert len(started) == 1 and started[0].returncode == 0 and cache.holds(folder, "centroids", "Conv2D_2")
+    first = capsys.readouterr().out
+    assert main(["patterns", str(folder), "--layer", "Conv2D_2"]) == 0
+    assert len(started) == 2 and started[1].returncode == -signal.SIGKILL
+    assert capsys.readouterr().out == first  # the same accuracies and files
+    assert main(["patterns", str(folder), "--layer", "Conv2D_9"]) == 2
+    assert len(started) == 3 and started[2].returncode is not None
+    assert "no layer named 'Conv2D_9'" in capsys.readouterr().err
+
+
+def test_a_report_on_the_command_line_takes_the_child_it_started_first(run, tmp_path, monkeypatch, capsys):
+    from cnnlab.cli import main
+
+    folder = _copy_run(run, tmp_path / "run")
+    started = _record_starts(monkeypatch)
+    monkeypatch.setattr(SharedPass, "_compute", _fail_here)
+    assert main(["report", str(folder)]) == 0
+    assert len(started) == 1 and started[0].returncode is not None
+    out = capsys.readouterr().out
+    assert "report: class patterns (" in out and out.count("in a process beside the rest") == 2

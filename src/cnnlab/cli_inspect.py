@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cnnlab import child_process
 from cnnlab.cli import command, echo, warn
 from cnnlab.errors import CnnlabError
 from cnnlab.schema import check_choice
@@ -178,14 +179,24 @@ def _filters(args: argparse.Namespace) -> Any:
 
 @_pictures("patterns")
 def _patterns(args: argparse.Namespace) -> Any:
-    from cnnlab.report import pattern_pictures
+    # the class centroids' pass starts before this process's imports (see child_process), where none are kept
+    with child_process.started_early("keep_centroids", args.run, args.layer,
+                                     unless=lambda: _kept(args, "centroids")):
+        from cnnlab.report import pattern_pictures
 
-    written = pattern_pictures(_folder(args), args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
+        written = pattern_pictures(_folder(args), args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
     s = written.summary
     echo(f"{s['layer']}: nearest-class-pattern classifier (cosine to the class means of the map means, fitted on "
           f"{s['train_images']} training images): test accuracy {s['nearest_accuracy']:.4f}; "
           f"the network: {s['network_accuracy']:.4f}")
     return written
+
+
+def _kept(args: argparse.Namespace, kind: str) -> bool:
+    """Whether the run's cache holds results of ``kind`` for ``--layer`` (of any weights)."""
+    from cnnlab.inspection import cache
+
+    return cache.holds(args.run, kind, args.layer)
 
 
 @_pictures("evaluate")
@@ -214,6 +225,7 @@ def _saliency(args: argparse.Namespace) -> Any:
 
 @command("report", quick_exit=True)
 def _report(args: argparse.Namespace) -> None:
-    from cnnlab.report import write_report
+    with child_process.started_early("write_child_sections", args.run, lines=True, nice=child_process.NICE):
+        from cnnlab.report import write_report
 
-    write_report(_folder(args), echo=echo)
+        write_report(_folder(args), echo=echo)

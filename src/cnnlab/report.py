@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from cnnlab import __version__
+from cnnlab import __version__, child_process
 from cnnlab import layers as kinds
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_bytes, write_json, write_text
@@ -53,7 +53,6 @@ sal = lazy_module("cnnlab.inspection.saliency")
 INSPECT_DIR = "inspect"
 REPORT = "report.html"
 REPORT_IMAGE = 19  # the articles' test image
-NICE_CHILD = 10  # the report's torch-free child runs this many steps below it (see write_report)
 
 Echo = Callable[[str], None]
 
@@ -354,7 +353,7 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
     # The pass over the training images (kept after the first time) runs in a child process from here on,
     # beside the test pass and the drawing of the class maps (see _start_child)
     kept = ("centroids", layer) in folder.memo or cache.read_arrays(_centroids_path(folder, layer), ()) is not None
-    child = None if kept else _start_child(folder, "keep_centroids", layer)
+    child = _start_child(folder, "keep_centroids", layer, wanted=not kept)
     try:
         plots.check_cmap(cmap)
         shared.want(means=[layer], class_sums=[layer], logits=True)
@@ -414,8 +413,11 @@ def _centroids_path(folder: RunFolder, layer: str) -> Path:
 
 
 def keep_centroids(run_dir: str, layer: str) -> None:
-    """In a child process of ``pattern_pictures``: ``class_centroids`` of the run, kept in its cache."""
-    class_centroids(as_folder(run_dir, "cpu"), layer)
+    """In a child process of ``pattern_pictures``: ``class_centroids`` of the run, kept in its cache (nothing
+    where the numpy model does not serve: this process would import torch for what the command computes itself)."""
+    folder = as_folder(run_dir, "cpu")
+    if folder.numpy_model() is not None:
+        class_centroids(folder, layer)
 
 
 def _class_map_pictures(folder: RunFolder, classes: pat.ClassPatterns, labels: np.ndarray, count: int, cols: int,
@@ -536,7 +538,7 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
     convs = _conv_names(folder)
     # The child's work fills what this process leaves of the cores: this process's own sections are the longer
     # path (torch's import, one image's activations and saliency, the ascent, the filter pictures)
-    child = _start_child(folder, "write_child_sections", lines=True, nice=NICE_CHILD)
+    child = _start_child(folder, "write_child_sections", lines=True, nice=child_process.NICE)
     done: dict[str, tuple[str, float]] = {}
     beside: dict[str, tuple[str, float]] = {}  # the sections the child made
     try:
@@ -545,10 +547,10 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
         activations = f"activations of test image {image}"
         done[activations] = _timed(lambda: _section_activations(folder, image))
         if child is not None:
-            _child_line(child)  # its test pass is kept: the filter pictures find their test means there
+            child_process.line(child)  # its test pass is kept: the filter pictures find their test means there
         done["filter patterns"] = _timed(lambda: _section_filters(folder, convs))
         if child is not None:
-            beside = _child_sections(_child_line(child))
+            beside = _child_sections(child_process.line(child))
             done.update(beside)
         for what, make in _torch_free_sections(folder, convs):
             if what not in done:  # no child, or it failed: made here (an error is then met here, in one line)
@@ -577,12 +579,14 @@ def _torch_free_sections(folder: RunFolder, convs: list[str]) -> list[tuple[str,
             ("class patterns", lambda: _section_patterns(folder, convs))]
 
 
-def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = False,
-                 nice: int = 0) -> subprocess.Popen | None:
-    """Start a process that calls ``function(run folder, *args)`` of this module, a torch-free job that keeps its
+def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = False, nice: int = 0,
+                 wanted: bool = True) -> subprocess.Popen | None:
+    """A process that calls ``function(run folder, *args)`` of this module, a torch-free job that keeps its
     results in the run's cache (with ``lines``, it also talks on stdout), ``nice`` steps below this process's
-    priority (and its own children with it); None where the numpy model does not serve, or the folder is a
-    loaded run's (its weights may not be the file's).
+    priority (and its own children with it): the one the command line started early for it
+    (``child_process.started_early``), else a new one. None where the numpy model does not serve, the folder is a
+    loaded run's (its weights may not be the file's), or the job is not ``wanted`` (its results are kept): an
+    early one is then stopped.
 
     A pass over many images runs there, not in a thread: in a thread it would share the interpreter's lock with
     torch's import and the drawing, whose Python holds it while the pass's workers wait for it between numpy
@@ -590,32 +594,16 @@ def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = Fal
     the same bits as this process would; where it fails, this process computes what it finds missing (and
     meets the same error, if any, as a one-line message).
     """
-    if folder.checkpoint is None or folder.numpy_model() is None:
+    early = child_process.take(function, folder.path, *args)
+    if not wanted or folder.checkpoint is None or folder.numpy_model() is None:
+        child_process.end(early, wait=False)
         return None
-    source = str(Path(__file__).resolve().parents[1])  # the child imports this cnnlab, whatever its sys.path
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
-    # (its files are written and closed when the function returns: it ends without the interpreter's teardown)
-    code = (f"import os, sys; hasattr(os, 'nice') and os.nice({int(nice)}); from cnnlab.report import {function}; "
-            f"{function}(*sys.argv[1:]); os._exit(0)")
-    return subprocess.Popen([sys.executable, "-c", code, str(folder.path), *args], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if lines else subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, text=True)
+    return early or child_process.start(function, folder.path, *args, lines=lines, nice=nice)
 
 
 def _end_child(child: subprocess.Popen | None, wait: bool) -> None:
     """Wait for the child to finish (``wait``), or stop it (this process failed)."""
-    if child is None:
-        return
-    if not wait:
-        child.kill()
-    child.wait()
-    if child.stdout is not None:
-        child.stdout.close()
-
-
-def _child_line(child: subprocess.Popen) -> str:
-    """The child's next line ("" once it has ended)."""
-    return child.stdout.readline() if child.stdout is not None else ""
+    child_process.end(child, wait)
 
 
 def _child_sections(line: str) -> dict[str, tuple[str, float]]:
@@ -628,9 +616,12 @@ def _child_sections(line: str) -> dict[str, tuple[str, float]]:
 
 def write_child_sections(run_dir: str) -> None:
     """In the report's child process: keep the test pass in the run's cache and say so in a line on stdout, then
-    write one line of JSON with the torch-free sections, name -> [HTML, seconds]."""
+    write one line of JSON with the torch-free sections, name -> [HTML, seconds]; nothing where the numpy model
+    does not serve (the report makes them itself)."""
     lines, sys.stdout = sys.stdout, sys.stderr  # whatever else prints, prints elsewhere
     folder = as_folder(run_dir, "cpu")
+    if folder.numpy_model() is None:
+        return
     convs = _conv_names(folder)
     test_pass(folder).want(means=convs, class_sums=convs[-1:], logits=True)
     print("test pass kept", file=lines, flush=True)

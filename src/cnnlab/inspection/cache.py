@@ -108,6 +108,13 @@ def cache_path(run_dir: str | Path, kind: str, layer: str, parts: list[str]) -> 
     return Path(run_dir) / CACHE_DIR / kind / f"{layer}-{key}.npz"
 
 
+def holds(run_dir: str | Path, kind: str, layer: str) -> bool:
+    """Whether the run's cache holds a result of ``kind`` for ``layer``, for any weights and settings: a cheap
+    check before the hashes that name the one file a call reads."""
+    folder = Path(run_dir) / CACHE_DIR / kind
+    return folder.is_dir() and any(p.name.startswith(f"{layer}-") and p.suffix == ".npz" for p in folder.iterdir())
+
+
 def cached_arrays(path: Path, names: tuple[str, ...],
                   compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The arrays ``names`` read from ``path``; where it is missing or damaged, ``compute()``'s, written there."""
