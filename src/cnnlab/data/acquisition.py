@@ -24,14 +24,11 @@ from __future__ import annotations
 import gzip
 import difflib
 import hashlib
-import http.client
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -459,6 +456,12 @@ def _from_mirrors(ds: DataSet, table: dict[str, tuple[int, str]], say: Log,
 
 
 def _fetch(url: str) -> bytes:
+    # imported here: every command reads the data, few download them (urllib's import, with http, email and ssl,
+    # is 20-30 ms of each inspection process's start)
+    import http.client
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=MIRROR_TIMEOUT_S) as response:  # noqa: S310 (md5-checked)
             return response.read()
