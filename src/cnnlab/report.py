@@ -536,8 +536,9 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
     say = echo or (lambda _line: None)
     folder = as_folder(run_dir)
     convs = _conv_names(folder)
-    # The child's work fills what this process leaves of the cores: this process's own sections are the longer
-    # path (torch's import, one image's activations and saliency, the ascent, the filter pictures)
+    # The child's work fills what this process leaves of the cores beside this process's own sections (torch's
+    # import, one image's activations and saliency, the ascent, the filter pictures); on 2 cores both are busy
+    # throughout, and either side may end last
     child = _start_child(folder, "write_child_sections", lines=True, nice=child_process.NICE)
     done: dict[str, tuple[str, float]] = {}
     beside: dict[str, tuple[str, float]] = {}  # the sections the child made
