@@ -364,9 +364,9 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
         paths = output_paths(folder, names, out)
         class_pictures = _class_map_pictures(folder, classes, shared.labels, len(paths) - 1, cols, cmap)
     except BaseException:
-        _end_child(child, wait=False)
+        child_process.end(child, wait=False)
         raise
-    _end_child(child, wait=True)
+    child_process.end(child, wait=True)
     centroids = class_centroids(folder, layer)
     nearest = pat.score_nearest(layer, centroids, classes.features, shared.labels)
     network = ev.from_logits(shared.logits(), shared.labels, folder.num_classes).accuracy
@@ -557,7 +557,7 @@ def write_report(run_dir: str | Path | Run | RunFolder, echo: Echo | None = prin
             if what not in done:  # no child, or it failed: made here (an error is then met here, in one line)
                 done[what] = _timed(make)
     finally:
-        _end_child(child, wait=False)  # done by now, unless this process failed
+        child_process.end(child, wait=False)  # done by now, unless this process failed
     sections = [_section_run(run)]
     for what in ("evaluation", activations, "filter patterns", "class patterns"):
         section, seconds = done[what]
@@ -600,11 +600,6 @@ def _start_child(folder: RunFolder, function: str, *args: str, lines: bool = Fal
         child_process.end(early, wait=False)
         return None
     return early or child_process.start(function, folder.path, *args, lines=lines, nice=nice)
-
-
-def _end_child(child: subprocess.Popen | None, wait: bool) -> None:
-    """Wait for the child to finish (``wait``), or stop it (this process failed)."""
-    child_process.end(child, wait)
 
 
 def _child_sections(line: str) -> dict[str, tuple[str, float]]:

@@ -36,7 +36,7 @@ def _transform(side: torch.Tensor, x: torch.Tensor, out: torch.Tensor, bias: tor
     """``out[g] = L X L^T (+ bias)`` for each block X of channel vectors x (G, Q * Q, C) into out (G, P * P, C),
     with ``side`` the matrix L (P x Q), both laid out as the products around them read and write: by the native
     kernel where loaded (float32), else by torch's matmul with kron(L, L). Returns out."""
-    kernels = native._state.get("module")
+    kernels = native.loaded()
     if kernels is not None and x.dtype == torch.float32:
         return kernels.block_transform(side, x, out, bias)  # type: ignore[attr-defined]
     out.copy_(torch.matmul(torch.kron(side, side).to(x.dtype), x))

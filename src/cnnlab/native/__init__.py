@@ -87,6 +87,12 @@ def kernels() -> Kernels | None:
     return prepare(echo=None)
 
 
+def loaded() -> Kernels | None:
+    """The kernels where this process has prepared them, else None; never prepares them (a forward pass serves
+    them only once ``prepare`` or ``prepare_for`` has chosen them for the model's device)."""
+    return _state.get("module")  # type: ignore[return-value]
+
+
 def forget() -> None:
     """Forget what ``prepare`` found in this process (for tests that build in another cache)."""
     _state.clear()

@@ -2,7 +2,7 @@
 
 Reached as ``cnnlab.native.<name>`` (the package forwards its missing names here, importing this module and
 torch on first use). The kernels themselves are loaded by ``cnnlab.native.prepare``; every call here goes
-through ``native.kernels()`` and ``native._state``, so a test that replaces them on the package is seen here.
+through ``native.kernels()`` and ``native.loaded()``, so a test that replaces them on the package is seen here.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from cnnlab.native.library import Kernels
 def fused_steps() -> Kernels | None:
     """The kernels for a fused optimizer step where they are loaded, outside compiling; else None. Their steps
     give the bits of the optimizers' torch ops, so a step's result never depends on which of the two ran."""
-    module = native._state.get("module")
+    module = native.loaded()
     return None if module is None or torch.compiler.is_compiling() else module  # type: ignore[return-value]
 
 
 def _native_input(x: torch.Tensor) -> bool:
     """Whether x is a 4-d float32 CPU tensor, outside tracing and compiling, with the kernels prepared."""
-    return (native._state.get("module") is not None and x.dim() == 4 and x.dtype == torch.float32
+    return (native.loaded() is not None and x.dim() == 4 and x.dtype == torch.float32
             and x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
 
 
