@@ -251,6 +251,43 @@ def test_a_series_under_other_savefig_settings_still_gives_the_pictures_of_png_b
         assert tuple(_pixels(png)[0, 0]) == (255, 0, 0, 255)
 
 
+def test_a_heat_map_drawn_before_its_title_is_known_gives_the_pixels_of_the_figure_drawn_after(monkeypatch):
+    """``cnnlab patterns`` draws its heat map while the centroids are computed and titles it after: the PNG
+    must be the figure drawn with its final title, and finishing it draws the title alone as text."""
+    from matplotlib.text import Text
+
+    from cnnlab import plots
+
+    means = np.random.default_rng(3).random((10, 64))
+    fig = plots.class_heatmap_figure(means, "Conv2D_3: nearest class pattern 0.0000", "magma")
+    finish = plots.png_with_title_later(fig, fig.axes[0].title)
+    texts = []
+    draw = Text.draw
+    monkeypatch.setattr(Text, "draw", lambda text, renderer: texts.append(text.get_text()) or draw(text, renderer))
+    late = finish("Conv2D_3: nearest class pattern 0.9111")
+    assert texts == ["Conv2D_3: nearest class pattern 0.9111"]
+    monkeypatch.setattr(Text, "draw", draw)
+    alone = plots.png_bytes(plots.class_heatmap_figure(means, "Conv2D_3: nearest class pattern 0.9111", "magma"))
+    placeholder = plots.png_bytes(plots.class_heatmap_figure(means, "Conv2D_3: nearest class pattern 0.0000",
+                                                             "magma"))
+    assert np.array_equal(_pixels(late), _pixels(alone))
+    assert not np.array_equal(_pixels(late), _pixels(placeholder))  # the title did change
+    assert np.array_equal(_pixels(finish("Conv2D_3: nearest class pattern 0.0000")), _pixels(placeholder))
+
+
+def test_a_heat_map_titled_later_under_other_savefig_settings_is_drawn_whole(monkeypatch):
+    import matplotlib
+
+    from cnnlab import plots
+
+    means = np.random.default_rng(4).random((3, 12))
+    monkeypatch.setitem(matplotlib.rcParams, "savefig.facecolor", "red")
+    fig = plots.class_heatmap_figure(means, "before")
+    late = plots.png_with_title_later(fig, fig.axes[0].title)("after")
+    assert np.array_equal(_pixels(late), _pixels(plots.png_bytes(plots.class_heatmap_figure(means, "after"))))
+    assert tuple(_pixels(late)[0, 0]) == (255, 0, 0, 255)
+
+
 def _pixels(png: bytes) -> np.ndarray:
     from PIL import Image
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -257,6 +257,27 @@ def activation_grid_pngs(grids: Iterable[tuple[Any, Any, str]], vmin: float, vma
             yield pending.result()
             pending = encoder.submit(_encode_pixels, pixels, dpi)
         yield pending.result()
+
+
+def png_with_title_later(fig: Any, title: Any, dpi: int = 100) -> Callable[[str], bytes]:
+    """Draw ``fig`` now, and return ``finish(text)``: the PNG of ``fig`` (as ``png_bytes``) once its ``title``
+    (one of its Text artists) says ``text``, where only the title is painted anew.
+
+    For a picture whose title waits on a result while the rest can be drawn: ``cnnlab patterns`` draws its
+    heat map while the class centroids are computed in another process, and titles it with their accuracy.
+    The layout of the first drawing is kept (a title of one line takes the same room whatever it says)."""
+    if not _draws_like_savefig(fig, dpi):
+        def finish_slowly(text: str) -> bytes:
+            title.set_text(text)
+            return png_bytes(fig, dpi)
+        return finish_slowly
+    recording = _Recording(fig, [title])
+    fig.set_layout_engine("none")
+
+    def finish(text: str) -> bytes:
+        title.set_text(text)
+        return _encode_png(recording.repaint(), dpi)
+    return finish
 
 
 class _Recording:

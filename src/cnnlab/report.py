@@ -363,19 +363,25 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
                                              if has_maps else [])
         paths = output_paths(folder, names, out)
         class_pictures = _class_map_pictures(folder, classes, shared.labels, len(paths) - 1, cols, cmap)
+        network = ev.from_logits(shared.logits(), shared.labels, folder.num_classes).accuracy
+
+        def title(nearest: float) -> str:
+            return (f"{layer}: mean activation of each map per class ({len(shared.labels)} test images); "
+                    f"nearest class pattern {nearest:.4f} vs network {network:.4f}")
+
+        # the heat map is drawn while the child may still run; only its title waits for the centroids
+        heatmap = plots.class_heatmap_figure(classes.means, title(0.0), cmap, folder.classes)
+        heatmap_png = plots.png_with_title_later(heatmap, heatmap.axes[0].title)
     except BaseException:
         child_process.end(child, wait=False)
         raise
     child_process.end(child, wait=True)
     centroids = class_centroids(folder, layer)
     nearest = pat.score_nearest(layer, centroids, classes.features, shared.labels)
-    network = ev.from_logits(shared.logits(), shared.labels, folder.num_classes).accuracy
     summary = {"layer": layer, "nearest_accuracy": nearest.accuracy, "network_accuracy": network,
                "test_images": int(len(shared.labels)), "train_images": image_sets(folder).size("train")}
     written = Written(summary=summary)
-    title = (f"{layer}: mean activation of each map per class ({summary['test_images']} test images); "
-             f"nearest class pattern {nearest.accuracy:.4f} vs network {network:.4f}")
-    _save(plots.class_heatmap_figure(classes.means, title, cmap, folder.classes), paths[0],
+    _keep(heatmap_png(title(nearest.accuracy)), paths[0],
           {"means": classes.means, "counts": classes.counts, "map_images": classes.map_images,
            "centroids": nearest.centroids, "nearest_predictions": nearest.predictions,
            "nearest_accuracy": nearest.accuracy, "network_accuracy": network, "layer": layer}, written)
