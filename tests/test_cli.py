@@ -1,6 +1,7 @@
 """The command line: exit codes, one-line errors, nothing on disk changed by a mistake, Ctrl-C."""
 
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -152,6 +153,25 @@ def test_inspection_commands_end_without_the_teardown_but_with_exit_handlers_and
     failed = _exit_probe("evaluate", str(tmp_path / "none"))
     assert failed.returncode == 2 and failed.stderr.startswith("cnnlab: error: ") and "Traceback" not in failed.stderr
     assert failed.stdout.splitlines() == ["exit handler ran"]
+
+
+# What numpy's OpenBLAS runs on in a command's process: the variable and the threads of its pool
+_BLAS_PROBE = ("import atexit, os, sys; from cnnlab import cli\n"
+               "def report():\n    import numpy\n    from threadpoolctl import threadpool_info\n"
+               "    pools = [i['num_threads'] for i in threadpool_info() if i['internal_api'] == 'openblas']\n"
+               "    print(os.environ.get('OPENBLAS_NUM_THREADS'), pools, flush=True)\n"
+               "atexit.register(report)\nsys.argv = ['cnnlab', 'summary', '--preset', 'tiny']\ncli.run()\n")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="one BLAS thread is set on x86 only")
+@pytest.mark.parametrize("users, expected", [(None, "1 [1]"), ("2", "2 [2]")])
+def test_the_command_line_runs_numpys_blas_on_one_thread_unless_the_user_set_a_number(users, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    if users is not None:
+        env["OPENBLAS_NUM_THREADS"] = users
+    done = subprocess.run([sys.executable, "-c", _BLAS_PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == expected
 
 
 def test_other_commands_end_with_the_interpreters_teardown(tmp_path):

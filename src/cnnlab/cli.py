@@ -148,6 +148,7 @@ def run() -> NoReturn:
     notebooks call it, never exits. Under a profiler or a debugger (``python -m cProfile -m cnnlab ...``, which
     writes its figures after the command returns) the exit is the normal one.
     """
+    _numpy_blas_on_one_thread()
     code = main()
     name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     if name in _QUICK_EXIT and sys.getprofile() is None and sys.gettrace() is None:
@@ -156,6 +157,19 @@ def run() -> NoReturn:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _numpy_blas_on_one_thread() -> None:
+    """Ask numpy's OpenBLAS for one thread in this process and its children, where the user set no number.
+
+    OpenBLAS starts a thread per core when numpy is imported and keeps them spinning a while after the start
+    and after each call, on cores a command's other process needs (0.1 core-second per import here); cnnlab runs
+    numpy's BLAS on one thread anyway (``numpy_model.one_blas_thread``). Only on x86, where torch's BLAS is MKL:
+    elsewhere torch may use an OpenBLAS that reads the same variable."""
+    import platform
+
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def _load_config(args: argparse.Namespace):
