@@ -3,6 +3,7 @@ the weights' hash, and no optimizer machinery (torch._dynamo) in commands that d
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -470,15 +471,15 @@ def test_an_early_child_is_found_by_any_spelling_of_its_run_and_stopped_where_no
     with child_process.started_early("keep_centroids", folder, "Conv2D_1"):
         pass  # not taken: stopped at the end of the block
     with child_process.started_early("keep_centroids", folder, "Conv2D_1", unless=lambda: True):
-        assert child_process.take("keep_centroids", folder, "Conv2D_1") is None  # stopped at once
-    assert len(started) == 3 and started[1].returncode == started[2].returncode == -signal.SIGKILL
+        assert child_process.take("keep_centroids", folder, "Conv2D_1") is None  # never started
+    assert len(started) == 2 and started[1].returncode == -signal.SIGKILL
     assert not cache.holds(folder, "centroids", "Conv2D_1")
 
 
 def test_patterns_on_the_command_line_start_the_centroids_child_before_their_imports(run, tmp_path, monkeypatch,
                                                                                       capsys):
     """The pictures take the child the command started: one child, no centroids fitted here; with centroids kept,
-    the early child is stopped at once and none is started after; a command that fails stops its child."""
+    no child is started; a command that fails stops its child."""
     from cnnlab.cli import main
 
     folder = _copy_run(run, tmp_path / "run")
@@ -488,11 +489,41 @@ def test_patterns_on_the_command_line_start_the_centroids_child_before_their_imp
     assert len(started) == 1 and started[0].returncode == 0 and cache.holds(folder, "centroids", "Conv2D_2")
     first = capsys.readouterr().out
     assert main(["patterns", str(folder), "--layer", "Conv2D_2"]) == 0
-    assert len(started) == 2 and started[1].returncode == -signal.SIGKILL
+    assert len(started) == 1
     assert capsys.readouterr().out == first  # the same accuracies and files
     assert main(["patterns", str(folder), "--layer", "Conv2D_9"]) == 2
-    assert len(started) == 3 and started[2].returncode is not None
+    assert len(started) == 2 and started[1].returncode is not None
     assert "no layer named 'Conv2D_9'" in capsys.readouterr().err
+
+
+def test_evaluate_on_the_command_line_makes_its_test_pass_in_the_child_it_started_first(run, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """Where no logits are kept the test pass runs in one child started before the command's imports (this
+    process's passes fail if asked), and gives what a pass here gives; kept logits start no child; a command
+    that fails stops its child; ``evaluation_pictures`` called from Python starts none."""
+    from cnnlab import report
+    from cnnlab.cli import main
+
+    alone, folder = _copy_run(run, tmp_path / "alone"), _copy_run(run, tmp_path / "run")  # nothing kept
+    with monkeypatch.context() as patched:
+        patched.setattr(report, "_start_child", lambda *args, **kwargs: None)
+        want = report.evaluation_pictures(alone).summary
+    started, compute = _record_starts(monkeypatch), SharedPass._compute
+    monkeypatch.setattr(SharedPass, "_compute", _fail_here)
+    assert main(["evaluate", str(folder)]) == 0
+    assert len(started) == 1 and started[0].returncode == 0 and cache.holds(folder, "testpass", "logits-model")
+    first = capsys.readouterr().out
+    assert f"test: accuracy {want['accuracy']:.4f} ({want['correct']} of {want['images']})" in first
+    assert json.loads((folder / "inspect" / "evaluation.json").read_text()) == want
+    assert main(["evaluate", str(folder)]) == 0
+    assert len(started) == 1 and capsys.readouterr().out == first  # kept: no child, the same lines
+    shutil.rmtree(folder / "cache")
+    assert main(["evaluate", str(folder), "--mistakes", "0"]) == 2
+    assert len(started) == 2 and started[1].returncode == -signal.SIGKILL
+    assert "--mistakes 0" in capsys.readouterr().err and not (folder / "cache").exists()
+    monkeypatch.setattr(SharedPass, "_compute", compute)
+    assert report.evaluation_pictures(_copy_run(run, tmp_path / "python")).summary == want
+    assert len(started) == 2  # called from Python: the pass is made here, without a child
 
 
 def test_a_report_on_the_command_line_takes_the_child_it_started_first(run, tmp_path, monkeypatch, capsys):

@@ -42,16 +42,17 @@ def started_early(function: str, run_dir: str | Path, *args: str, lines: bool = 
                   unless: Callable[[], bool] | None = None) -> Iterator[None]:
     """``start`` the job now, for ``take`` to hand over inside the block; one not taken by its end (the results
     were kept already, the run's model is one the child cannot compute, the command failed) is stopped then.
-    ``unless``, asked once the child is on its way, says the job may not be needed (results that may be kept):
-    the child is then stopped at once, before its imports, and the command starts one later where it needs it."""
+    ``unless`` (a cheap look, asked first) says the job may not be needed (results that may be kept): no child
+    is started then, and the command starts one later where it needs it."""
     key = _key(function, run_dir, *args)
-    try:
-        child = start(function, run_dir, *args, lines=lines, nice=nice)
-    except OSError:  # no process to spare now: the command starts its child later, or makes everything itself
+    if unless is not None and unless():
         child = None
-    if unless is not None and child is not None and unless():
-        end(child, wait=False)
-    elif child is not None:
+    else:
+        try:
+            child = start(function, run_dir, *args, lines=lines, nice=nice)
+        except OSError:  # no process to spare now: the command starts its child later, or makes everything itself
+            child = None
+    if child is not None:
         _early[key] = child
     try:
         yield

@@ -181,7 +181,7 @@ def _filters(args: argparse.Namespace) -> Any:
 def _patterns(args: argparse.Namespace) -> Any:
     # the class centroids' pass starts before this process's imports (see child_process), where none are kept
     with child_process.started_early("keep_centroids", args.run, args.layer,
-                                     unless=lambda: _kept(args, "centroids")):
+                                     unless=lambda: _kept(args.run, "centroids", args.layer)):
         from cnnlab.report import pattern_pictures
 
         written = pattern_pictures(_folder(args), args.layer, cols=args.cols, cmap=args.cmap, out=args.out)
@@ -192,18 +192,21 @@ def _patterns(args: argparse.Namespace) -> Any:
     return written
 
 
-def _kept(args: argparse.Namespace, kind: str) -> bool:
-    """Whether the run's cache holds results of ``kind`` for ``--layer`` (of any weights)."""
+def _kept(run: Path, kind: str, layer: str) -> bool:
+    """Whether the run's cache holds results of ``kind`` for ``layer`` (of any weights)."""
     from cnnlab.inspection import cache
 
-    return cache.holds(args.run, kind, args.layer)
+    return cache.holds(run, kind, layer)
 
 
 @_pictures("evaluate")
 def _evaluate(args: argparse.Namespace) -> Any:
-    from cnnlab.report import evaluation_pictures
+    # the test pass starts before this process's imports (see child_process), where no logits are kept
+    with child_process.started_early("keep_test_logits", args.run,
+                                     unless=lambda: _kept(args.run, "testpass", "logits-model")):
+        from cnnlab.report import evaluation_pictures
 
-    written = evaluation_pictures(_folder(args), mistakes=args.mistakes, out=args.out)
+        written = evaluation_pictures(_folder(args), mistakes=args.mistakes, out=args.out)
     s = written.summary
     echo(f"test: accuracy {s['accuracy']:.4f} ({s['correct']} of {s['images']}), loss {s['loss']:.4f}")
     echo("per class: " + "  ".join(f"{c} {'-' if a is None else f'{a:.4f}'}"

@@ -113,6 +113,12 @@ class SharedPass:
                 for (what, layer), array in computed.items():
                     self.keep.put(what, layer, array)
 
+    def has(self, what: str, layer: str = "model") -> bool:
+        """Whether ``what`` (``logits``, ``means``, ``sums``) of ``layer`` (``"model"`` for the logits) is at hand
+        or kept in the run folder (it is then read), without computing it."""
+        item = (what, layer)
+        return item in self._kept or self._read(item)
+
     def check(self, layer: str) -> str:
         """Return ``layer`` if the model has it, else raise a one-line error listing the valid names."""
         return check_layer_name(layer, self.shapes)
