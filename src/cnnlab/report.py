@@ -471,8 +471,8 @@ def evaluation_pictures(run: Run | RunFolder | str | Path, mistakes: int = 24,
     folder = as_folder(run)
     shared = test_pass(folder)
     # Where the logits are not kept, the test pass runs in the child process the command line started before
-    # its imports (see _start_child) while matplotlib is imported here (1.41 -> 1.21 s with nothing kept, medians
-    # of 6 pairs, AMD EPYC Zen 4, 2 cores); called from Python, this process makes it
+    # its imports (see _start_child) while matplotlib is imported here (1.43 -> 1.32 s with nothing kept, medians
+    # of 10 pairs, AMD EPYC Zen 4, 2 cores); called from Python, this process makes it
     child = _start_child(folder, "keep_test_logits", wanted=not shared.has("logits"), only_early=True)
     try:
         importlib.import_module("cnnlab.plots")  # now, not when the lazy ``plots`` is first used
