@@ -476,6 +476,22 @@ def test_an_early_child_is_found_by_any_spelling_of_its_run_and_stopped_where_no
     assert not cache.holds(folder, "centroids", "Conv2D_1")
 
 
+def test_work_beside_a_child_waits_for_it_or_stops_it_where_the_work_fails():
+    from cnnlab import child_process
+
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    with child_process.beside(quick):
+        pass
+    assert quick.returncode == 0  # waited for, not stopped
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(ValueError, match="the work failed"):
+        with child_process.beside(slow):
+            raise ValueError("the work failed")
+    assert slow.returncode == -signal.SIGKILL
+    with child_process.beside(None):  # no child: the block runs as it is
+        pass
+
+
 def test_patterns_on_the_command_line_start_the_centroids_child_before_their_imports(run, tmp_path, monkeypatch,
                                                                                       capsys):
     """The pictures take the child the command started: one child, no centroids fitted here; with centroids kept,

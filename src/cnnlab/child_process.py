@@ -77,6 +77,17 @@ def end(child: subprocess.Popen | None, wait: bool) -> None:
         child.stdout.close()
 
 
+@contextmanager
+def beside(child: subprocess.Popen | None) -> Iterator[None]:
+    """Run the block beside ``child``, then wait for it to finish; where the block raises, stop it instead."""
+    try:
+        yield
+    except BaseException:
+        end(child, wait=False)
+        raise
+    end(child, wait=True)
+
+
 def line(child: subprocess.Popen) -> str:
     """The child's next line on stdout ("" once it has ended)."""
     return child.stdout.readline() if child.stdout is not None else ""

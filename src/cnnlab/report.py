@@ -355,7 +355,7 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
     # beside the test pass and the drawing of the class maps (see _start_child)
     kept = ("centroids", layer) in folder.memo or cache.read_arrays(_centroids_path(folder, layer), ()) is not None
     child = _start_child(folder, "keep_centroids", layer, wanted=not kept)
-    try:
+    with child_process.beside(child):
         plots.check_cmap(cmap)
         shared.want(means=[layer], class_sums=[layer], logits=True)
         classes = pat.patterns_from_sums(layer, shared.class_sums(layer), shared.labels, shared.means(layer))
@@ -373,10 +373,6 @@ def pattern_pictures(run: Run | RunFolder | str | Path, layer: str, cols: int = 
         # the heat map is drawn while the child may still run; only its title waits for the centroids
         heatmap = plots.class_heatmap_figure(classes.means, title(0.0), cmap, folder.classes)
         heatmap_png = plots.png_with_title_later(heatmap, heatmap.axes[0].title)
-    except BaseException:
-        child_process.end(child, wait=False)
-        raise
-    child_process.end(child, wait=True)
     centroids = class_centroids(folder, layer)
     nearest = pat.score_nearest(layer, centroids, classes.features, shared.labels)
     summary = {"layer": layer, "nearest_accuracy": nearest.accuracy, "network_accuracy": network,
@@ -474,12 +470,8 @@ def evaluation_pictures(run: Run | RunFolder | str | Path, mistakes: int = 24,
     # its imports (see _start_child) while matplotlib is imported here (1.43 -> 1.32 s with nothing kept, medians
     # of 10 pairs, AMD EPYC Zen 4, 2 cores); called from Python, this process makes it
     child = _start_child(folder, "keep_test_logits", wanted=not shared.has("logits"), only_early=True)
-    try:
+    with child_process.beside(child):
         importlib.import_module("cnnlab.plots")  # now, not when the lazy ``plots`` is first used
-    except BaseException:
-        child_process.end(child, wait=False)
-        raise
-    child_process.end(child, wait=True)
     result = ev.from_logits(shared.logits(), shared.labels, folder.num_classes)
     json_path, confusion_png, gallery_png = output_paths(
         folder, ["evaluation.json", "evaluation_confusion.png", "evaluation_mistakes.png"], out)
