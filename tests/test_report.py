@@ -390,3 +390,37 @@ def test_png_bytes_keeps_the_alpha_channel_of_a_see_through_figure():
     fast = plots.png_bytes(fig)
     assert Image.open(io.BytesIO(fast)).mode == "RGBA" and _pixels(fast)[0, 0, 3] == 0
     assert np.array_equal(_pixels(fast), _pixels(buf.getvalue()))
+
+
+@pytest.mark.parametrize("shape, drawn_as", [((128, 3, 3), "QuadMesh"), ((32, 26, 26), "AxesImage")])
+def test_a_map_grid_shows_each_cell_in_its_colour_whether_quads_or_image(shape, drawn_as):
+    """Few cells are drawn as quads, many as an image (plots.MESH_CELLS); either way the pixel at a cell's centre
+    has the colour map's colour of its value, an empty cell of the mosaic is white, and set_cells recolours."""
+    import matplotlib
+
+    from cnnlab import plots
+
+    m, h, w = shape
+    maps = np.random.default_rng(2).random((m - 3, h, w))  # 8 columns: the last row has 3 empty cells
+    fig = plots.activation_grid_figure(maps, None, "t", 8, "viridis", 0.0, 1.0)
+    ax = fig.axes[1]
+    artist = (ax.collections + ax.images)[0]
+    assert type(artist).__name__ == drawn_as
+    colours = matplotlib.colormaps["viridis"]
+
+    def check(values):
+        pixels = _pixels(plots.png_bytes(fig))[..., :3].astype(int)
+        height = pixels.shape[0]
+        for k in (0, 1, m - 4):
+            r, c = divmod(k, 8)
+            y, x = r * h + h // 2, c * w + w // 2
+            px, py = ax.transData.transform((x, y))
+            expected = np.array(colours(values[k, h // 2, w // 2], bytes=True)[:3])
+            assert np.abs(pixels[height - 1 - int(py), int(px)] - expected).max() <= 1, k
+        r, c = divmod(m - 1, 8)  # an empty cell
+        px, py = ax.transData.transform((c * w + w // 2, r * h + h // 2))
+        assert (pixels[height - 1 - int(py), int(px)] == 255).all()
+
+    check(maps)
+    plots.set_cells(artist, plots.mosaic(1.0 - maps, 8))
+    check(1.0 - maps)
