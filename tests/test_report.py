@@ -213,19 +213,22 @@ def test_a_series_repeats_the_drawing_of_its_unchanging_parts_to_the_same_pixels
     images = rng.integers(0, 256, (4, 28, 28)) if with_images else [None] * 4
     maps[2] = maps[1]  # the same maps under another title: only the title (and input) may differ
     titles = [f"Conv2D_3: average maps of class {k}" for k in range(4)]
-    texts = []
-    draw = Text.draw
+    texts, labelled = [], []
+    draw, draw_labels = Text.draw, plots._CellLabels.draw
     monkeypatch.setattr(Text, "draw", lambda text, renderer: texts.append(text.get_text()) or draw(text, renderer))
+    monkeypatch.setattr(plots._CellLabels, "draw",
+                        lambda labels, renderer: labelled.append(labels) or draw_labels(labels, renderer))
     series = plots.activation_grid_pngs(zip(maps, images, titles), 0.0, 1.0, cols, "magma", "mean", "average")
     pictures = [next(series)]
-    assert len(texts) > shape[0] and str(shape[0] - 1) in texts  # the first picture draws every label
+    assert len(labelled) == 1  # the first picture draws the map labels; the others repeat its calls
     first = list(texts)  # (it may draw the next picture too: one is encoded while the next is drawn)
     texts.clear()
     pictures += list(series)
-    assert len(pictures) == 4
+    assert len(pictures) == 4 and len(labelled) == 1
     assert all(text in titles for text in texts)  # later pictures draw only their titles as text...
     assert [text for text in first + texts if text in titles] == titles  # ...each once, in turn
     monkeypatch.setattr(Text, "draw", draw)
+    monkeypatch.setattr(plots._CellLabels, "draw", draw_labels)
     decoded = [_pixels(png) for png in pictures]
     for k, pixels in enumerate(decoded):
         alone = plots.png_bytes(plots.activation_grid_figure(maps[k], images[k], titles[k], cols, "magma",
@@ -354,9 +357,9 @@ def test_labels_inside_the_axes_are_left_out_of_the_layout_without_changing_a_pi
             "filters": lambda: plots.filter_grid_figure(patterns * 255, range(64), np.full(64, 12345.0)),
             "confusion": lambda: plots.confusion_figure(np.full((10, 10), 9999), "c", fashion)}[kind]
     fast, measured = make(), make()
-    texts = [t for ax in measured.axes for t in ax.texts]
-    assert len(texts) >= 64 and not any(t.get_in_layout() for t in texts)
-    for t in texts:
+    inside = [t for ax in measured.axes for t in [*ax.texts, *ax.artists]]  # the counts; the maps' labels
+    assert len(inside) >= (64 if kind == "confusion" else 1) and not any(t.get_in_layout() for t in inside)
+    for t in inside:
         t.set_in_layout(True)
     assert np.array_equal(_pixels(plots.png_bytes(fast)), _pixels(plots.png_bytes(measured)))
 
@@ -424,3 +427,43 @@ def test_a_map_grid_shows_each_cell_in_its_colour_whether_quads_or_image(shape, 
     check(maps)
     plots.set_cells(artist, plots.mosaic(1.0 - maps, 8))
     check(1.0 - maps)
+
+
+@pytest.mark.parametrize("cols, ratios", [(4, None), (12, [1.5, 12, float("nan"), float("inf")] * 6)])
+def test_map_labels_stand_where_outlined_text_would(cols, ratios, monkeypatch):
+    """The map labels are one artist (plots._CellLabels); each stands where ``ax.text(..., va="top",
+    ha="left")`` with the outline path effect stood: in each cell, the light pixels of the two (the labels'
+    white fill) have their centre within half a pixel and their extent within a pixel of each other."""
+    import matplotlib
+    import matplotlib.patheffects as pe
+
+    from cnnlab import plots
+
+    maps = np.zeros((24, 5, 5))  # dark cells: the light pixels are the labels' fill
+
+    def as_texts(ax, corners, texts, size):
+        for (x, y), text in zip(corners, texts):
+            ax.text(x, y, text, color="white", fontsize=size, va="top", ha="left", in_layout=False,
+                    path_effects=[pe.withStroke(linewidth=1.5, foreground="black")])
+        return matplotlib.artist.Artist()
+
+    ours = plots.filter_grid_figure(maps, range(24), ratios, "t", cols, "viridis")
+    monkeypatch.setattr(plots, "_CellLabels", as_texts)
+    texts = plots.filter_grid_figure(maps, range(24), ratios, "t", cols, "viridis")
+    assert not ours.axes[0].texts and len(texts.axes[0].texts) == 24
+    light = [_pixels(plots.png_bytes(fig))[..., :3].astype(float).mean(axis=2) for fig in (ours, texts)]
+    assert light[0].shape == light[1].shape
+    height, ax = light[0].shape[0], ours.axes[0]
+    for k in range(24):
+        r, c = divmod(k, cols)
+        (x0, y0), (x1, y1) = ax.transData.transform([(c * 5 - 0.5, r * 5 - 0.5), (c * 5 + 4.5, r * 5 + 4.5)])
+        top, left = height - int(y0), int(x0)  # the cell's top left part, inside its grid lines
+        cell = (slice(top + 2, top + int(y0 - y1) // 2), slice(left + 2, left + int(x1 - x0) - 2))
+        weights = [np.maximum(pixels[cell] - 100, 0) for pixels in light]  # the dark cell is about 60
+        centres = [np.array([(w.sum(axis=1) * np.arange(w.shape[0])).sum(), (w.sum(axis=0) *
+                   np.arange(w.shape[1])).sum()]) / w.sum() for w in weights]
+        extents = [np.argwhere(w > 50) for w in weights]
+        assert all(len(e) > 5 for e in extents), k
+        assert np.abs(centres[0] - centres[1]).max() < 0.5, (k, centres)
+        assert np.abs(extents[0].min(axis=0) - extents[1].min(axis=0)).max() <= 1, k
+        assert np.abs(extents[0].max(axis=0) - extents[1].max(axis=0)).max() <= 1, k
