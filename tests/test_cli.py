@@ -1,5 +1,6 @@
 """The command line: exit codes, one-line errors, nothing on disk changed by a mistake, Ctrl-C."""
 
+import gc
 import os
 import platform
 import re
@@ -172,6 +173,21 @@ def test_the_command_line_runs_numpys_blas_on_one_thread_unless_the_user_set_a_n
     done = subprocess.run([sys.executable, "-c", _BLAS_PROBE], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == expected
+
+
+# The cycle collector's thresholds in a command's process, read as it exits
+_GC_PROBE = ("import atexit, gc, sys; from cnnlab import cli\n"
+             "atexit.register(lambda: print(gc.get_threshold(), flush=True))\nsys.argv = ['cnnlab', *sys.argv[1:]]\n"
+             "cli.run()\n")
+
+
+@pytest.mark.parametrize("argv, expected", [(["summary", "--preset", "tiny"], "(50000, 20, 10)"),
+                                            (["train", "--preset", "nosuch"], str(gc.get_threshold()))])
+def test_short_commands_collect_cycles_less_often_and_training_keeps_pythons_defaults(argv, expected, capsys):
+    done = subprocess.run([sys.executable, "-c", _GC_PROBE, *argv], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines()[-1] == expected, done.stderr
+    before = gc.get_threshold()
+    assert main(["summary", "--preset", "tiny"]) == 0 and gc.get_threshold() == before  # main() from Python
 
 
 def test_other_commands_end_with_the_interpreters_teardown(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import importlib
 import os
 import signal
@@ -109,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+def main(argv: list[str] | None = None, console: bool = False) -> int:
+    """Run the command line; return the exit code. ``console``: called by ``run``, the process is the command's
+    own (tests and notebooks leave it False: their process's settings stay theirs)."""
     from cnnlab.files import NO_SPACE_ERRNOS, NoSpaceError, no_space_message
 
     argv = sys.argv[1:] if argv is None else argv
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 0
+        if console and args.command in _QUICK_EXIT:
+            _fewer_collections()
         return _COMMANDS[args.command](args) or 0
     except CnnlabError as exc:
         if debug:
@@ -149,7 +153,7 @@ def run() -> NoReturn:
     writes its figures after the command returns) the exit is the normal one.
     """
     _numpy_blas_on_one_thread()
-    code = main()
+    code = main(console=True)
     name = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     if name in _QUICK_EXIT and sys.getprofile() is None and sys.gettrace() is None:
         atexit._run_exitfuncs()  # what a normal exit runs first (logging's flush, finalizers, ...)
@@ -157,6 +161,15 @@ def run() -> NoReturn:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def _fewer_collections() -> None:
+    """Let Python's cycle collector run after 50,000 new objects instead of 700, in the process of a short
+    command (the ``quick_exit`` ones). Each full collection walks every object torch and matplotlib made at
+    import, though a command's cycles are few and it ends within seconds: `cnnlab report` spent 0.44-0.52 s in
+    collections (4 full ones), 0.16 s so; `cnnlab patterns` 0.08-0.12 s, 0.03 s (AMD EPYC Zen 4); its peak
+    memory did not grow. Training keeps Python's defaults."""
+    gc.set_threshold(50_000, 20, 10)
 
 
 def _numpy_blas_on_one_thread() -> None:
