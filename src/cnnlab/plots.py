@@ -210,7 +210,7 @@ class _CellLabels(Artist):
 
     def draw(self, renderer: Any) -> None:
         """Draw every label: the outline (with the fill) first, then the fill, as the path effect does."""
-        if not self.get_visible() or not self._texts:
+        if not self.get_visible() or not any(self._texts):
             return
         import numpy as np
         from matplotlib.font_manager import FontProperties
@@ -223,6 +223,8 @@ class _CellLabels(Artist):
         below: dict[tuple[float, float], tuple[float, float]] = {}
         paths = []
         for (x, y), text in zip(self.get_transform().transform(self._corners), self._texts):
+            if not text:
+                continue
             _, height, descent = renderer.get_text_width_height_descent(text, prop, ismath=False)
             if (height, descent) not in below:  # the layout depends on the text only through these
                 below[height, descent] = _baseline_offset(self.get_figure(root=True), renderer, text, prop)
@@ -256,6 +258,8 @@ def _baseline_offset(fig: Any, renderer: Any, text: str, prop: Any) -> tuple[flo
 
         def draw_text(self, gc: Any, x: float, y: float, *args: Any, **kwargs: Any) -> None:
             noted.append((x, y))
+
+        draw_tex = draw_text  # under rcParams["text.usetex"]
 
     probe = Text(0.0, 0.0, text, fontproperties=prop, va="top", ha="left", transform=IdentityTransform())
     probe.set_figure(fig)
