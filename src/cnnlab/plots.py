@@ -227,7 +227,7 @@ class _CellLabels(Artist):
                 continue
             _, height, descent = renderer.get_text_width_height_descent(text, prop, ismath=False)
             if (height, descent) not in below:  # the layout depends on the text only through these
-                below[height, descent] = _baseline_offset(self.get_figure(root=True), renderer, text, prop)
+                below[height, descent] = _baseline_offset(self.figure, renderer, text, prop)
             dx, dy = below[height, descent]
             verts, codes = text_to_path.get_text_path(prop, text)
             paths.append(Path(np.asarray(verts) * scale + (x + dx, y + dy), codes))
@@ -262,7 +262,7 @@ def _baseline_offset(fig: Any, renderer: Any, text: str, prop: Any) -> tuple[flo
         draw_tex = draw_text  # under rcParams["text.usetex"]
 
     probe = Text(0.0, 0.0, text, fontproperties=prop, va="top", ha="left", transform=IdentityTransform())
-    probe.set_figure(fig)
+    probe.set_figure(fig)  # (a subfigure serves: its dpi is its root's)
     probe.draw(Noting())
     x, y = noted[0]
     return x, (renderer.get_canvas_width_height()[1] - y if renderer.flipy() else y)
