@@ -17,6 +17,7 @@ from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cnnlab import png
 from cnnlab.errors import CnnlabError
 from cnnlab.files import write_bytes
 
@@ -81,7 +82,7 @@ def _draws_like_savefig(fig: Any, dpi: int) -> bool:
 def _encode_png(rgba: Any, dpi: int) -> bytes:
     """An opaque picture as RGB (``cnnlab.png``): the pixels of savefig's RGBA PNG in half its encoding time,
     about as many bytes (the alpha channel it drops was all 255)."""
-    return _encode_pixels(_png_pixels(rgba), dpi)
+    return png.encode(_png_pixels(rgba), dpi)
 
 
 def _png_pixels(rgba: Any) -> Any:
@@ -95,13 +96,6 @@ def _png_pixels(rgba: Any) -> Any:
         return rgba.copy()
     return np.asarray(Image.frombuffer("RGBA", (rgba.shape[1], rgba.shape[0]), rgba, "raw", "RGBA", 0, 1)
                       .convert("RGB"))
-
-
-def _encode_pixels(pixels: Any, dpi: int) -> bytes:
-    """The PNG of ``_png_pixels``."""
-    from cnnlab import png
-
-    return png.encode(pixels, dpi)
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
@@ -358,11 +352,11 @@ def activation_grid_pngs(grids: Iterable[tuple[Any, Any, str]], vmin: float, vma
         return
     # Pillow encodes with the GIL released: each picture is encoded on a second thread while the next is drawn
     with ThreadPoolExecutor(1) as encoder:
-        pending = encoder.submit(_encode_pixels, _png_pixels(recording.pixels()), dpi)
+        pending = encoder.submit(png.encode, _png_pixels(recording.pixels()), dpi)
         for _ in later():
             pixels = _png_pixels(recording.repaint())  # a copy: the next picture repaints the canvas
             yield pending.result()
-            pending = encoder.submit(_encode_pixels, pixels, dpi)
+            pending = encoder.submit(png.encode, pixels, dpi)
         yield pending.result()
 
 
